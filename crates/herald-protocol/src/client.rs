@@ -1,0 +1,197 @@
+//! The go-push client protocol: what a connection may send, and herald's replies.
+//!
+//! Messages are JSON text frames `{"type": ..., "data": ...}`. herald adds one compatible extension: a message
+//! may carry an `"id"` (any JSON value), and then herald answers it with `ACK` or `ERROR` carrying the same id.
+//! Without an id, JOIN and LEAVE get no reply, exactly as in go-push.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::MAX_ROOM_BYTES;
+use crate::ws::{self, OpCode, close};
+
+/// A message from a client.
+#[derive(Debug)]
+pub struct ClientMessage<'a> {
+    /// What the client asks for.
+    pub command: Command<'a>,
+    /// The client's id for this message, echoed verbatim in the reply (herald's extension).
+    pub id: Option<&'a RawValue>,
+}
+
+/// What a client asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Liveness check; answered with `PONG`.
+    Ping,
+    /// Join a room.
+    Join(Cow<'a, str>),
+    /// Leave a room.
+    Leave(Cow<'a, str>),
+}
+
+/// Why a client message was refused; the connection is closed with [`MessageError::close_code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The text is not JSON at all.
+    #[error("not JSON")]
+    NotJson,
+    /// JSON, but not a message herald knows (unknown type, missing or mistyped field).
+    #[error("unknown message: {0}")]
+    Unknown(String),
+}
+
+impl MessageError {
+    /// The close code for this error: 1007 for non-JSON, 1008 for unknown structure.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::NotJson => close::INVALID_PAYLOAD,
+            Self::Unknown(_) => close::POLICY_VIOLATION,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomData<'a> {
+    #[serde(borrow)]
+    room: Cow<'a, str>,
+}
+
+/// Parses one client text message.
+pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() { MessageError::NotJson } else { MessageError::Unknown(e.to_string()) }
+    })?;
+    let room = || -> Result<Cow<'_, str>, MessageError> {
+        let data = envelope.data.ok_or_else(|| MessageError::Unknown("missing data.room".into()))?;
+        let data: RoomData<'_> =
+            serde_json::from_str(data.get()).map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
+        Ok(data.room)
+    };
+    let command = match &*envelope.kind {
+        "PING" => Command::Ping,
+        "JOIN" => Command::Join(room()?),
+        "LEAVE" => Command::Leave(room()?),
+        other => return Err(MessageError::Unknown(format!("type {other:?}"))),
+    };
+    Ok(ClientMessage { command, id: envelope.id })
+}
+
+/// Why a well-formed request was not carried out; sent back as `ERROR` when the message had an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// The room name is empty or longer than [`MAX_ROOM_BYTES`].
+    InvalidRoom,
+    /// The connection is already in the maximum number of rooms.
+    TooManyRooms,
+}
+
+impl RequestError {
+    /// Stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidRoom => "invalid_room",
+            Self::TooManyRooms => "too_many_rooms",
+        }
+    }
+
+    /// Short human-readable reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidRoom => "room must be 1 to 256 bytes",
+            Self::TooManyRooms => "connection is in the maximum number of rooms",
+        }
+    }
+}
+
+/// Checks a room name from a client or the push API.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty() && room.len() <= MAX_ROOM_BYTES
+}
+
+/// The `PONG` reply frame (with the ping's id, when it had one).
+pub fn pong(id: Option<&RawValue>) -> Bytes {
+    match id {
+        None => ws::frame(OpCode::Text, br#"{"type":"PONG","data":{}}"#),
+        Some(id) => text_frame(format!(r#"{{"type":"PONG","id":{},"data":{{}}}}"#, id.get())),
+    }
+}
+
+/// The `ACK` reply frame for a request with an id.
+pub fn ack(id: &RawValue) -> Bytes {
+    text_frame(format!(r#"{{"type":"ACK","id":{}}}"#, id.get()))
+}
+
+/// The `ERROR` reply frame for a request with an id.
+pub fn error(id: &RawValue, err: RequestError) -> Bytes {
+    text_frame(format!(
+        r#"{{"type":"ERROR","id":{},"data":{{"code":"{}","reason":"{}"}}}}"#,
+        id.get(),
+        err.code(),
+        err.reason()
+    ))
+}
+
+fn text_frame(json: String) -> Bytes {
+    ws::frame(OpCode::Text, json.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_push_messages() {
+        assert_eq!(parse(r#"{"type":"PING","data":{}}"#).unwrap().command, Command::Ping);
+        assert_eq!(parse(r#"{"type":"PING"}"#).unwrap().command, Command::Ping);
+        let join = parse(r#"{"type":"JOIN","data":{"room":"news\u00e9"}}"#).unwrap();
+        assert_eq!(join.command, Command::Join("newsé".into()));
+        assert!(join.id.is_none());
+        let leave = parse(r#"{"id":7,"type":"LEAVE","data":{"room":"a"}}"#).unwrap();
+        assert_eq!(leave.command, Command::Leave("a".into()));
+        assert_eq!(leave.id.unwrap().get(), "7");
+    }
+
+    #[test]
+    fn tells_non_json_from_unknown_structure() {
+        assert_eq!(parse("hello").unwrap_err(), MessageError::NotJson);
+        assert_eq!(parse(r#"{"type":"PING""#).unwrap_err(), MessageError::NotJson);
+        for unknown in [
+            r#"{"type":"SHOUT"}"#,
+            r#"{"data":{}}"#,
+            r#"[1,2]"#,
+            r#"{"type":"JOIN"}"#,
+            r#"{"type":"JOIN","data":{"room":5}}"#,
+            r#"{"type":"JOIN","data":{"rooms":"a"}}"#,
+        ] {
+            let err = parse(unknown).unwrap_err();
+            assert_eq!(err.close_code(), close::POLICY_VIOLATION, "{unknown}: {err}");
+        }
+    }
+
+    #[test]
+    fn replies_echo_the_id_verbatim() {
+        let id: &RawValue = serde_json::from_str(r#""a\"b""#).unwrap();
+        let ack = ack(id);
+        assert_eq!(&ack[2..], br#"{"type":"ACK","id":"a\"b"}"#);
+        let err = error(id, RequestError::TooManyRooms);
+        let json: serde_json::Value = serde_json::from_slice(&err[2..]).unwrap();
+        assert_eq!(json["data"]["code"], "too_many_rooms");
+        assert_eq!(json["id"], "a\"b");
+        assert_eq!(&pong(None)[2..], br#"{"type":"PONG","data":{}}"#);
+    }
+}

@@ -1,0 +1,19 @@
+//! herald's wire formats, with no I/O and no runtime: everything here is a pure function of bytes, so it is easy
+//! to test and to fuzz.
+//!
+//! # Layout
+//! - [`ws`]: WebSocket frames (RFC 6455) as a server sees them: the header decoder, the message assembler that
+//!   joins fragments and checks UTF-8, and the encoder for the unmasked frames a server sends.
+//! - [`client`]: the go-push client protocol (`PING`, `JOIN`, `LEAVE`, optional `"id"` acks) and its replies.
+//! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
+//! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.
+//! - [`bus`]: the contract between the push API and whatever delivers pushes (the in-process hub today).
+
+pub mod api;
+pub mod bus;
+pub mod client;
+pub mod push;
+pub mod ws;
+
+/// Longest room name accepted, in bytes, from clients and from the push API alike.
+pub const MAX_ROOM_BYTES: usize = 256;
