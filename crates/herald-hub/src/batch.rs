@@ -1,0 +1,176 @@
+//! Merging: the per-room decision of when a frame goes out.
+//!
+//! A room that sent no frame during the last window sends at once (no added latency when traffic is light). A room
+//! that did waits until one window after its last frame, collecting every item pushed meanwhile into that one
+//! frame. A batch that reaches `max_items` goes out at once; a window of zero turns merging off.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Merge settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergePolicy {
+    /// At most one frame per room per window; zero sends every push as soon as it is taken.
+    pub window: Duration,
+    /// Items that make a batch go out early, and the most items one frame carries.
+    pub max_items: usize,
+}
+
+/// What the owner of a batch must do after adding to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing: the batch is already due or already has a timer.
+    Nothing,
+    /// Flush as soon as possible.
+    Now,
+    /// Flush at this instant (a timer must be set).
+    At(Instant),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Scheduled(Instant),
+    Ready,
+}
+
+/// The items of one room (or of the broadcast) waiting for their frame.
+#[derive(Debug)]
+pub struct Batch {
+    items: Vec<Bytes>,
+    last_flush: Option<Instant>,
+    state: State,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self { items: Vec::new(), last_flush: None, state: State::Idle }
+    }
+}
+
+impl Batch {
+    /// Adds items pushed at `now`, and says when the batch must be flushed.
+    pub fn add(&mut self, items: Vec<Bytes>, now: Instant, policy: MergePolicy) -> Wake {
+        if self.items.is_empty() {
+            self.items = items;
+        } else {
+            self.items.extend(items);
+        }
+        let quiet = self.last_flush.is_none_or(|last| now.saturating_duration_since(last) >= policy.window);
+        match self.state {
+            State::Ready => Wake::Nothing,
+            _ if quiet || self.items.len() >= policy.max_items => {
+                self.state = State::Ready;
+                Wake::Now
+            }
+            State::Scheduled(_) => Wake::Nothing,
+            State::Idle => {
+                let at = self.last_flush.expect("not quiet, so flushed before") + policy.window;
+                self.state = State::Scheduled(at);
+                Wake::At(at)
+            }
+        }
+    }
+
+    /// Whether a timer set for `deadline` still stands for this batch (a batch flushed early leaves stale timers).
+    pub fn is_due_at(&self, deadline: Instant) -> bool {
+        self.state == State::Scheduled(deadline)
+    }
+
+    /// Whether the batch should go out at `now`.
+    pub fn is_due(&self, now: Instant) -> bool {
+        match self.state {
+            State::Ready => true,
+            State::Scheduled(at) => at <= now,
+            State::Idle => false,
+        }
+    }
+
+    /// When a scheduled batch is due.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Scheduled(at) => Some(at),
+            State::Ready | State::Idle => None,
+        }
+    }
+
+    /// Takes every waiting item for a frame sent at `now`.
+    pub fn take(&mut self, now: Instant) -> Vec<Bytes> {
+        self.state = State::Idle;
+        self.last_flush = Some(now);
+        std::mem::take(&mut self.items)
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no item is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: MergePolicy = MergePolicy { window: Duration::from_secs(1), max_items: 3 };
+
+    fn item(n: u8) -> Vec<Bytes> {
+        vec![Bytes::from(vec![b'0' + n])]
+    }
+
+    #[test]
+    fn first_push_after_a_quiet_window_goes_at_once() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        assert_eq!(batch.add(item(1), t0, POLICY), Wake::Now);
+        assert_eq!(batch.add(item(2), t0, POLICY), Wake::Nothing, "already due");
+        assert_eq!(batch.take(t0).len(), 2);
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(batch.add(item(3), later, POLICY), Wake::Now, "a window passed since the last frame");
+    }
+
+    #[test]
+    fn pushes_inside_a_window_wait_for_one_frame() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        batch.add(item(1), t0, POLICY);
+        batch.take(t0);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(batch.add(item(2), t1, POLICY), Wake::At(t0 + POLICY.window));
+        assert_eq!(batch.add(item(3), t1, POLICY), Wake::Nothing);
+        assert!(batch.is_due_at(t0 + POLICY.window));
+        let frame = batch.take(t0 + POLICY.window);
+        assert_eq!(frame, [item(2), item(3)].concat(), "push order kept");
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn a_full_batch_goes_early_and_leaves_its_timer_stale() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        batch.add(item(0), t0, POLICY);
+        batch.take(t0);
+        let t1 = t0 + Duration::from_millis(10);
+        let Wake::At(deadline) = batch.add(item(1), t1, POLICY) else { panic!("expected a timer") };
+        assert_eq!(batch.add(item(2), t1, POLICY), Wake::Nothing);
+        assert_eq!(batch.add(item(3), t1, POLICY), Wake::Now, "max_items reached");
+        assert!(!batch.is_due_at(deadline));
+    }
+
+    #[test]
+    fn a_zero_window_never_waits() {
+        let policy = MergePolicy { window: Duration::ZERO, ..POLICY };
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        for n in 0..3 {
+            assert_eq!(batch.add(item(n), t0, policy), Wake::Now);
+            batch.take(t0);
+        }
+    }
+}

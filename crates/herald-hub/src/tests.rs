@@ -1,0 +1,204 @@
+//! Hub tests with a recording recipient and tokio's paused clock (timers fire only when time is advanced).
+
+use std::time::Duration;
+
+use herald_protocol::push::payload;
+
+use super::*;
+
+#[derive(Default)]
+struct Recorder {
+    id: u64,
+    frames: Mutex<Vec<Bytes>>,
+}
+
+impl Recipient for Recorder {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn deliver(&self, frame: &Bytes) {
+        self.frames.lock().push(frame.clone());
+    }
+}
+
+impl Recorder {
+    fn new(id: u64) -> Arc<Self> {
+        Arc::new(Self { id, ..Self::default() })
+    }
+
+    /// The items of each received frame, as strings.
+    fn items(&self) -> Vec<Vec<String>> {
+        self.frames
+            .lock()
+            .iter()
+            .map(|frame| {
+                let json: serde_json::Value = serde_json::from_slice(payload(frame)).unwrap();
+                json["data"]["items"].as_array().unwrap().iter().map(|v| v.to_string()).collect()
+            })
+            .collect()
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
+    let config = HubConfig { shards: 4, merge: MergePolicy { window: WINDOW, max_items }, queue_items };
+    let hub = Hub::new(config, HubMetrics::unregistered());
+    let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+    hub.spawn_workers(&tracker, stop.clone());
+    (hub, stop, tracker)
+}
+
+fn items(list: &[&str]) -> Vec<Bytes> {
+    list.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
+}
+
+fn room(name: &str) -> Target {
+    Target::Room(Arc::from(name))
+}
+
+/// Lets the workers run without moving the paused clock.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_push_reaches_its_members_only() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let (a, b, c) = (Recorder::new(1), Recorder::new(2), Recorder::new(3));
+    for conn in [&a, &b, &c] {
+        hub.register(conn);
+    }
+    assert!(hub.join("news", &a) && hub.join("news", &b));
+    assert!(!hub.join("news", &a), "second join is a no-op");
+    let accepted = hub.push(&room("news"), items(&["1"])).unwrap();
+    assert_eq!(accepted, Accepted { items: 1, recipients: 2 });
+    settle().await;
+    assert_eq!(a.items(), [["1"]]);
+    assert_eq!(b.items(), [["1"]]);
+    assert!(c.items().is_empty());
+
+    assert!(hub.leave("news", 2));
+    tokio::time::advance(WINDOW).await;
+    hub.push(&room("news"), items(&["2"])).unwrap();
+    settle().await;
+    assert_eq!(a.items(), [["1"], ["2"]]);
+    assert_eq!(b.items(), [["1"]], "left before the push");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_inside_one_window_merge_into_one_frame_in_order() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a);
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    settle().await;
+    assert_eq!(a.items(), [["1"]], "the first push after a quiet window goes at once");
+
+    hub.push(&room("r"), items(&["2"])).unwrap();
+    hub.push(&room("r"), items(&["3", "4"])).unwrap();
+    settle().await;
+    assert_eq!(a.items().len(), 1, "held until the window ends");
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    assert_eq!(a.items(), [vec!["1"], vec!["2", "3", "4"]]);
+    assert_eq!(hub.metrics.frames.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_goes_early_and_frames_hold_at_most_max_items() {
+    let (hub, _stop, _tracker) = start(3, 1000);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a);
+    hub.push(&room("r"), items(&["0"])).unwrap();
+    settle().await;
+    hub.push(&room("r"), items(&["1", "2"])).unwrap();
+    settle().await;
+    assert_eq!(a.items().len(), 1);
+    hub.push(&room("r"), items(&["3", "4", "5", "6"])).unwrap();
+    settle().await;
+    assert_eq!(a.items(), [vec!["0"], vec!["1", "2", "3"], vec!["4", "5", "6"]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn broadcasts_reach_every_connection_and_merge_too() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let conns: Vec<_> = (0..10).map(Recorder::new).collect();
+    for conn in &conns {
+        hub.register(conn);
+    }
+    assert_eq!(hub.push(&Target::All, items(&["1"])).unwrap().recipients, 10);
+    settle().await;
+    hub.push(&Target::All, items(&["2"])).unwrap();
+    hub.push(&Target::All, items(&["3"])).unwrap();
+    settle().await;
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    for conn in &conns {
+        assert_eq!(conn.items(), [vec!["1"], vec!["2", "3"]]);
+    }
+    let first = conns[0].frames.lock()[0].clone();
+    let last = conns[9].frames.lock()[0].clone();
+    assert_eq!(first.as_ptr(), last.as_ptr(), "one encoding shared by every recipient");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_the_whole_push() {
+    let (hub, _stop, _tracker) = start(100, 5);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a);
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    settle().await;
+    hub.push(&room("r"), items(&["2", "3", "4"])).unwrap();
+    let refused = hub.push(&room("r"), items(&["5", "6", "7"])).unwrap_err();
+    assert_eq!(refused, Refused::QueueFull { retry_after_secs: 1 });
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    assert_eq!(a.items(), [vec!["1"], vec!["2", "3", "4"]], "nothing of the refused push delivered");
+    hub.push(&room("r"), items(&["5", "6", "7"])).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_without_members_reports_zero_recipients() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    assert_eq!(hub.push(&room("empty"), items(&["1"])).unwrap(), Accepted { items: 1, recipients: 0 });
+    assert_eq!(hub.metrics.items_unrouted.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_sends_what_waits_and_refuses_the_rest() {
+    let (hub, stop, tracker) = start(100, 1000);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a);
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    settle().await;
+    hub.push(&room("r"), items(&["2"])).unwrap();
+    hub.push(&Target::All, items(&["\"b\""])).unwrap();
+    hub.close();
+    assert_eq!(hub.push(&room("r"), items(&["3"])), Err(Refused::ShuttingDown));
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let mut got = a.items();
+    got.sort();
+    assert_eq!(got, [vec!["\"b\""], vec!["1"], vec!["2"]], "waiting batches sent at once on stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unregister_leaves_every_room_and_empty_rooms_go_away() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    for r in ["x", "y", "z"] {
+        hub.join(r, &a);
+    }
+    assert_eq!(hub.metrics.rooms.get(), 3);
+    hub.unregister(1, ["x", "y", "z"]);
+    assert_eq!((hub.metrics.rooms.get(), hub.metrics.memberships.get(), hub.connections()), (0, 0, 0));
+}
