@@ -1,1 +1,158 @@
-//! placeholder
+//! herald's WebSocket side: the listener, the handshake, and one session per connection feeding the hub.
+//!
+//! # Layout
+//! - [`Gateway::serve`]: the accept loop. It never waits on a client: each connection's handshake runs in its
+//!   own task under the handshake timeout, and a full `accept` (out of file descriptors) backs off instead of
+//!   spinning.
+//! - [`handshake`]: reads one HTTP request; `/connect` upgrades, `/` serves the demo page.
+//! - [`session`]: a connection's life: direct writes with a bounded outbox behind them, reads into a stack
+//!   buffer, heartbeat, close codes.
+//! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
+
+pub mod handshake;
+pub mod metrics;
+pub mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald_hub::Hub;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::handshake::Request;
+use crate::metrics::{GatewayMetrics, Handshake};
+pub use crate::session::Session;
+
+/// Limits of the WebSocket side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Connections held at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Rooms one connection may be in.
+    pub max_rooms_per_connection: usize,
+    /// Largest message (and frame) a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Time a new connection has to send its complete HTTP request.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing (no message, no ping) for this long is closed (code 4001).
+    pub heartbeat_timeout: Duration,
+    /// A write that makes no progress for this long closes the connection as a slow consumer (code 4000); also
+    /// the longest a closing connection is given to finish its close handshake.
+    pub write_timeout: Duration,
+    /// Frames that may wait in one connection's outbox; one more closes it as a slow consumer (code 4000).
+    pub outbox_frames: usize,
+}
+
+/// The WebSocket side of one herald process.
+pub struct Gateway {
+    /// The fan-out engine sessions join rooms in.
+    pub hub: Arc<Hub<Session>>,
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+/// How long the accept loop pauses after `accept` fails for lack of resources (file descriptors, memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Gateway {
+    /// Creates the gateway around a hub.
+    pub fn new(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            hub,
+            config,
+            metrics,
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// Accepts connections until `stop_accepting` is cancelled. Each connection runs on `tracker`; when
+    /// `close_sessions` is cancelled it sends what is queued for it, then a "going away" close frame.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop_accepting: CancellationToken,
+        close_sessions: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                () = stop_accepting.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+                    let span = tracing::debug_span!("conn", %peer);
+                    let connection = Arc::clone(&self).handle(stream, peer, permit, close_sessions.clone());
+                    tracker.spawn(connection.instrument(span));
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    self.metrics.accept_error();
+                    tracing::warn!(error = %e, "accept failed, backing off");
+                    tokio::select! {
+                        () = stop_accepting.cancelled() => return,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+                // Errors of one connection (reset before accept, ...) say nothing about the listener.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        permit: Option<OwnedSemaphorePermit>,
+        shutdown: CancellationToken,
+    ) {
+        let request = tokio::time::timeout(self.config.handshake_timeout, handshake::read_request(&mut stream)).await;
+        let (response, outcome, upgrade) = match request {
+            Err(_elapsed) => return self.metrics.handshake(Handshake::Timeout),
+            Ok(None) => return,
+            Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
+            Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
+            Ok(Some(Request::Upgrade { .. })) if permit.is_none() => {
+                (handshake::OVER_LIMIT.to_owned(), Handshake::OverLimit, None)
+            }
+            Ok(Some(Request::Upgrade { accept, early })) => {
+                (handshake::switching_protocols(&accept), Handshake::Upgraded, Some(early))
+            }
+        };
+        self.metrics.handshake(outcome);
+        let written = tokio::time::timeout(self.config.handshake_timeout, stream.write_all(response.as_bytes())).await;
+        let (Some(early), Ok(Ok(()))) = (upgrade, written) else { return };
+        let _ = stream.set_nodelay(true);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(id, %peer, "connected");
+        let session = Session::new(id, stream, Arc::clone(&self));
+        session::run(session, early, shutdown).await;
+        drop(permit);
+    }
+}
+
+/// `accept` errors that mean the process is out of something, not that one connection failed.
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}

@@ -1,1 +1,161 @@
-//! placeholder
+//! herald's push API: business services push here, and every answer tells the truth.
+//!
+//! # Endpoints
+//! - `POST /push/room`, `POST /push/all`: go-push's form fields or a JSON body ([`herald_protocol::api`]).
+//!   `200 {"items":N,"recipients":M}` when taken; `400 {"error":..,"field":..}` naming the field at fault;
+//!   `413` over the body limit; `503` with `Retry-After` when the bus cannot take the push.
+//! - `GET /stats` (JSON), `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz`.
+//!
+//! The API never delivers anything itself: it validates, then hands the push to a [`Bus`].
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use herald_protocol::api::{Endpoint, FieldError, parse_push};
+use herald_protocol::bus::{Bus, Refused};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the push API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest request body taken, in bytes; larger ones are answered 413.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+/// Requests answered by the push API, by endpoint and status.
+#[derive(Clone, Debug, Default)]
+pub struct ApiMetrics {
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl ApiMetrics {
+    /// Creates the metrics and registers them (prefix `herald_`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register("herald_api_requests", "Push-API requests, by endpoint and status", metrics.requests.clone());
+        metrics
+    }
+
+    fn count(&self, endpoint: &'static str, status: StatusCode) {
+        self.requests.get_or_create(&RequestLabels { endpoint, status: status.as_u16() }).inc();
+    }
+}
+
+struct Api {
+    bus: Arc<dyn Bus>,
+    registry: Arc<Registry>,
+    metrics: ApiMetrics,
+    /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
+    stopping: CancellationToken,
+}
+
+/// The push API's router. `registry` is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
+pub fn router(
+    bus: Arc<dyn Bus>,
+    registry: Arc<Registry>,
+    metrics: ApiMetrics,
+    config: ApiConfig,
+    stopping: CancellationToken,
+) -> Router {
+    let api = Arc::new(Api { bus, registry, metrics, stopping });
+    Router::new()
+        .route("/push/room", post(push_room))
+        .route("/push/all", post(push_all))
+        .route("/stats", get(stats))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(api)
+}
+
+async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    push(&api, Endpoint::Room, &headers, body)
+}
+
+async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    push(&api, Endpoint::All, &headers, body)
+}
+
+fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let name = match endpoint {
+        Endpoint::Room => "/push/room",
+        Endpoint::All => "/push/all",
+    };
+    let response = match body {
+        Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
+        Ok(body) => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            match parse_push(endpoint, content_type, body) {
+                Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
+                Ok(request) => match api.bus.push(&request.target, request.items) {
+                    Ok(accepted) => (StatusCode::OK, axum_json(json!(accepted))).into_response(),
+                    Err(refused) => unavailable(&refused),
+                },
+            }
+        }
+    };
+    api.metrics.count(name, response.status());
+    response
+}
+
+fn unavailable(refused: &Refused) -> Response {
+    let retry_after = match refused {
+        Refused::QueueFull { retry_after_secs } => *retry_after_secs,
+        Refused::ShuttingDown => 5,
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum_json(json!({ "error": refused.to_string() }))).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+fn error(status: StatusCode, field: &str, message: &str) -> Response {
+    (status, axum_json(json!({ "error": format!("{field}: {message}"), "field": field }))).into_response()
+}
+
+/// A JSON body (axum's `json` feature would pull serde_urlencoded and more for this one line).
+fn axum_json(value: serde_json::Value) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], value.to_string())
+}
+
+async fn stats(State(api): State<Arc<Api>>) -> Response {
+    api.metrics.count("/stats", StatusCode::OK);
+    axum_json(api.bus.stats()).into_response()
+}
+
+async fn render_metrics(State(api): State<Arc<Api>>) -> Response {
+    api.metrics.count("/metrics", StatusCode::OK);
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &api.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", &e.to_string());
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+async fn healthz(State(api): State<Arc<Api>>) -> Response {
+    let status = if api.stopping.is_cancelled() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    api.metrics.count("/healthz", status);
+    let body = if status == StatusCode::OK { "ok\n" } else { "shutting down\n" };
+    (status, body).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "path", "no such endpoint")
+}

@@ -1,0 +1,165 @@
+//! The HTTP/1.1 side of the WebSocket listener: read one request head, then upgrade `/connect`, serve the demo
+//! page at `/`, or refuse.
+//!
+//! Written on `httparse` rather than a full HTTP server so the upgraded connection is a bare `TcpStream` the
+//! session owns outright (no HTTP-layer buffers kept per connection, direct non-blocking writes possible).
+
+use base64::Engine;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// The longest request head taken; browsers send well under 2 KiB.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// The demo page (`GET /`).
+pub const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// What a request asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade on `/connect`.
+    Upgrade {
+        /// The `Sec-WebSocket-Accept` value to answer with.
+        accept: String,
+        /// Bytes the client sent after the request head (the start of its first frames).
+        early: Vec<u8>,
+    },
+    /// `GET /`: the demo page.
+    Page,
+    /// Anything else, with the complete response to send before closing.
+    Refuse(&'static str),
+}
+
+const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+const BAD_REQUEST: &str =
+    "HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\nConnection: close\r\n\r\nexpected a WebSocket handshake\n";
+const UPGRADE_REQUIRED: &str = "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 28\r\n\
+                                Connection: close\r\n\r\nWebSocket version 13 needed\n";
+const TOO_LARGE: &str =
+    "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const METHOD_NOT_ALLOWED: &str =
+    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// Sent when the connection limit is reached.
+pub const OVER_LIMIT: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 21\r\n\
+                              Connection: close\r\n\r\nconnection limit hit\n";
+
+/// Reads and classifies one request head. `None` when the peer closed or broke the connection first.
+pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => return Some(classify(&request, &buf[head_len..])),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Some(Request::Refuse(TOO_LARGE));
+            }
+            Err(_) => return Some(Request::Refuse(BAD_REQUEST)),
+        }
+    }
+}
+
+fn classify(request: &httparse::Request<'_, '_>, rest: &[u8]) -> Request {
+    if request.method != Some("GET") {
+        return Request::Refuse(METHOD_NOT_ALLOWED);
+    }
+    let path = request.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    match path {
+        "/" | "/index.html" => return Request::Page,
+        "/connect" => {}
+        _ => return Request::Refuse(NOT_FOUND),
+    }
+    let header = |name: &str| {
+        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token =
+        |name: &str, token: &str| header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)));
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Request::Refuse(BAD_REQUEST);
+    }
+    if header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Request::Refuse(UPGRADE_REQUIRED);
+    }
+    let Some(key) = header("sec-websocket-key").map(str::trim) else { return Request::Refuse(BAD_REQUEST) };
+    let decoded_len = base64::engine::general_purpose::STANDARD.decode(key).map(|k| k.len());
+    if decoded_len != Ok(16) {
+        return Request::Refuse(BAD_REQUEST);
+    }
+    Request::Upgrade { accept: accept_key(key), early: rest.to_vec() }
+}
+
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// The `101 Switching Protocols` response.
+pub fn switching_protocols(accept: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
+/// The demo page response.
+pub fn page_response() -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nConnection: close\r\n\r\n{DEMO_PAGE}",
+        DEMO_PAGE.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Request {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let head_len = match request.parse(raw.as_bytes()).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        classify(&request, &raw.as_bytes()[head_len..])
+    }
+
+    const UPGRADE: &str = "GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\
+                           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn computes_the_rfc_example_accept_key() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn upgrades_connect_and_keeps_early_bytes() {
+        let raw = format!("{UPGRADE}\u{81}");
+        let Request::Upgrade { accept, early } = parse(&raw) else { panic!("not an upgrade") };
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(early, "\u{81}".as_bytes());
+    }
+
+    #[test]
+    fn routes_and_refuses() {
+        assert_eq!(parse("GET /?room=a HTTP/1.1\r\n\r\n"), Request::Page);
+        assert_eq!(parse("GET /nope HTTP/1.1\r\n\r\n"), Request::Refuse(NOT_FOUND));
+        assert_eq!(parse("POST /connect HTTP/1.1\r\n\r\n"), Request::Refuse(METHOD_NOT_ALLOWED));
+        assert_eq!(parse("GET /connect HTTP/1.1\r\n\r\n"), Request::Refuse(BAD_REQUEST));
+        let old = UPGRADE.replace("Version: 13", "Version: 8");
+        assert_eq!(parse(&old), Request::Refuse(UPGRADE_REQUIRED));
+        let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(parse(&bad_key), Request::Refuse(BAD_REQUEST));
+    }
+}

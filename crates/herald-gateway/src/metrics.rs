@@ -1,0 +1,213 @@
+//! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames.
+
+use herald_hub::metrics::labelled;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Label {
+    reason: &'static str,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame.
+    Client,
+    /// The client went away without one (EOF, reset).
+    PeerGone,
+    /// Nothing received within the heartbeat timeout.
+    Heartbeat,
+    /// Outbox full or a write stalled past the write timeout.
+    SlowConsumer,
+    /// The client broke the protocol or sent something herald does not take.
+    BadInput,
+    /// The server is shutting down.
+    Shutdown,
+    /// Writing to the socket failed.
+    WriteError,
+}
+
+impl CloseReason {
+    const ALL: [Self; 7] = [
+        Self::Client,
+        Self::PeerGone,
+        Self::Heartbeat,
+        Self::SlowConsumer,
+        Self::BadInput,
+        Self::Shutdown,
+        Self::WriteError,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::PeerGone => "peer_gone",
+            Self::Heartbeat => "heartbeat",
+            Self::SlowConsumer => "slow_consumer",
+            Self::BadInput => "bad_input",
+            Self::Shutdown => "shutdown",
+            Self::WriteError => "write_error",
+        }
+    }
+}
+
+/// What was wrong with a client's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadInput {
+    /// RFC 6455 violation (close 1002).
+    Protocol,
+    /// Text that is not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// A message over the read limit (close 1009).
+    TooBig,
+    /// Text that is not JSON (close 1007).
+    NotJson,
+    /// JSON of unknown type or structure (close 1008).
+    UnknownMessage,
+    /// A binary message (close 1003).
+    Binary,
+    /// A JOIN over the room limit (answered with ERROR, or ignored without an id).
+    TooManyRooms,
+    /// A JOIN or LEAVE with an empty or over-long room name (ERROR, or ignored).
+    InvalidRoom,
+}
+
+impl BadInput {
+    const ALL: [Self; 8] = [
+        Self::Protocol,
+        Self::InvalidUtf8,
+        Self::TooBig,
+        Self::NotJson,
+        Self::UnknownMessage,
+        Self::Binary,
+        Self::TooManyRooms,
+        Self::InvalidRoom,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Protocol => "protocol",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::TooBig => "too_big",
+            Self::NotJson => "not_json",
+            Self::UnknownMessage => "unknown_message",
+            Self::Binary => "binary",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::InvalidRoom => "invalid_room",
+        }
+    }
+}
+
+/// How an incoming TCP connection's HTTP request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Upgraded to a WebSocket.
+    Upgraded,
+    /// Served the demo page.
+    Page,
+    /// Answered 4xx (not a valid upgrade, unknown path).
+    Rejected,
+    /// The request did not arrive within the handshake timeout.
+    Timeout,
+    /// Refused with 503: at the connection limit.
+    OverLimit,
+}
+
+impl Handshake {
+    const ALL: [Self; 5] = [Self::Upgraded, Self::Page, Self::Rejected, Self::Timeout, Self::OverLimit];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Upgraded => "upgraded",
+            Self::Page => "page",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::OverLimit => "over_limit",
+        }
+    }
+}
+
+/// Why frames meant for a connection were not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Discarded when the connection was closed as a slow consumer.
+    SlowConsumer,
+    /// Arrived after the connection had started closing.
+    Closing,
+}
+
+/// Counters of the gateway. Every labelled handle is resolved once at start.
+#[derive(Clone, Debug)]
+pub struct GatewayMetrics {
+    closes: [Counter; CloseReason::ALL.len()],
+    bad_input: [Counter; BadInput::ALL.len()],
+    handshakes: [Counter; Handshake::ALL.len()],
+    dropped_slow: Counter,
+    dropped_closing: Counter,
+    accept_errors: Counter,
+}
+
+impl GatewayMetrics {
+    /// Creates the metrics and registers them (prefix `herald_`).
+    pub fn register(registry: &mut Registry) -> Self {
+        let closes = Family::<Label, Counter>::default();
+        let bad = Family::<Label, Counter>::default();
+        let handshakes = Family::<Label, Counter>::default();
+        let dropped = Family::<Label, Counter>::default();
+        let by = |family: &Family<Label, Counter>, reason| labelled(family, Label { reason });
+        let metrics = Self {
+            closes: CloseReason::ALL.map(|r| by(&closes, r.label())),
+            bad_input: BadInput::ALL.map(|b| by(&bad, b.label())),
+            handshakes: Handshake::ALL.map(|h| by(&handshakes, h.label())),
+            dropped_slow: by(&dropped, "slow_consumer"),
+            dropped_closing: by(&dropped, "closing"),
+            accept_errors: Counter::default(),
+        };
+        registry.register("herald_closes", "Connections closed, by reason", closes);
+        registry.register("herald_bad_input", "Bad client input, by kind", bad);
+        registry.register("herald_handshakes", "HTTP requests on the WebSocket listener, by outcome", handshakes);
+        registry.register("herald_dropped_frames", "Frames not sent to a connection, by reason", dropped);
+        registry.register(
+            "herald_accept_errors",
+            "accept() failures (e.g. out of file descriptors); the listener backs off",
+            metrics.accept_errors.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].inc();
+    }
+
+    pub(crate) fn bad_input(&self, kind: BadInput) {
+        self.bad_input[kind as usize].inc();
+    }
+
+    pub(crate) fn handshake(&self, outcome: Handshake) {
+        self.handshakes[outcome as usize].inc();
+    }
+
+    pub(crate) fn dropped(&self, why: Drop, frames: u64) {
+        match why {
+            Drop::SlowConsumer => self.dropped_slow.inc_by(frames),
+            Drop::Closing => self.dropped_closing.inc_by(frames),
+        };
+    }
+
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
+    }
+
+    /// Connections closed for `reason` so far.
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason as usize].get()
+    }
+
+    /// Bad inputs of `kind` seen so far.
+    pub fn bad_inputs(&self, kind: BadInput) -> u64 {
+        self.bad_input[kind as usize].get()
+    }
+}
