@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_hub::Recipient;
@@ -31,6 +32,8 @@ use crate::metrics::{BadInput, CloseReason, Drop};
 const WRITEV_FRAMES: usize = 64;
 /// Reads per wake-up before the task lets others run.
 const READS_PER_WAKE: usize = 16;
+/// Once our close frame is on the wire, how long the peer has to answer with its own before the socket is closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// A connection as the hub and the gateway share it.
 pub struct Session {
@@ -192,6 +195,8 @@ struct Conn {
     ending: Option<CloseReason>,
     /// When the close began; the connection is dropped one write timeout later at the latest.
     closing_since: Option<Instant>,
+    /// When our close frame was fully written; the peer then has [`CLOSE_LINGER`] to answer.
+    close_sent_at: Option<Instant>,
     /// The peer sent its close frame (or its framing broke): no more input is read.
     input_done: bool,
 }
@@ -208,6 +213,7 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
         last_seen: Instant::now(),
         ending: None,
         closing_since: None,
+        close_sent_at: None,
         input_done: false,
     };
     if !early.is_empty() {
@@ -240,7 +246,10 @@ impl Conn {
                 if !queued && self.input_done {
                     return self.ending.unwrap_or(CloseReason::Client);
                 }
-                let deadline = since + config.write_timeout;
+                let mut deadline = since + config.write_timeout;
+                if !queued {
+                    deadline = deadline.min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
+                }
                 if Instant::now() >= deadline {
                     return self.ending.unwrap_or(CloseReason::SlowConsumer);
                 }

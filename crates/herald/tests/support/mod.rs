@@ -1,0 +1,341 @@
+//! Test harness: a real herald on 127.0.0.1 port 0, real WebSocket clients (tokio-websockets, an independent
+//! implementation), a raw-socket client for protocol violations, and a minimal HTTP/1.1 client for the push API.
+//!
+//! Timeouts here are failsafes that turn a hang into a failure; no test asserts how long anything took.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::{DurationValue, Settings};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+/// How long any single expected event may take before the test fails.
+pub const FAILSAFE: Duration = Duration::from_secs(20);
+
+pub fn duration(text: &str) -> Option<DurationValue> {
+    Some(text.parse().expect("test duration"))
+}
+
+/// A herald running in this process.
+pub struct TestServer {
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts herald with `settings` on loopback port 0 (both listeners).
+    pub async fn start(settings: Settings) -> Self {
+        let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let settings = Settings { ws_addr: loopback, api_addr: loopback, log: Some("warn".into()), ..settings };
+        let config = settings.resolve().expect("valid test settings");
+        let (ws, api) = herald::serve::bind(&config).await.expect("bind");
+        let (ws_addr, api_addr) = (ws.local_addr().unwrap(), api.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(herald::serve::run(config, ws, api, shutdown.clone()));
+        Self { ws: ws_addr, api: api_addr, shutdown, task }
+    }
+
+    /// Starts herald with defaults, except the merge window.
+    pub async fn with_window(window: &str) -> Self {
+        Self::start(Settings { merge_window: duration(window), ..Settings::default() }).await
+    }
+
+    /// Asks herald to shut down (as SIGTERM does) without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts herald down and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(FAILSAFE, self.task).await.expect("herald stops").unwrap().unwrap();
+    }
+
+    /// A connected WebSocket client.
+    pub async fn client(&self) -> Client {
+        let uri = format!("ws://{}/connect", self.ws);
+        let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client { ws, next_id: 1 }
+    }
+
+    /// A client that has joined `room` (acknowledged, so pushes after this reach it).
+    pub async fn member(&self, room: &str) -> Client {
+        let mut client = self.client().await;
+        client.join(room).await;
+        client
+    }
+
+    /// An HTTP request to the push API.
+    pub async fn http(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+        http(self.api, method, path, content_type, body).await
+    }
+
+    /// `POST` a form body, go-push style.
+    pub async fn post_form(&self, path: &str, form: &str) -> HttpResponse {
+        self.http("POST", path, Some("application/x-www-form-urlencoded"), form.as_bytes()).await
+    }
+
+    /// Pushes JSON `items` (a JSON array text) to `room`; panics unless answered 200.
+    pub async fn push_room(&self, room: &str, items: &str) -> Value {
+        let body = serde_json::json!({ "room": room, "items": serde_json::from_str::<Value>(items).unwrap() });
+        let response = self.http("POST", "/push/room", Some("application/json"), body.to_string().as_bytes()).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    }
+
+    /// Pushes JSON `items` to everyone; panics unless answered 200.
+    pub async fn push_all(&self, items: &str) -> Value {
+        let body = format!(r#"{{"items":{items}}}"#);
+        let response = self.http("POST", "/push/all", Some("application/json"), body.as_bytes()).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> Value {
+        self.http("GET", "/stats", None, b"").await.json()
+    }
+
+    /// The value of one sample in `GET /metrics` (e.g. `herald_closes_total{reason="heartbeat"}`).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.http("GET", "/metrics", None, b"").await.body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `sample` reaches `at_least`.
+    pub async fn wait_metric(&self, sample: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        loop {
+            let value = self.metric(sample).await;
+            if value >= at_least {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{sample} stayed at {value}, expected {at_least}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A WebSocket client over real TCP.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.expect("send");
+    }
+
+    /// The next message from the server (pings answered by the library are not seen).
+    pub async fn next(&mut self) -> Message {
+        tokio::time::timeout(FAILSAFE, self.ws.next())
+            .await
+            .expect("a message in time")
+            .expect("connection open")
+            .expect("valid message")
+    }
+
+    /// The next message, parsed as JSON.
+    pub async fn next_json(&mut self) -> Value {
+        let message = self.next().await;
+        let text = message.as_text().unwrap_or_else(|| panic!("expected text, got {message:?}"));
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// The next `PUSH` frame's `data`.
+    pub async fn next_push(&mut self) -> Value {
+        let json = self.next_json().await;
+        assert_eq!(json["type"], "PUSH", "{json}");
+        json["data"].clone()
+    }
+
+    /// Sends a request with a fresh id and returns the reply with that id.
+    pub async fn request(&mut self, kind: &str, room: &str) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(&serde_json::json!({ "type": kind, "id": id, "data": { "room": room } }).to_string())
+            .await;
+        let reply = self.next_json().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        reply
+    }
+
+    /// JOINs `room` and waits for the ACK.
+    pub async fn join(&mut self, room: &str) {
+        let reply = self.request("JOIN", room).await;
+        assert_eq!(reply["type"], "ACK", "{reply}");
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let message = self.next().await;
+            if let Some((code, reason)) = message.as_close() {
+                return (code.into(), reason.to_owned());
+            }
+        }
+    }
+}
+
+/// A response from [`http`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, read to the end.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(content_type) = content_type {
+        request.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(FAILSAFE, stream.read_to_end(&mut raw)).await.expect("response in time").unwrap();
+    parse_response(&raw)
+}
+
+/// Parses a complete HTTP/1.1 response (no chunked encoding needed for herald's answers).
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    HttpResponse { status, headers, body: body.to_owned() }
+}
+
+/// A WebSocket at the byte level, for sending what no well-behaved client library would.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    /// Completes a handshake on `stream`.
+    pub async fn handshake(mut stream: TcpStream, ws: SocketAddr) -> Self {
+        let request = format!(
+            "GET /connect HTTP/1.1\r\nHost: {ws}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(FAILSAFE, stream.read(&mut byte)).await.unwrap().unwrap();
+            assert_eq!(n, 1, "connection closed during handshake: {}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        Self { stream }
+    }
+
+    pub async fn connect(ws: SocketAddr) -> Self {
+        Self::handshake(TcpStream::connect(ws).await.unwrap(), ws).await
+    }
+
+    /// Sends one frame with the given first byte, masked or not.
+    pub async fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
+        self.stream.write_all(&encode_client_frame(first_byte, payload, masked)).await.unwrap();
+    }
+
+    /// Reads server frames until a close frame; returns its code (None if the connection ended without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.read_frame().await?;
+            if opcode == 0x8 {
+                return payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            }
+        }
+    }
+
+    /// Reads one server frame: (opcode, payload); None at end of stream.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.read_exact(&mut head).await?;
+        assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+        let len = match head[1] & 0x7F {
+            126 => {
+                let mut ext = [0u8; 2];
+                self.read_exact(&mut ext).await?;
+                u16::from_be_bytes(ext) as usize
+            }
+            127 => {
+                let mut ext = [0u8; 8];
+                self.read_exact(&mut ext).await?;
+                u64::from_be_bytes(ext) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload).await?;
+        Some((head[0] & 0x0F, payload))
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Option<()> {
+        match tokio::time::timeout(FAILSAFE, self.stream.read_exact(buf)).await.expect("server answers in time") {
+            Ok(_) => Some(()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A client frame (masked with a fixed key unless `masked` is false).
+pub fn encode_client_frame(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 65535 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
