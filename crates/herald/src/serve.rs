@@ -62,8 +62,9 @@ pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: Ca
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
 
     let drain = async {
-        stop_accepting.cancel();
+        // Hub first: once /healthz (which follows stop_accepting) says 503, pushes are refused too.
         hub.close();
+        stop_accepting.cancel();
         let _ = accept_loop.await;
         hub_stop.cancel();
         hub_tasks.close();
