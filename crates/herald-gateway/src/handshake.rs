@@ -30,15 +30,13 @@ pub enum Request {
     Refuse(&'static str),
 }
 
-const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
-const BAD_REQUEST: &str =
-    "HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\nConnection: close\r\n\r\nexpected a WebSocket handshake\n";
+const NOT_FOUND: &str =
+    "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+const BAD_REQUEST: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\nConnection: close\r\n\r\nexpected a WebSocket handshake\n";
 const UPGRADE_REQUIRED: &str = "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 28\r\n\
                                 Connection: close\r\n\r\nWebSocket version 13 needed\n";
-const TOO_LARGE: &str =
-    "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-const METHOD_NOT_ALLOWED: &str =
-    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const TOO_LARGE: &str = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const METHOD_NOT_ALLOWED: &str = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// Sent when the connection limit is reached.
 pub const OVER_LIMIT: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 21\r\n\
                               Connection: close\r\n\r\nconnection limit hit\n";
@@ -56,7 +54,9 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => return Some(classify(&request, &buf[head_len..])),
+            Ok(httparse::Status::Complete(head_len)) => {
+                return Some(classify(&request, &buf[head_len..]));
+            }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
                 return Some(Request::Refuse(TOO_LARGE));
@@ -78,22 +78,34 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8]) -> Request {
         _ => return Request::Refuse(NOT_FOUND),
     }
     let header = |name: &str| {
-        request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    let has_token =
-        |name: &str, token: &str| header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)));
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Request::Refuse(BAD_REQUEST);
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return Request::Refuse(UPGRADE_REQUIRED);
     }
-    let Some(key) = header("sec-websocket-key").map(str::trim) else { return Request::Refuse(BAD_REQUEST) };
-    let decoded_len = base64::engine::general_purpose::STANDARD.decode(key).map(|k| k.len());
+    let Some(key) = header("sec-websocket-key").map(str::trim) else {
+        return Request::Refuse(BAD_REQUEST);
+    };
+    let decoded_len = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map(|k| k.len());
     if decoded_len != Ok(16) {
         return Request::Refuse(BAD_REQUEST);
     }
-    Request::Upgrade { accept: accept_key(key), early: rest.to_vec() }
+    Request::Upgrade {
+        accept: accept_key(key),
+        early: rest.to_vec(),
+    }
 }
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 section 4.2.2).
@@ -140,13 +152,18 @@ mod tests {
 
     #[test]
     fn computes_the_rfc_example_accept_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn upgrades_connect_and_keeps_early_bytes() {
         let raw = format!("{UPGRADE}\u{81}");
-        let Request::Upgrade { accept, early } = parse(&raw) else { panic!("not an upgrade") };
+        let Request::Upgrade { accept, early } = parse(&raw) else {
+            panic!("not an upgrade")
+        };
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(early, "\u{81}".as_bytes());
     }
@@ -154,9 +171,18 @@ mod tests {
     #[test]
     fn routes_and_refuses() {
         assert_eq!(parse("GET /?room=a HTTP/1.1\r\n\r\n"), Request::Page);
-        assert_eq!(parse("GET /nope HTTP/1.1\r\n\r\n"), Request::Refuse(NOT_FOUND));
-        assert_eq!(parse("POST /connect HTTP/1.1\r\n\r\n"), Request::Refuse(METHOD_NOT_ALLOWED));
-        assert_eq!(parse("GET /connect HTTP/1.1\r\n\r\n"), Request::Refuse(BAD_REQUEST));
+        assert_eq!(
+            parse("GET /nope HTTP/1.1\r\n\r\n"),
+            Request::Refuse(NOT_FOUND)
+        );
+        assert_eq!(
+            parse("POST /connect HTTP/1.1\r\n\r\n"),
+            Request::Refuse(METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            parse("GET /connect HTTP/1.1\r\n\r\n"),
+            Request::Refuse(BAD_REQUEST)
+        );
         let old = UPGRADE.replace("Version: 13", "Version: 8");
         assert_eq!(parse(&old), Request::Refuse(UPGRADE_REQUIRED));
         let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");

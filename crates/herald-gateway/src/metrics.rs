@@ -117,7 +117,13 @@ pub enum Handshake {
 }
 
 impl Handshake {
-    const ALL: [Self; 5] = [Self::Upgraded, Self::Page, Self::Rejected, Self::Timeout, Self::OverLimit];
+    const ALL: [Self; 5] = [
+        Self::Upgraded,
+        Self::Page,
+        Self::Rejected,
+        Self::Timeout,
+        Self::OverLimit,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -168,8 +174,16 @@ impl GatewayMetrics {
         };
         registry.register("herald_closes", "Connections closed, by reason", closes);
         registry.register("herald_bad_input", "Bad client input, by kind", bad);
-        registry.register("herald_handshakes", "HTTP requests on the WebSocket listener, by outcome", handshakes);
-        registry.register("herald_dropped_frames", "Frames not sent to a connection, by reason", dropped);
+        registry.register(
+            "herald_handshakes",
+            "HTTP requests on the WebSocket listener, by outcome",
+            handshakes,
+        );
+        registry.register(
+            "herald_dropped_frames",
+            "Frames not sent to a connection, by reason",
+            dropped,
+        );
         registry.register(
             "herald_accept_errors",
             "accept() failures (e.g. out of file descriptors); the listener backs off",

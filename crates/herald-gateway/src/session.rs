@@ -17,7 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_hub::Recipient;
 use herald_protocol::client::{self, Command, RequestError};
-use herald_protocol::ws::{self, Assembler, FrameError, Message, OpCode, close, decode_header, unmask};
+use herald_protocol::ws::{
+    self, Assembler, FrameError, Message, OpCode, close, decode_header, unmask,
+};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -92,7 +94,9 @@ impl Recipient for Session {
         } else if outbox.frames.len() >= self.gateway.config.outbox_frames {
             let discarded = outbox.begin_close(close::SLOW_CONSUMER, "slow consumer", true);
             drop(outbox);
-            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64 + 1);
+            self.gateway
+                .metrics
+                .dropped(Drop::SlowConsumer, discarded as u64 + 1);
             self.wake.notify_one();
         } else {
             outbox.frames.push_back(frame.clone());
@@ -125,14 +129,22 @@ impl Outbox {
 
 impl Session {
     pub(crate) fn new(id: u64, stream: TcpStream, gateway: Arc<Gateway>) -> Arc<Self> {
-        Arc::new(Self { id, stream, outbox: Mutex::default(), wake: Notify::new(), gateway })
+        Arc::new(Self {
+            id,
+            stream,
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+            gateway,
+        })
     }
 
     /// Queues a close frame after what is queued (or, with `discard`, instead of it).
     fn begin_close(&self, code: u16, reason: &str, discard: bool) {
         let discarded = self.outbox.lock().begin_close(code, reason, discard);
         if discarded > 0 {
-            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64);
+            self.gateway
+                .metrics
+                .dropped(Drop::SlowConsumer, discarded as u64);
         }
     }
 
@@ -179,7 +191,11 @@ impl Session {
 enum Flow {
     Continue,
     /// Close with this code and reason.
-    Close { code: u16, reason: String, why: CloseReason },
+    Close {
+        code: u16,
+        reason: String,
+        why: CloseReason,
+    },
     /// The peer sent a close frame.
     PeerClosed(Option<u16>),
 }
@@ -222,7 +238,9 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
     }
     let reason = conn.drive(&shutdown).await;
     let Conn { session, rooms, .. } = conn;
-    gateway.hub.unregister(session.id, rooms.iter().map(|r| &**r));
+    gateway
+        .hub
+        .unregister(session.id, rooms.iter().map(|r| &**r));
     gateway.metrics.closed(reason);
     tracing::debug!(id = session.id, ?reason, "connection closed");
 }
@@ -235,7 +253,12 @@ impl Conn {
         loop {
             let (queued, closing, failed, last_progress) = {
                 let outbox = self.session.outbox.lock();
-                (!outbox.frames.is_empty(), outbox.closing, outbox.failed, outbox.last_progress)
+                (
+                    !outbox.frames.is_empty(),
+                    outbox.closing,
+                    outbox.failed,
+                    outbox.last_progress,
+                )
             };
             if failed {
                 return self.ending.unwrap_or(CloseReason::WriteError);
@@ -248,7 +271,8 @@ impl Conn {
                 }
                 let mut deadline = since + config.write_timeout;
                 if !queued {
-                    deadline = deadline.min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
+                    deadline = deadline
+                        .min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
                 }
                 if Instant::now() >= deadline {
                     return self.ending.unwrap_or(CloseReason::SlowConsumer);
@@ -349,7 +373,8 @@ impl Conn {
                 self.input_done = true;
                 self.partial = Vec::new();
                 // Echo the peer's code (RFC 6455 5.5.1); does nothing if we had started the close ourselves.
-                self.session.begin_close(code.unwrap_or(close::NORMAL), "", false);
+                self.session
+                    .begin_close(code.unwrap_or(close::NORMAL), "", false);
             }
         }
     }
@@ -368,7 +393,11 @@ impl Conn {
             unmask(payload, header.mask);
             used += header.frame_len();
             let closing = self.session.outbox.lock().closing;
-            let mut ctx = MessageCtx { session: &self.session, rooms: &mut self.rooms, closing };
+            let mut ctx = MessageCtx {
+                session: &self.session,
+                rooms: &mut self.rooms,
+                closing,
+            };
             let flow = match self.assembler.on_frame(&header, payload, limit) {
                 Ok(Some(message)) => ctx.on_message(message),
                 Ok(None) => Flow::Continue,
@@ -382,7 +411,12 @@ impl Conn {
     }
 
     fn frame_error(&mut self, error: &FrameError) -> Flow {
-        MessageCtx { session: &self.session, rooms: &mut self.rooms, closing: false }.frame_error(error)
+        MessageCtx {
+            session: &self.session,
+            rooms: &mut self.rooms,
+            closing: false,
+        }
+        .frame_error(error)
     }
 }
 
@@ -400,7 +434,11 @@ impl MessageCtx<'_> {
             Message::Close(code) => Flow::PeerClosed(code),
             _ if self.closing => Flow::Continue,
             Message::Text(text) => self.on_text(text),
-            Message::Binary(_) => self.bad(BadInput::Binary, close::UNSUPPORTED_DATA, "binary messages not supported"),
+            Message::Binary(_) => self.bad(
+                BadInput::Binary,
+                close::UNSUPPORTED_DATA,
+                "binary messages not supported",
+            ),
             Message::Ping(payload) => {
                 self.session.deliver(&ws::frame(OpCode::Pong, payload));
                 Flow::Continue
@@ -413,7 +451,11 @@ impl MessageCtx<'_> {
         let message = match client::parse(text) {
             Ok(message) => message,
             Err(e) => {
-                let kind = if e.close_code() == close::INVALID_PAYLOAD { BadInput::NotJson } else { BadInput::UnknownMessage };
+                let kind = if e.close_code() == close::INVALID_PAYLOAD {
+                    BadInput::NotJson
+                } else {
+                    BadInput::UnknownMessage
+                };
                 return self.bad(kind, e.close_code(), &e.to_string());
             }
         };
@@ -486,6 +528,10 @@ impl MessageCtx<'_> {
     fn bad(&self, kind: BadInput, code: u16, reason: &str) -> Flow {
         self.session.gateway.metrics.bad_input(kind);
         tracing::debug!(id = self.session.id, code, reason, "bad input, closing");
-        Flow::Close { code, reason: reason.to_owned(), why: CloseReason::BadInput }
+        Flow::Close {
+            code,
+            reason: reason.to_owned(),
+            why: CloseReason::BadInput,
+        }
     }
 }

@@ -46,7 +46,11 @@ pub struct Batch {
 
 impl Default for Batch {
     fn default() -> Self {
-        Self { items: Vec::new(), last_flush: None, state: State::Idle }
+        Self {
+            items: Vec::new(),
+            last_flush: None,
+            state: State::Idle,
+        }
     }
 }
 
@@ -58,7 +62,9 @@ impl Batch {
         } else {
             self.items.extend(items);
         }
-        let quiet = self.last_flush.is_none_or(|last| now.saturating_duration_since(last) >= policy.window);
+        let quiet = self
+            .last_flush
+            .is_none_or(|last| now.saturating_duration_since(last) >= policy.window);
         match self.state {
             State::Ready => Wake::Nothing,
             _ if quiet || self.items.len() >= policy.max_items => {
@@ -118,7 +124,10 @@ impl Batch {
 mod tests {
     use super::*;
 
-    const POLICY: MergePolicy = MergePolicy { window: Duration::from_secs(1), max_items: 3 };
+    const POLICY: MergePolicy = MergePolicy {
+        window: Duration::from_secs(1),
+        max_items: 3,
+    };
 
     fn item(n: u8) -> Vec<Bytes> {
         vec![Bytes::from(vec![b'0' + n])]
@@ -132,7 +141,11 @@ mod tests {
         assert_eq!(batch.add(item(2), t0, POLICY), Wake::Nothing, "already due");
         assert_eq!(batch.take(t0).len(), 2);
         let later = t0 + Duration::from_millis(1500);
-        assert_eq!(batch.add(item(3), later, POLICY), Wake::Now, "a window passed since the last frame");
+        assert_eq!(
+            batch.add(item(3), later, POLICY),
+            Wake::Now,
+            "a window passed since the last frame"
+        );
     }
 
     #[test]
@@ -157,15 +170,24 @@ mod tests {
         batch.add(item(0), t0, POLICY);
         batch.take(t0);
         let t1 = t0 + Duration::from_millis(10);
-        let Wake::At(deadline) = batch.add(item(1), t1, POLICY) else { panic!("expected a timer") };
+        let Wake::At(deadline) = batch.add(item(1), t1, POLICY) else {
+            panic!("expected a timer")
+        };
         assert_eq!(batch.add(item(2), t1, POLICY), Wake::Nothing);
-        assert_eq!(batch.add(item(3), t1, POLICY), Wake::Now, "max_items reached");
+        assert_eq!(
+            batch.add(item(3), t1, POLICY),
+            Wake::Now,
+            "max_items reached"
+        );
         assert!(!batch.is_due_at(deadline));
     }
 
     #[test]
     fn a_zero_window_never_waits() {
-        let policy = MergePolicy { window: Duration::ZERO, ..POLICY };
+        let policy = MergePolicy {
+            window: Duration::ZERO,
+            ..POLICY
+        };
         let t0 = Instant::now();
         let mut batch = Batch::default();
         for n in 0..3 {

@@ -124,7 +124,10 @@ impl<R> Shard<R> {
 impl<R: Recipient> Hub<R> {
     /// Creates a hub; nothing is sent until [`Hub::spawn_workers`].
     pub fn new(config: HubConfig, metrics: HubMetrics) -> Arc<Self> {
-        assert!(config.shards > 0 && config.merge.max_items > 0 && config.queue_items > 0, "validated config");
+        assert!(
+            config.shards > 0 && config.merge.max_items > 0 && config.queue_items > 0,
+            "validated config"
+        );
         Arc::new(Self {
             shards: (0..config.shards).map(|_| Shard::new()).collect(),
             broadcast: Shard::new(),
@@ -154,7 +157,13 @@ impl<R: Recipient> Hub<R> {
 
     /// Adds a new connection (it will receive broadcasts).
     pub fn register(&self, conn: &Arc<R>) {
-        if self.conn_shard(conn.id()).state.lock().everyone.insert(conn) {
+        if self
+            .conn_shard(conn.id())
+            .state
+            .lock()
+            .everyone
+            .insert(conn)
+        {
             self.metrics.connections.inc();
         }
     }
@@ -175,7 +184,10 @@ impl<R: Recipient> Hub<R> {
         let joined = match state.rooms.get_mut(room) {
             Some(existing) => existing.members.insert(conn),
             None => {
-                let mut created = Room { members: Members::default(), batch: Batch::default() };
+                let mut created = Room {
+                    members: Members::default(),
+                    batch: Batch::default(),
+                };
                 created.members.insert(conn);
                 state.rooms.insert(Arc::from(room), created);
                 self.metrics.rooms.inc();
@@ -191,7 +203,9 @@ impl<R: Recipient> Hub<R> {
     /// Removes a connection from a room; false if it was not a member.
     pub fn leave(&self, room: &str, id: u64) -> bool {
         let mut state = self.room_shard(room).state.lock();
-        let Some(existing) = state.rooms.get_mut(room) else { return false };
+        let Some(existing) = state.rooms.get_mut(room) else {
+            return false;
+        };
         let left = existing.members.remove(id);
         // A room with items still waiting stays until its worker flushes it (and then drops it).
         if existing.members.is_empty() && existing.batch.is_empty() {
@@ -217,7 +231,10 @@ impl<R: Recipient> Hub<R> {
         let Some(entry) = state.rooms.get_mut(&**room) else {
             // Nobody to deliver to: say so (recipients 0) and count the items as dropped.
             self.metrics.items_unrouted.inc_by(count as u64);
-            return Ok(Accepted { items: count, recipients: 0 });
+            return Ok(Accepted {
+                items: count,
+                recipients: 0,
+            });
         };
         if state.pending + count > self.config.queue_items {
             return Err(self.refuse_queue_full());
@@ -235,7 +252,10 @@ impl<R: Recipient> Hub<R> {
             shard.wake.notify_one();
         }
         self.metrics.pending_items.inc_by(count as i64);
-        Ok(Accepted { items: count, recipients })
+        Ok(Accepted {
+            items: count,
+            recipients,
+        })
     }
 
     fn push_all(&self, items: Vec<Bytes>) -> Result<Accepted, Refused> {
@@ -245,14 +265,19 @@ impl<R: Recipient> Hub<R> {
             return Err(self.refuse_queue_full());
         }
         // The broadcast worker reads the batch's own deadline; any wake just makes it look again.
-        let wake = state.broadcast.add(items, Instant::now(), self.config.merge);
+        let wake = state
+            .broadcast
+            .add(items, Instant::now(), self.config.merge);
         state.pending += count;
         drop(state);
         if wake != Wake::Nothing {
             self.broadcast.wake.notify_one();
         }
         self.metrics.pending_items.inc_by(count as i64);
-        Ok(Accepted { items: count, recipients: self.connections() })
+        Ok(Accepted {
+            items: count,
+            recipients: self.connections(),
+        })
     }
 
     fn refuse_queue_full(&self) -> Refused {
@@ -310,12 +335,18 @@ impl<R: Recipient> Hub<R> {
                 break;
             }
             let Reverse((at, room)) = state.timers.pop().expect("peeked");
-            if state.rooms.get(&room).is_some_and(|r| r.batch.is_due_at(at)) {
+            if state
+                .rooms
+                .get(&room)
+                .is_some_and(|r| r.batch.is_due_at(at))
+            {
                 due.push(room);
             }
         }
         for room in due {
-            let Some(entry) = state.rooms.get_mut(&room) else { continue };
+            let Some(entry) = state.rooms.get_mut(&room) else {
+                continue;
+            };
             let items = entry.batch.take(now);
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
@@ -325,7 +356,11 @@ impl<R: Recipient> Hub<R> {
                 self.metrics.rooms.dec();
             }
             if !items.is_empty() {
-                out.push(Flush { room: Some(room), items, members });
+                out.push(Flush {
+                    room: Some(room),
+                    items,
+                    members,
+                });
             }
         }
         state.timers.peek().map(|Reverse((at, _))| *at)
@@ -343,8 +378,16 @@ impl<R: Recipient> Hub<R> {
             let items = state.broadcast.take(now);
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
-            let members = self.shards.iter().map(|s| s.state.lock().everyone.snapshot()).collect();
-            out.push(Flush { room: None, items, members });
+            let members = self
+                .shards
+                .iter()
+                .map(|s| s.state.lock().everyone.snapshot())
+                .collect();
+            out.push(Flush {
+                room: None,
+                items,
+                members,
+            });
         }
         state.broadcast.deadline()
     }
@@ -366,7 +409,9 @@ impl<R: Recipient> Hub<R> {
             self.metrics.frames.inc();
             self.metrics.frame_items.inc_by(chunk.len() as u64);
             self.metrics.deliveries.inc_by(recipients as u64);
-            self.metrics.delivered_bytes.inc_by((frame.len() * recipients) as u64);
+            self.metrics
+                .delivered_bytes
+                .inc_by((frame.len() * recipients) as u64);
         }
     }
 

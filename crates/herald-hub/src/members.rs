@@ -14,7 +14,10 @@ pub(crate) struct Members<R> {
 
 impl<R> Default for Members<R> {
     fn default() -> Self {
-        Self { list: Arc::default(), index: HashMap::new() }
+        Self {
+            list: Arc::default(),
+            index: HashMap::new(),
+        }
     }
 }
 
@@ -33,7 +36,9 @@ impl<R: Recipient> Members<R> {
 
     /// Removes a connection; false if it was not a member.
     pub(crate) fn remove(&mut self, id: u64) -> bool {
-        let Some(slot) = self.index.remove(&id) else { return false };
+        let Some(slot) = self.index.remove(&id) else {
+            return false;
+        };
         let list = Arc::make_mut(&mut self.list);
         list.swap_remove(slot);
         if let Some(moved) = list.get(slot) {

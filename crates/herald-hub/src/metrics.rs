@@ -45,8 +45,18 @@ impl HubMetrics {
             pushes_room: labelled(&pushes, TargetLabel { target: "room" }),
             pushes_all: labelled(&pushes, TargetLabel { target: "all" }),
             items: Counter::default(),
-            refused_queue_full: labelled(&refused, ReasonLabel { reason: "queue_full" }),
-            refused_shutting_down: labelled(&refused, ReasonLabel { reason: "shutting_down" }),
+            refused_queue_full: labelled(
+                &refused,
+                ReasonLabel {
+                    reason: "queue_full",
+                },
+            ),
+            refused_shutting_down: labelled(
+                &refused,
+                ReasonLabel {
+                    reason: "shutting_down",
+                },
+            ),
             items_unrouted: Counter::default(),
             frames: Counter::default(),
             frame_items: Counter::default(),
@@ -58,25 +68,61 @@ impl HubMetrics {
             pending_items: Gauge::default(),
         };
         registry.register("herald_pushes", "Pushes accepted, by target", pushes);
-        registry.register("herald_push_items", "Items accepted in pushes", metrics.items.clone());
-        registry.register("herald_pushes_refused", "Pushes refused (answered 503), by reason", refused);
+        registry.register(
+            "herald_push_items",
+            "Items accepted in pushes",
+            metrics.items.clone(),
+        );
+        registry.register(
+            "herald_pushes_refused",
+            "Pushes refused (answered 503), by reason",
+            refused,
+        );
         registry.register(
             "herald_items_unrouted",
             "Items dropped because their room had no member when the frame was sent",
             metrics.items_unrouted.clone(),
         );
-        registry.register("herald_frames", "Merged PUSH frames encoded", metrics.frames.clone());
-        registry.register("herald_frame_items", "Items carried in merged frames", metrics.frame_items.clone());
+        registry.register(
+            "herald_frames",
+            "Merged PUSH frames encoded",
+            metrics.frames.clone(),
+        );
+        registry.register(
+            "herald_frame_items",
+            "Items carried in merged frames",
+            metrics.frame_items.clone(),
+        );
         registry.register(
             "herald_deliveries",
             "Frames handed to connections (frames x recipients)",
             metrics.deliveries.clone(),
         );
-        registry.register("herald_delivered_bytes", "Bytes handed to connections", metrics.delivered_bytes.clone());
-        registry.register("herald_connections", "Connections registered in the hub", metrics.connections.clone());
-        registry.register("herald_rooms", "Rooms with at least one member", metrics.rooms.clone());
-        registry.register("herald_memberships", "Room memberships over all connections", metrics.memberships.clone());
-        registry.register("herald_pending_items", "Items waiting for their merged frame", metrics.pending_items.clone());
+        registry.register(
+            "herald_delivered_bytes",
+            "Bytes handed to connections",
+            metrics.delivered_bytes.clone(),
+        );
+        registry.register(
+            "herald_connections",
+            "Connections registered in the hub",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "herald_rooms",
+            "Rooms with at least one member",
+            metrics.rooms.clone(),
+        );
+        registry.register(
+            "herald_memberships",
+            "Room memberships over all connections",
+            metrics.memberships.clone(),
+        );
+        registry.register(
+            "herald_pending_items",
+            "Items waiting for their merged frame",
+            metrics.pending_items.clone(),
+        );
         metrics
     }
 

@@ -23,7 +23,10 @@ impl Recipient for Recorder {
 
 impl Recorder {
     fn new(id: u64) -> Arc<Self> {
-        Arc::new(Self { id, ..Self::default() })
+        Arc::new(Self {
+            id,
+            ..Self::default()
+        })
     }
 
     /// The items of each received frame, as strings.
@@ -33,7 +36,12 @@ impl Recorder {
             .iter()
             .map(|frame| {
                 let json: serde_json::Value = serde_json::from_slice(payload(frame)).unwrap();
-                json["data"]["items"].as_array().unwrap().iter().map(|v| v.to_string()).collect()
+                json["data"]["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect()
             })
             .collect()
     }
@@ -41,8 +49,18 @@ impl Recorder {
 
 const WINDOW: Duration = Duration::from_secs(1);
 
-fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
-    let config = HubConfig { shards: 4, merge: MergePolicy { window: WINDOW, max_items }, queue_items };
+fn start(
+    max_items: usize,
+    queue_items: usize,
+) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
+    let config = HubConfig {
+        shards: 4,
+        merge: MergePolicy {
+            window: WINDOW,
+            max_items,
+        },
+        queue_items,
+    };
     let hub = Hub::new(config, HubMetrics::unregistered());
     let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
     hub.spawn_workers(&tracker, stop.clone());
@@ -50,7 +68,9 @@ fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, Cancellat
 }
 
 fn items(list: &[&str]) -> Vec<Bytes> {
-    list.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
+    list.iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect()
 }
 
 fn room(name: &str) -> Target {
@@ -74,7 +94,13 @@ async fn a_room_push_reaches_its_members_only() {
     assert!(hub.join("news", &a) && hub.join("news", &b));
     assert!(!hub.join("news", &a), "second join is a no-op");
     let accepted = hub.push(&room("news"), items(&["1"])).unwrap();
-    assert_eq!(accepted, Accepted { items: 1, recipients: 2 });
+    assert_eq!(
+        accepted,
+        Accepted {
+            items: 1,
+            recipients: 2
+        }
+    );
     settle().await;
     assert_eq!(a.items(), [["1"]]);
     assert_eq!(b.items(), [["1"]]);
@@ -96,7 +122,11 @@ async fn pushes_inside_one_window_merge_into_one_frame_in_order() {
     hub.join("r", &a);
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
-    assert_eq!(a.items(), [["1"]], "the first push after a quiet window goes at once");
+    assert_eq!(
+        a.items(),
+        [["1"]],
+        "the first push after a quiet window goes at once"
+    );
 
     hub.push(&room("r"), items(&["2"])).unwrap();
     hub.push(&room("r"), items(&["3", "4"])).unwrap();
@@ -121,7 +151,10 @@ async fn a_full_batch_goes_early_and_frames_hold_at_most_max_items() {
     assert_eq!(a.items().len(), 1);
     hub.push(&room("r"), items(&["3", "4", "5", "6"])).unwrap();
     settle().await;
-    assert_eq!(a.items(), [vec!["0"], vec!["1", "2", "3"], vec!["4", "5", "6"]]);
+    assert_eq!(
+        a.items(),
+        [vec!["0"], vec!["1", "2", "3"], vec!["4", "5", "6"]]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -131,7 +164,10 @@ async fn broadcasts_reach_every_connection_and_merge_too() {
     for conn in &conns {
         hub.register(conn);
     }
-    assert_eq!(hub.push(&Target::All, items(&["1"])).unwrap().recipients, 10);
+    assert_eq!(
+        hub.push(&Target::All, items(&["1"])).unwrap().recipients,
+        10
+    );
     settle().await;
     hub.push(&Target::All, items(&["2"])).unwrap();
     hub.push(&Target::All, items(&["3"])).unwrap();
@@ -143,7 +179,11 @@ async fn broadcasts_reach_every_connection_and_merge_too() {
     }
     let first = conns[0].frames.lock()[0].clone();
     let last = conns[9].frames.lock()[0].clone();
-    assert_eq!(first.as_ptr(), last.as_ptr(), "one encoding shared by every recipient");
+    assert_eq!(
+        first.as_ptr(),
+        last.as_ptr(),
+        "one encoding shared by every recipient"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,17 +196,32 @@ async fn a_full_queue_refuses_the_whole_push() {
     settle().await;
     hub.push(&room("r"), items(&["2", "3", "4"])).unwrap();
     let refused = hub.push(&room("r"), items(&["5", "6", "7"])).unwrap_err();
-    assert_eq!(refused, Refused::QueueFull { retry_after_secs: 1 });
+    assert_eq!(
+        refused,
+        Refused::QueueFull {
+            retry_after_secs: 1
+        }
+    );
     tokio::time::advance(WINDOW).await;
     settle().await;
-    assert_eq!(a.items(), [vec!["1"], vec!["2", "3", "4"]], "nothing of the refused push delivered");
+    assert_eq!(
+        a.items(),
+        [vec!["1"], vec!["2", "3", "4"]],
+        "nothing of the refused push delivered"
+    );
     hub.push(&room("r"), items(&["5", "6", "7"])).unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_room_without_members_reports_zero_recipients() {
     let (hub, _stop, _tracker) = start(100, 1000);
-    assert_eq!(hub.push(&room("empty"), items(&["1"])).unwrap(), Accepted { items: 1, recipients: 0 });
+    assert_eq!(
+        hub.push(&room("empty"), items(&["1"])).unwrap(),
+        Accepted {
+            items: 1,
+            recipients: 0
+        }
+    );
     assert_eq!(hub.metrics.items_unrouted.get(), 1);
 }
 
@@ -181,13 +236,20 @@ async fn stopping_sends_what_waits_and_refuses_the_rest() {
     hub.push(&room("r"), items(&["2"])).unwrap();
     hub.push(&Target::All, items(&["\"b\""])).unwrap();
     hub.close();
-    assert_eq!(hub.push(&room("r"), items(&["3"])), Err(Refused::ShuttingDown));
+    assert_eq!(
+        hub.push(&room("r"), items(&["3"])),
+        Err(Refused::ShuttingDown)
+    );
     stop.cancel();
     tracker.close();
     tracker.wait().await;
     let mut got = a.items();
     got.sort();
-    assert_eq!(got, [vec!["\"b\""], vec!["1"], vec!["2"]], "waiting batches sent at once on stop");
+    assert_eq!(
+        got,
+        [vec!["\"b\""], vec!["1"], vec!["2"]],
+        "waiting batches sent at once on stop"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,5 +262,12 @@ async fn unregister_leaves_every_room_and_empty_rooms_go_away() {
     }
     assert_eq!(hub.metrics.rooms.get(), 3);
     hub.unregister(1, ["x", "y", "z"]);
-    assert_eq!((hub.metrics.rooms.get(), hub.metrics.memberships.get(), hub.connections()), (0, 0, 0));
+    assert_eq!(
+        (
+            hub.metrics.rooms.get(),
+            hub.metrics.memberships.get(),
+            hub.connections()
+        ),
+        (0, 0, 0)
+    );
 }

@@ -49,12 +49,21 @@ impl ApiMetrics {
     /// Creates the metrics and registers them (prefix `herald_`).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register("herald_api_requests", "Push-API requests, by endpoint and status", metrics.requests.clone());
+        registry.register(
+            "herald_api_requests",
+            "Push-API requests, by endpoint and status",
+            metrics.requests.clone(),
+        );
         metrics
     }
 
     fn count(&self, endpoint: &'static str, status: StatusCode) {
-        self.requests.get_or_create(&RequestLabels { endpoint, status: status.as_u16() }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                status: status.as_u16(),
+            })
+            .inc();
     }
 }
 
@@ -74,7 +83,12 @@ pub fn router(
     config: ApiConfig,
     stopping: CancellationToken,
 ) -> Router {
-    let api = Arc::new(Api { bus, registry, metrics, stopping });
+    let api = Arc::new(Api {
+        bus,
+        registry,
+        metrics,
+        stopping,
+    });
     Router::new()
         .route("/push/room", post(push_room))
         .route("/push/all", post(push_all))
@@ -86,15 +100,28 @@ pub fn router(
         .with_state(api)
 }
 
-async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push_room(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     push(&api, Endpoint::Room, &headers, body)
 }
 
-async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push_all(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     push(&api, Endpoint::All, &headers, body)
 }
 
-fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+fn push(
+    api: &Api,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let name = match endpoint {
         Endpoint::Room => "/push/room",
         Endpoint::All => "/push/all",
@@ -102,9 +129,13 @@ fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, 
     let response = match body {
         Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
         Ok(body) => {
-            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
             match parse_push(endpoint, content_type, body) {
-                Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
+                Err(FieldError { field, message }) => {
+                    error(StatusCode::BAD_REQUEST, &field, &message)
+                }
                 Ok(request) => match api.bus.push(&request.target, request.items) {
                     Ok(accepted) => (StatusCode::OK, axum_json(json!(accepted))).into_response(),
                     Err(refused) => unavailable(&refused),
@@ -121,18 +152,31 @@ fn unavailable(refused: &Refused) -> Response {
         Refused::QueueFull { retry_after_secs } => *retry_after_secs,
         Refused::ShuttingDown => 5,
     };
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum_json(json!({ "error": refused.to_string() }))).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum_json(json!({ "error": refused.to_string() })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     response
 }
 
 fn error(status: StatusCode, field: &str, message: &str) -> Response {
-    (status, axum_json(json!({ "error": format!("{field}: {message}"), "field": field }))).into_response()
+    (
+        status,
+        axum_json(json!({ "error": format!("{field}: {message}"), "field": field })),
+    )
+        .into_response()
 }
 
 /// A JSON body (axum's `json` feature would pull serde_urlencoded and more for this one line).
 fn axum_json(value: serde_json::Value) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], value.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
 }
 
 async fn stats(State(api): State<Arc<Api>>) -> Response {
@@ -146,13 +190,28 @@ async fn render_metrics(State(api): State<Arc<Api>>) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &api.registry) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics", &e.to_string());
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn healthz(State(api): State<Arc<Api>>) -> Response {
-    let status = if api.stopping.is_cancelled() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if api.stopping.is_cancelled() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     api.metrics.count("/healthz", status);
-    let body = if status == StatusCode::OK { "ok\n" } else { "shutting down\n" };
+    let body = if status == StatusCode::OK {
+        "ok\n"
+    } else {
+        "shutting down\n"
+    };
     (status, body).into_response()
 }
 

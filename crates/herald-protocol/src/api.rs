@@ -45,15 +45,26 @@ pub struct FieldError {
 }
 
 fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Parses a push body sent to `endpoint` with the given `Content-Type`.
-pub fn parse_push(endpoint: Endpoint, content_type: Option<&str>, body: Bytes) -> Result<PushRequest, FieldError> {
+pub fn parse_push(
+    endpoint: Endpoint,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<PushRequest, FieldError> {
     let is_json = content_type
         .and_then(|ct| ct.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    let (room, items) = if is_json { parse_json(&body)? } else { parse_form(&body)? };
+    let (room, items) = if is_json {
+        parse_json(&body)?
+    } else {
+        parse_form(&body)?
+    };
     let target = match (endpoint, room) {
         (Endpoint::All, None) => Target::All,
         (Endpoint::All, Some(_)) => return Err(field_error("room", "not taken by /push/all")),
@@ -82,10 +93,18 @@ fn parse_json(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> 
     let parsed: JsonBody<'_> = serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
         // serde names the field in its message ("missing field `items`", "unknown field `x`"); pass it on.
-        let field = text.split('`').nth(1).filter(|_| !e.is_syntax() && !e.is_eof()).unwrap_or("body");
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| !e.is_syntax() && !e.is_eof())
+            .unwrap_or("body");
         field_error(field, text.clone())
     })?;
-    let items = parsed.items.iter().map(|raw| body.slice_ref(raw.get().as_bytes())).collect();
+    let items = parsed
+        .items
+        .iter()
+        .map(|raw| body.slice_ref(raw.get().as_bytes()))
+        .collect();
     Ok((parsed.room.map(Cow::into_owned), items))
 }
 
@@ -104,9 +123,14 @@ fn parse_form(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> 
     }
     let items = items.ok_or_else(|| field_error("items", "required"))?;
     let items = Bytes::from(items);
-    let raws: Vec<&RawValue> =
-        serde_json::from_slice(&items).map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
-    Ok((room, raws.iter().map(|raw| items.slice_ref(raw.get().as_bytes())).collect()))
+    let raws: Vec<&RawValue> = serde_json::from_slice(&items)
+        .map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
+    Ok((
+        room,
+        raws.iter()
+            .map(|raw| items.slice_ref(raw.get().as_bytes()))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -120,7 +144,12 @@ mod tests {
     #[test]
     fn takes_go_push_form_bodies() {
         let body = Bytes::from("room=lobby&items=%5B%7B%22a%22%3A1%7D%2C%20%22%5Cu00e9%22%5D");
-        let req = parse_push(Endpoint::Room, Some("application/x-www-form-urlencoded"), body).unwrap();
+        let req = parse_push(
+            Endpoint::Room,
+            Some("application/x-www-form-urlencoded"),
+            body,
+        )
+        .unwrap();
         assert_eq!(req.target, Target::Room("lobby".into()));
         assert_eq!(items(&req), [&br#"{"a":1}"#[..], br#""\u00e9""#]);
         let all = parse_push(Endpoint::All, None, Bytes::from("items=[1,2.50]")).unwrap();
@@ -131,8 +160,16 @@ mod tests {
     #[test]
     fn takes_json_bodies_keeping_item_text() {
         let body = Bytes::from(r#"{"room":"r","items":[{"x": [1, 2]}, "é", 1e3]}"#);
-        let req = parse_push(Endpoint::Room, Some("application/json; charset=utf-8"), body).unwrap();
-        assert_eq!(items(&req), [&br#"{"x": [1, 2]}"#[..], "\"é\"".as_bytes(), b"1e3"]);
+        let req = parse_push(
+            Endpoint::Room,
+            Some("application/json; charset=utf-8"),
+            body,
+        )
+        .unwrap();
+        assert_eq!(
+            items(&req),
+            [&br#"{"x": [1, 2]}"#[..], "\"é\"".as_bytes(), b"1e3"]
+        );
     }
 
     #[test]
@@ -145,16 +182,41 @@ mod tests {
             (Endpoint::Room, None, "room=a&items={}", "items"),
             (Endpoint::Room, None, "room=a&items=[]", "items"),
             (Endpoint::Room, None, "room=a&items=[1]&items=[2]", "items"),
-            (Endpoint::Room, None, "room=a&items=[1]&colour=red", "colour"),
-            (Endpoint::All, Some("application/json"), r#"{"items":[1"#, "body"),
-            (Endpoint::All, Some("application/json"), r#"{"room":"a"}"#, "items"),
-            (Endpoint::All, Some("application/json"), r#"{"items":[1],"extra":2}"#, "extra"),
+            (
+                Endpoint::Room,
+                None,
+                "room=a&items=[1]&colour=red",
+                "colour",
+            ),
+            (
+                Endpoint::All,
+                Some("application/json"),
+                r#"{"items":[1"#,
+                "body",
+            ),
+            (
+                Endpoint::All,
+                Some("application/json"),
+                r#"{"room":"a"}"#,
+                "items",
+            ),
+            (
+                Endpoint::All,
+                Some("application/json"),
+                r#"{"items":[1],"extra":2}"#,
+                "extra",
+            ),
         ];
         for (endpoint, ct, body, field) in cases {
             let err = parse_push(endpoint, ct, Bytes::from(body)).unwrap_err();
             assert_eq!(err.field, field, "{body}: {err}");
         }
         let long_room = format!("room={}&items=[1]", "a".repeat(257));
-        assert_eq!(parse_push(Endpoint::Room, None, Bytes::from(long_room)).unwrap_err().field, "room");
+        assert_eq!(
+            parse_push(Endpoint::Room, None, Bytes::from(long_room))
+                .unwrap_err()
+                .field,
+            "room"
+        );
     }
 }

@@ -74,12 +74,18 @@ struct RoomData<'a> {
 /// Parses one client text message.
 pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.is_syntax() || e.is_eof() { MessageError::NotJson } else { MessageError::Unknown(e.to_string()) }
+        if e.is_syntax() || e.is_eof() {
+            MessageError::NotJson
+        } else {
+            MessageError::Unknown(e.to_string())
+        }
     })?;
     let room = || -> Result<Cow<'_, str>, MessageError> {
-        let data = envelope.data.ok_or_else(|| MessageError::Unknown("missing data.room".into()))?;
-        let data: RoomData<'_> =
-            serde_json::from_str(data.get()).map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
+        let data = envelope
+            .data
+            .ok_or_else(|| MessageError::Unknown("missing data.room".into()))?;
+        let data: RoomData<'_> = serde_json::from_str(data.get())
+            .map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
         Ok(data.room)
     };
     let command = match &*envelope.kind {
@@ -88,7 +94,10 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
         "LEAVE" => Command::Leave(room()?),
         other => return Err(MessageError::Unknown(format!("type {other:?}"))),
     };
-    Ok(ClientMessage { command, id: envelope.id })
+    Ok(ClientMessage {
+        command,
+        id: envelope.id,
+    })
 }
 
 /// Why a well-formed request was not carried out; sent back as `ERROR` when the message had an id.
@@ -127,7 +136,10 @@ pub fn valid_room(room: &str) -> bool {
 pub fn pong(id: Option<&RawValue>) -> Bytes {
     match id {
         None => ws::frame(OpCode::Text, br#"{"type":"PONG","data":{}}"#),
-        Some(id) => text_frame(format!(r#"{{"type":"PONG","id":{},"data":{{}}}}"#, id.get())),
+        Some(id) => text_frame(format!(
+            r#"{{"type":"PONG","id":{},"data":{{}}}}"#,
+            id.get()
+        )),
     }
 }
 
@@ -156,7 +168,10 @@ mod tests {
 
     #[test]
     fn parses_go_push_messages() {
-        assert_eq!(parse(r#"{"type":"PING","data":{}}"#).unwrap().command, Command::Ping);
+        assert_eq!(
+            parse(r#"{"type":"PING","data":{}}"#).unwrap().command,
+            Command::Ping
+        );
         assert_eq!(parse(r#"{"type":"PING"}"#).unwrap().command, Command::Ping);
         let join = parse(r#"{"type":"JOIN","data":{"room":"news\u00e9"}}"#).unwrap();
         assert_eq!(join.command, Command::Join("newsé".into()));
@@ -169,7 +184,10 @@ mod tests {
     #[test]
     fn tells_non_json_from_unknown_structure() {
         assert_eq!(parse("hello").unwrap_err(), MessageError::NotJson);
-        assert_eq!(parse(r#"{"type":"PING""#).unwrap_err(), MessageError::NotJson);
+        assert_eq!(
+            parse(r#"{"type":"PING""#).unwrap_err(),
+            MessageError::NotJson
+        );
         for unknown in [
             r#"{"type":"SHOUT"}"#,
             r#"{"data":{}}"#,
@@ -179,7 +197,11 @@ mod tests {
             r#"{"type":"JOIN","data":{"rooms":"a"}}"#,
         ] {
             let err = parse(unknown).unwrap_err();
-            assert_eq!(err.close_code(), close::POLICY_VIOLATION, "{unknown}: {err}");
+            assert_eq!(
+                err.close_code(),
+                close::POLICY_VIOLATION,
+                "{unknown}: {err}"
+            );
         }
     }
 

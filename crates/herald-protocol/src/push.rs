@@ -21,7 +21,8 @@ pub fn push_frame(room: Option<&str>, items: &[Bytes]) -> Bytes {
         field
     });
     let room_len = room_json.as_ref().map_or(0, Vec::len);
-    let items_len: usize = items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1);
+    let items_len: usize =
+        items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1);
     let payload_len = PREFIX.len() + room_len + ITEMS_OPEN.len() + items_len + CLOSE.len();
 
     let mut out = BytesMut::with_capacity(ws::header_len(payload_len) + payload_len);
@@ -58,11 +59,17 @@ mod tests {
 
     #[test]
     fn encodes_items_verbatim_in_push_order() {
-        let items = [Bytes::from_static(br#"{"n":1.50,"s":"\u00e9"}"#), Bytes::from_static(b"2")];
+        let items = [
+            Bytes::from_static(br#"{"n":1.50,"s":"\u00e9"}"#),
+            Bytes::from_static(b"2"),
+        ];
         let frame = push_frame(Some("r\"1"), &items);
         assert_eq!(frame[0], 0x81);
         let text = std::str::from_utf8(payload(&frame)).unwrap();
-        assert_eq!(text, r#"{"type":"PUSH","data":{"room":"r\"1","items":[{"n":1.50,"s":"\u00e9"},2]}}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"PUSH","data":{"room":"r\"1","items":[{"n":1.50,"s":"\u00e9"},2]}}"#
+        );
         let json: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(json["data"]["room"], "r\"1");
     }

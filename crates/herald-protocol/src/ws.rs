@@ -135,7 +135,9 @@ impl FrameHeader {
 pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeader>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
     if b0 & 0x70 != 0 {
-        return Err(FrameError::Protocol("reserved bits set without an extension"));
+        return Err(FrameError::Protocol(
+            "reserved bits set without an extension",
+        ));
     }
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("reserved opcode"))?;
@@ -176,7 +178,13 @@ pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeade
     }
     let mut mask = [0u8; 4];
     mask.copy_from_slice(&buf[header_len - 4..header_len]);
-    Ok(Some(FrameHeader { fin, opcode, mask, header_len, payload_len: payload_len as usize }))
+    Ok(Some(FrameHeader {
+        fin,
+        opcode,
+        mask,
+        header_len,
+        payload_len: payload_len as usize,
+    }))
 }
 
 /// Unmasks a client payload in place.
@@ -233,7 +241,9 @@ impl Assembler {
             }
             OpCode::Continuation => {
                 let Some(opcode) = self.fragmented else {
-                    return Err(FrameError::Protocol("continuation without a message to continue"));
+                    return Err(FrameError::Protocol(
+                        "continuation without a message to continue",
+                    ));
                 };
                 if self.fragments.len() + payload.len() > max_message {
                     return Err(FrameError::TooBig { limit: max_message });
@@ -259,7 +269,9 @@ impl Assembler {
 
 fn whole(opcode: OpCode, payload: &[u8]) -> Result<Message<'_>, FrameError> {
     if opcode == OpCode::Text {
-        std::str::from_utf8(payload).map(Message::Text).map_err(|_| FrameError::InvalidUtf8)
+        std::str::from_utf8(payload)
+            .map(Message::Text)
+            .map_err(|_| FrameError::InvalidUtf8)
     } else {
         Ok(Message::Binary(payload))
     }
@@ -357,7 +369,10 @@ mod tests {
             assert_eq!(decode_header(&bytes[..cut], 1024), Ok(None), "cut at {cut}");
         }
         let header = decode_header(&bytes, 1024).unwrap().unwrap();
-        assert_eq!((header.fin, header.opcode, header.payload_len), (true, OpCode::Text, 5));
+        assert_eq!(
+            (header.fin, header.opcode, header.payload_len),
+            (true, OpCode::Text, 5)
+        );
         let mut payload = bytes[header.header_len..header.frame_len()].to_vec();
         unmask(&mut payload, header.mask);
         assert_eq!(payload, b"hello");
@@ -376,20 +391,36 @@ mod tests {
     #[test]
     fn refuses_protocol_violations_with_their_close_codes() {
         let unmasked = [0x81, 0x01, b'a'];
-        assert_eq!(decode_header(&unmasked, 10).unwrap_err().close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            decode_header(&unmasked, 10).unwrap_err().close_code(),
+            close::PROTOCOL_ERROR
+        );
         let rsv = client_frame(0xC1, b"a");
-        assert_eq!(decode_header(&rsv, 10).unwrap_err().close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            decode_header(&rsv, 10).unwrap_err().close_code(),
+            close::PROTOCOL_ERROR
+        );
         let bad_opcode = client_frame(0x83, b"a");
-        assert_eq!(decode_header(&bad_opcode, 10).unwrap_err().close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            decode_header(&bad_opcode, 10).unwrap_err().close_code(),
+            close::PROTOCOL_ERROR
+        );
         let fragmented_ping = client_frame(0x09, b"a");
         assert!(decode_header(&fragmented_ping, 10).is_err());
         let long_ping = client_frame(0x89, &[0; 126]);
         assert!(decode_header(&long_ping, 1000).is_err());
         let too_big = client_frame(0x81, &[b'a'; 11]);
-        assert_eq!(decode_header(&too_big, 10).unwrap_err().close_code(), close::MESSAGE_TOO_BIG);
+        assert_eq!(
+            decode_header(&too_big, 10).unwrap_err().close_code(),
+            close::MESSAGE_TOO_BIG
+        );
     }
 
-    fn feed<'a>(asm: &'a mut Assembler, b0: u8, payload: &'a [u8]) -> Result<Option<Message<'a>>, FrameError> {
+    fn feed<'a>(
+        asm: &'a mut Assembler,
+        b0: u8,
+        payload: &'a [u8],
+    ) -> Result<Option<Message<'a>>, FrameError> {
         let bytes = client_frame(b0, payload);
         let header = decode_header(&bytes, 1 << 20).unwrap().unwrap();
         asm.on_frame(&header, payload, 16)
@@ -401,33 +432,61 @@ mod tests {
         assert_eq!(feed(&mut asm, 0x01, b"hel"), Ok(None));
         assert_eq!(feed(&mut asm, 0x89, b"p"), Ok(Some(Message::Ping(b"p"))));
         assert_eq!(feed(&mut asm, 0x00, b"lo "), Ok(None));
-        assert_eq!(feed(&mut asm, 0x80, b"you"), Ok(Some(Message::Text("hello you"))));
+        assert_eq!(
+            feed(&mut asm, 0x80, b"you"),
+            Ok(Some(Message::Text("hello you")))
+        );
         asm.release();
-        assert_eq!(asm.fragments.capacity(), 0, "no bytes kept once the message is handed out");
+        assert_eq!(
+            asm.fragments.capacity(),
+            0,
+            "no bytes kept once the message is handed out"
+        );
     }
 
     #[test]
     fn refuses_bad_sequences_utf8_and_oversized_messages() {
         let mut asm = Assembler::default();
-        assert!(feed(&mut asm, 0x80, b"x").is_err(), "continuation with nothing to continue");
+        assert!(
+            feed(&mut asm, 0x80, b"x").is_err(),
+            "continuation with nothing to continue"
+        );
         let mut asm = Assembler::default();
         feed(&mut asm, 0x01, b"a").unwrap();
-        assert!(feed(&mut asm, 0x81, b"b").is_err(), "new message inside a fragmented one");
+        assert!(
+            feed(&mut asm, 0x81, b"b").is_err(),
+            "new message inside a fragmented one"
+        );
         let mut asm = Assembler::default();
-        assert_eq!(feed(&mut asm, 0x81, &[0xFF, 0xFE]), Err(FrameError::InvalidUtf8));
+        assert_eq!(
+            feed(&mut asm, 0x81, &[0xFF, 0xFE]),
+            Err(FrameError::InvalidUtf8)
+        );
         let mut asm = Assembler::default();
         feed(&mut asm, 0x01, &[b'a'; 10]).unwrap();
-        assert_eq!(feed(&mut asm, 0x80, &[b'a'; 10]), Err(FrameError::TooBig { limit: 16 }));
+        assert_eq!(
+            feed(&mut asm, 0x80, &[b'a'; 10]),
+            Err(FrameError::TooBig { limit: 16 })
+        );
     }
 
     #[test]
     fn checks_close_payloads() {
         let mut asm = Assembler::default();
         assert_eq!(feed(&mut asm, 0x88, &[]), Ok(Some(Message::Close(None))));
-        assert_eq!(feed(&mut asm, 0x88, &[0x03, 0xE8, b'o', b'k']), Ok(Some(Message::Close(Some(1000)))));
+        assert_eq!(
+            feed(&mut asm, 0x88, &[0x03, 0xE8, b'o', b'k']),
+            Ok(Some(Message::Close(Some(1000))))
+        );
         assert!(feed(&mut asm, 0x88, &[0x03]).is_err());
-        assert!(feed(&mut asm, 0x88, &[0x03, 0xEC]).is_err(), "1004 is reserved");
-        assert_eq!(feed(&mut asm, 0x88, &[0x03, 0xE8, 0xFF]), Err(FrameError::InvalidUtf8));
+        assert!(
+            feed(&mut asm, 0x88, &[0x03, 0xEC]).is_err(),
+            "1004 is reserved"
+        );
+        assert_eq!(
+            feed(&mut asm, 0x88, &[0x03, 0xE8, 0xFF]),
+            Err(FrameError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -436,7 +495,11 @@ mod tests {
         assert_eq!(&frame(OpCode::Text, &[0; 200])[..4], &[0x81, 126, 0, 200]);
         assert_eq!(&frame(OpCode::Binary, &[0; 70000])[..2], &[0x82, 127]);
         let close = close_frame(4000, &"é".repeat(100));
-        assert_eq!(close.len(), 2 + 2 + 122, "reason cut on a char boundary under 125 bytes");
+        assert_eq!(
+            close.len(),
+            2 + 2 + 122,
+            "reason cut on a char boundary under 125 bytes"
+        );
         assert_eq!(&close[2..4], &4000u16.to_be_bytes());
     }
 }

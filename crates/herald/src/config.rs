@@ -120,7 +120,8 @@ macro_rules! overlay {
 impl Settings {
     /// Reads a TOML settings file; unknown keys are errors.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -134,10 +135,16 @@ impl Settings {
 
     /// Fills defaults and validates.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let duration = |value: Option<DurationValue>, default: u64| value.map_or(Duration::from_millis(default), |d| d.0);
+        let duration = |value: Option<DurationValue>, default: u64| {
+            value.map_or(Duration::from_millis(default), |d| d.0)
+        };
         let config = Config {
-            ws_addr: self.ws_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7777))),
-            api_addr: self.api_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7799))),
+            ws_addr: self
+                .ws_addr
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7777))),
+            api_addr: self
+                .api_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7799))),
             hub: HubConfig {
                 shards: self.shards.unwrap_or(16),
                 merge: MergePolicy {
@@ -155,7 +162,9 @@ impl Settings {
                 write_timeout: duration(self.write_timeout, 10_000),
                 outbox_frames: self.outbox_frames.unwrap_or(1024),
             },
-            api: ApiConfig { max_body_bytes: self.max_body_bytes.unwrap_or(1 << 20) },
+            api: ApiConfig {
+                max_body_bytes: self.max_body_bytes.unwrap_or(1 << 20),
+            },
             shutdown_grace: duration(self.shutdown_grace, 10_000),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
         };
@@ -185,7 +194,11 @@ impl Config {
         }
         at_least("queue_items", self.hub.queue_items, 1)?;
         at_least("max_connections", self.gateway.max_connections, 1)?;
-        at_least("max_rooms_per_connection", self.gateway.max_rooms_per_connection, 1)?;
+        at_least(
+            "max_rooms_per_connection",
+            self.gateway.max_rooms_per_connection,
+            1,
+        )?;
         // A client must at least be able to send a JOIN for a room name of the longest allowed length.
         at_least("max_message_bytes", self.gateway.max_message_bytes, 512)?;
         at_least("outbox_frames", self.gateway.outbox_frames, 1)?;
@@ -193,7 +206,8 @@ impl Config {
         positive("handshake_timeout", self.gateway.handshake_timeout)?;
         positive("heartbeat_timeout", self.gateway.heartbeat_timeout)?;
         positive("write_timeout", self.gateway.write_timeout)?;
-        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| anyhow::anyhow!("log: {e}"))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| anyhow::anyhow!("log: {e}"))?;
         Ok(())
     }
 }
@@ -235,28 +249,58 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file: Settings = toml::from_str("merge_window = \"10ms\"\nshards = 4\n").unwrap();
-        let flags = Settings { shards: Some(8), ..Settings::default() };
+        let flags = Settings {
+            shards: Some(8),
+            ..Settings::default()
+        };
         let config = flags.over(file).resolve().unwrap();
-        assert_eq!((config.hub.shards, config.hub.merge.window), (8, Duration::from_millis(10)));
+        assert_eq!(
+            (config.hub.shards, config.hub.merge.window),
+            (8, Duration::from_millis(10))
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
-        let unknown = toml::from_str::<Settings>("merge_windw = \"1s\"").unwrap_err().to_string();
+        let unknown = toml::from_str::<Settings>("merge_windw = \"1s\"")
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("merge_windw"), "{unknown}");
-        let bad_duration = toml::from_str::<Settings>("merge_window = \"soon\"").unwrap_err().to_string();
+        let bad_duration = toml::from_str::<Settings>("merge_window = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(bad_duration.contains("merge_window"), "{bad_duration}");
-        let zero = Settings { merge_max_items: Some(0), ..Settings::default() }.resolve().unwrap_err();
+        let zero = Settings {
+            merge_max_items: Some(0),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(zero.to_string().starts_with("merge_max_items:"), "{zero}");
-        let no_heartbeat = Settings { heartbeat_timeout: Some("0".parse().unwrap()), ..Settings::default() };
-        assert!(no_heartbeat.resolve().unwrap_err().to_string().starts_with("heartbeat_timeout:"));
+        let no_heartbeat = Settings {
+            heartbeat_timeout: Some("0".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert!(
+            no_heartbeat
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .starts_with("heartbeat_timeout:")
+        );
     }
 
     #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!("0".parse::<DurationValue>().unwrap().0, Duration::ZERO);
-        assert_eq!("10ms".parse::<DurationValue>().unwrap().0, Duration::from_millis(10));
-        assert_eq!("1m 30s".parse::<DurationValue>().unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            "10ms".parse::<DurationValue>().unwrap().0,
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            "1m 30s".parse::<DurationValue>().unwrap().0,
+            Duration::from_secs(90)
+        );
         assert!("ten".parse::<DurationValue>().is_err());
     }
 }

@@ -23,21 +23,26 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
-            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&config.log)).init();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-                let (ws, api) = herald::serve::bind(&config).await?;
-                let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
-                herald::serve::run(config, ws, api, shutdown).await
-            })
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let (ws, api) = herald::serve::bind(&config).await?;
+                    let shutdown = CancellationToken::new();
+                    tokio::spawn(cancel_on_signal(shutdown.clone()));
+                    herald::serve::run(config, ws, api, shutdown).await
+                })
         }
     }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -27,14 +27,25 @@ pub async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)>
 }
 
 async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
 }
 
 /// Runs herald on already-bound listeners until `shutdown` is cancelled, then drains and returns.
-pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    ws: TcpListener,
+    api: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let hub = Hub::new(config.hub, HubMetrics::register(&mut registry));
-    let gateway = Gateway::new(Arc::clone(&hub), config.gateway, GatewayMetrics::register(&mut registry));
+    let gateway = Gateway::new(
+        Arc::clone(&hub),
+        config.gateway,
+        GatewayMetrics::register(&mut registry),
+    );
     let api_metrics = ApiMetrics::register(&mut registry);
 
     let hub_stop = CancellationToken::new();
@@ -52,9 +63,16 @@ pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: Ca
     ));
 
     let api_stop = CancellationToken::new();
-    let router = herald_logic::router(hub.clone(), Arc::new(registry), api_metrics, config.api, stop_accepting.clone());
+    let router = herald_logic::router(
+        hub.clone(),
+        Arc::new(registry),
+        api_metrics,
+        config.api,
+        stop_accepting.clone(),
+    );
     let api_server = tokio::spawn(std::future::IntoFuture::into_future(
-        axum::serve(api, router.into_make_service()).with_graceful_shutdown(api_stop.clone().cancelled_owned()),
+        axum::serve(api, router.into_make_service())
+            .with_graceful_shutdown(api_stop.clone().cancelled_owned()),
     ));
 
     tracing::info!(ws = %config.ws_addr, api = %config.api_addr, "herald serving");
@@ -73,8 +91,14 @@ pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: Ca
         connections.close();
         connections.wait().await;
     };
-    if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
-        tracing::warn!(left = connections.len(), "grace period over, dropping the connections left");
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "grace period over, dropping the connections left"
+        );
     }
     api_stop.cancel();
     match api_server.await {

@@ -9,12 +9,23 @@ use support::{TestServer, duration};
 async fn go_push_form_and_json_bodies_are_taken() {
     let server = TestServer::with_window("0").await;
     let mut client = server.member("lobby").await;
-    let form = server.post_form("/push/room", "room=lobby&items=%5B%22form%22%5D").await;
-    assert_eq!((form.status, form.json()), (200, serde_json::json!({"items": 1, "recipients": 1})));
-    assert_eq!(client.next_push().await["items"], serde_json::json!(["form"]));
+    let form = server
+        .post_form("/push/room", "room=lobby&items=%5B%22form%22%5D")
+        .await;
+    assert_eq!(
+        (form.status, form.json()),
+        (200, serde_json::json!({"items": 1, "recipients": 1}))
+    );
+    assert_eq!(
+        client.next_push().await["items"],
+        serde_json::json!(["form"])
+    );
     let json = server.push_all(r#"["json", 2]"#).await;
     assert_eq!(json["items"], 2);
-    assert_eq!(client.next_push().await["items"], serde_json::json!(["json", 2]));
+    assert_eq!(
+        client.next_push().await["items"],
+        serde_json::json!(["json", 2])
+    );
     server.stop().await;
 }
 
@@ -33,15 +44,33 @@ async fn bad_bodies_get_400_naming_the_field() {
         assert_eq!(answer.json()["field"], field, "{form}");
         assert!(answer.json()["error"].as_str().unwrap().starts_with(field));
     }
-    let broken_json = server.http("POST", "/push/all", Some("application/json"), b"{\"items\": [1,").await;
-    assert_eq!((broken_json.status, broken_json.json()["field"].as_str()), (400, Some("body")));
-    assert_eq!(server.metric(r#"herald_api_requests_total{endpoint="/push/room",status="400"}"#).await, 3.0);
+    let broken_json = server
+        .http(
+            "POST",
+            "/push/all",
+            Some("application/json"),
+            b"{\"items\": [1,",
+        )
+        .await;
+    assert_eq!(
+        (broken_json.status, broken_json.json()["field"].as_str()),
+        (400, Some("body"))
+    );
+    assert_eq!(
+        server
+            .metric(r#"herald_api_requests_total{endpoint="/push/room",status="400"}"#)
+            .await,
+        3.0
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let settings = Settings { max_body_bytes: Some(1024), ..Settings::default() };
+    let settings = Settings {
+        max_body_bytes: Some(1024),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let body = format!("room=a&items=[\"{}\"]", "x".repeat(2000));
     let answer = server.post_form("/push/room", &body).await;
@@ -52,7 +81,11 @@ async fn bodies_over_the_limit_get_413() {
 
 #[tokio::test]
 async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
-    let settings = Settings { merge_window: duration("1h"), queue_items: Some(2), ..Settings::default() };
+    let settings = Settings {
+        merge_window: duration("1h"),
+        queue_items: Some(2),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let mut client = server.member("q").await;
     server.push_room("q", "[0]").await; // goes at once: the queue is empty again
@@ -61,7 +94,12 @@ async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
     let refused = server.post_form("/push/room", "room=q&items=[3]").await;
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(refused.header("retry-after"), Some("60"));
-    assert_eq!(server.metric(r#"herald_pushes_refused_total{reason="queue_full"}"#).await, 1.0);
+    assert_eq!(
+        server
+            .metric(r#"herald_pushes_refused_total{reason="queue_full"}"#)
+            .await,
+        1.0
+    );
     server.stop().await;
     // The drain on shutdown sends what was taken, and only that.
     assert_eq!(client.next_push().await["items"], serde_json::json!([1, 2]));
@@ -71,8 +109,17 @@ async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
 #[tokio::test]
 async fn unknown_paths_and_methods_are_refused() {
     let server = TestServer::with_window("0").await;
-    assert_eq!(server.http("GET", "/push/everything", None, b"").await.status, 404);
-    assert_eq!(server.http("GET", "/push/room", None, b"").await.status, 405);
+    assert_eq!(
+        server
+            .http("GET", "/push/everything", None, b"")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        server.http("GET", "/push/room", None, b"").await.status,
+        405
+    );
     server.stop().await;
 }
 
@@ -85,11 +132,24 @@ async fn health_stats_and_metrics_tell_the_state() {
     let health = server.http("GET", "/healthz", None, b"").await;
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     let stats = server.stats().await;
-    assert_eq!((stats["connections"].as_i64(), stats["rooms"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (stats["connections"].as_i64(), stats["rooms"].as_i64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(stats["deliveries"], 1);
     let metrics = server.http("GET", "/metrics", None, b"").await;
-    assert!(metrics.header("content-type").unwrap().contains("openmetrics-text"));
-    for family in ["herald_connections", "herald_frames_total", "herald_closes_total", "herald_delivered_bytes_total"] {
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    for family in [
+        "herald_connections",
+        "herald_frames_total",
+        "herald_closes_total",
+        "herald_delivered_bytes_total",
+    ] {
         assert!(metrics.body.contains(family), "{family} missing");
     }
     assert_eq!(server.metric("herald_memberships").await, 1.0);

@@ -16,9 +16,18 @@ async fn closes_with(frame: Vec<u8>, kind: &str) -> Option<u16> {
     let mut raw = RawClient::connect(server.ws).await;
     raw.stream.write_all(&frame).await.unwrap();
     let code = raw.close_code().await;
-    server.wait_metric(&format!(r#"herald_bad_input_total{{reason="{kind}"}}"#), 1.0).await;
+    server
+        .wait_metric(
+            &format!(r#"herald_bad_input_total{{reason="{kind}"}}"#),
+            1.0,
+        )
+        .await;
     server.push_room("room", "[1]").await;
-    assert_eq!(bystander.next_push().await["items"], serde_json::json!([1]), "others unaffected");
+    assert_eq!(
+        bystander.next_push().await["items"],
+        serde_json::json!([1]),
+        "others unaffected"
+    );
     server.stop().await;
     code
 }
@@ -34,19 +43,34 @@ async fn not_json_closes_1007() {
 
 #[tokio::test]
 async fn unknown_message_closes_1008() {
-    assert_eq!(closes_with(text(br#"{"type":"DANCE"}"#), "unknown_message").await, Some(1008));
-    assert_eq!(closes_with(text(br#"{"type":"JOIN","data":{}}"#), "unknown_message").await, Some(1008));
+    assert_eq!(
+        closes_with(text(br#"{"type":"DANCE"}"#), "unknown_message").await,
+        Some(1008)
+    );
+    assert_eq!(
+        closes_with(text(br#"{"type":"JOIN","data":{}}"#), "unknown_message").await,
+        Some(1008)
+    );
 }
 
 #[tokio::test]
 async fn invalid_utf8_closes_1007() {
-    assert_eq!(closes_with(text(&[b'"', 0xC3, 0x28, b'"']), "invalid_utf8").await, Some(1007));
+    assert_eq!(
+        closes_with(text(&[b'"', 0xC3, 0x28, b'"']), "invalid_utf8").await,
+        Some(1007)
+    );
 }
 
 #[tokio::test]
 async fn over_the_read_limit_closes_1009() {
-    let big = format!(r#"{{"type":"PING","data":{{"pad":"{}"}}}}"#, "x".repeat(5000));
-    assert_eq!(closes_with(text(big.as_bytes()), "too_big").await, Some(1009));
+    let big = format!(
+        r#"{{"type":"PING","data":{{"pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(
+        closes_with(text(big.as_bytes()), "too_big").await,
+        Some(1009)
+    );
 }
 
 #[tokio::test]
@@ -58,7 +82,10 @@ async fn protocol_violations_close_1002() {
     let rsv_bits = support::encode_client_frame(0xC1, b"{}", true);
     assert_eq!(closes_with(rsv_bits, "protocol").await, Some(1002));
     let stray_continuation = support::encode_client_frame(0x80, b"{}", true);
-    assert_eq!(closes_with(stray_continuation, "protocol").await, Some(1002));
+    assert_eq!(
+        closes_with(stray_continuation, "protocol").await,
+        Some(1002)
+    );
 }
 
 #[tokio::test]
@@ -69,18 +96,26 @@ async fn binary_messages_close_1003() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_heartbeat_timeout() {
-    let settings = Settings { heartbeat_timeout: duration("400ms"), ..Settings::default() };
+    let settings = Settings {
+        heartbeat_timeout: duration("400ms"),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let mut silent = server.client().await;
     let (code, reason) = silent.closed().await;
     assert_eq!((code, reason.as_str()), (4001, "heartbeat timeout"));
-    server.wait_metric(r#"herald_closes_total{reason="heartbeat"}"#, 1.0).await;
+    server
+        .wait_metric(r#"herald_closes_total{reason="heartbeat"}"#, 1.0)
+        .await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
-    let settings = Settings { heartbeat_timeout: duration("500ms"), ..Settings::default() };
+    let settings = Settings {
+        heartbeat_timeout: duration("500ms"),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let mut client = server.client().await;
     for _ in 0..8 {
@@ -88,7 +123,12 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
         client.send_text(r#"{"type":"PING"}"#).await;
         assert_eq!(client.next_json().await["type"], "PONG");
     }
-    assert_eq!(server.metric(r#"herald_closes_total{reason="heartbeat"}"#).await, 0.0);
+    assert_eq!(
+        server
+            .metric(r#"herald_closes_total{reason="heartbeat"}"#)
+            .await,
+        0.0
+    );
     server.stop().await;
 }
 
@@ -110,7 +150,12 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.ws).await.unwrap();
     let mut slow = RawClient::handshake(stream, server.ws).await;
-    slow.send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"feed"}}"#, true).await;
+    slow.send_frame(
+        0x81,
+        br#"{"type":"JOIN","id":1,"data":{"room":"feed"}}"#,
+        true,
+    )
+    .await;
     let (_, ack) = slow.read_frame().await.unwrap();
     assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
 
@@ -128,23 +173,37 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
         })
         .collect();
     for n in 0..pushes {
-        server.push_room("feed", &format!(r#"[{{"n":{n},"pad":"{pad}"}}]"#)).await;
+        server
+            .push_room("feed", &format!(r#"[{{"n":{n},"pad":"{pad}"}}]"#))
+            .await;
     }
     for reader in readers_done {
         reader.await.unwrap();
     }
-    server.wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0).await;
-    assert!(server.metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#).await >= 1.0);
+    server
+        .wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    assert!(
+        server
+            .metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#)
+            .await
+            >= 1.0
+    );
 
     // The slow client, reading at last, finds its connection ended (close frame 4000, or cut off).
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(support::FAILSAFE, slow.stream.read_to_end(&mut rest)).await.expect("ended");
+    let _ = tokio::time::timeout(support::FAILSAFE, slow.stream.read_to_end(&mut rest))
+        .await
+        .expect("ended");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
-    let settings = Settings { max_connections: Some(2), ..Settings::default() };
+    let settings = Settings {
+        max_connections: Some(2),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let first = server.client().await;
     let _second = server.client().await;
@@ -159,25 +218,49 @@ async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
     let mut response = Vec::new();
     third.read_to_end(&mut response).await.unwrap();
     let response = support::parse_response(&response);
-    assert_eq!((response.status, response.header("retry-after")), (503, Some("1")));
-    assert_eq!(server.metric(r#"herald_handshakes_total{reason="over_limit"}"#).await, 1.0);
+    assert_eq!(
+        (response.status, response.header("retry-after")),
+        (503, Some("1"))
+    );
+    assert_eq!(
+        server
+            .metric(r#"herald_handshakes_total{reason="over_limit"}"#)
+            .await,
+        1.0
+    );
 
     drop(first);
-    server.wait_metric(r#"herald_closes_total{reason="peer_gone"}"#, 1.0).await;
+    server
+        .wait_metric(r#"herald_closes_total{reason="peer_gone"}"#, 1.0)
+        .await;
     let _again = server.client().await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_handshake_that_never_finishes_is_dropped_at_the_timeout() {
-    let settings = Settings { handshake_timeout: duration("300ms"), ..Settings::default() };
+    let settings = Settings {
+        handshake_timeout: duration("300ms"),
+        ..Settings::default()
+    };
     let server = TestServer::start(settings).await;
     let mut slowloris = TcpStream::connect(server.ws).await.unwrap();
-    slowloris.write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slowloris
+        .write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(support::FAILSAFE, slowloris.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(support::FAILSAFE, slowloris.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rest.is_empty(), "dropped without an answer");
-    assert_eq!(server.metric(r#"herald_handshakes_total{reason="timeout"}"#).await, 1.0);
+    assert_eq!(
+        server
+            .metric(r#"herald_handshakes_total{reason="timeout"}"#)
+            .await,
+        1.0
+    );
     server.stop().await;
 }
 
@@ -202,8 +285,15 @@ async fn shutdown_sends_what_waits_then_going_away() {
     assert_eq!(client.next_push().await["items"], serde_json::json!([1]));
     server.push_room("r", "[2]").await; // held by the hour-long window
     server.begin_shutdown();
-    assert_eq!(client.next_push().await["items"], serde_json::json!([2]), "drained before the close");
-    assert_eq!(client.closed().await, (1001, "server shutting down".to_owned()));
+    assert_eq!(
+        client.next_push().await["items"],
+        serde_json::json!([2]),
+        "drained before the close"
+    );
+    assert_eq!(
+        client.closed().await,
+        (1001, "server shutting down".to_owned())
+    );
     server.stop().await;
 }
 

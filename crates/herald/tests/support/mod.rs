@@ -35,18 +35,32 @@ impl TestServer {
     /// Starts herald with `settings` on loopback port 0 (both listeners).
     pub async fn start(settings: Settings) -> Self {
         let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let settings = Settings { ws_addr: loopback, api_addr: loopback, log: Some("warn".into()), ..settings };
+        let settings = Settings {
+            ws_addr: loopback,
+            api_addr: loopback,
+            log: Some("warn".into()),
+            ..settings
+        };
         let config = settings.resolve().expect("valid test settings");
         let (ws, api) = herald::serve::bind(&config).await.expect("bind");
         let (ws_addr, api_addr) = (ws.local_addr().unwrap(), api.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(herald::serve::run(config, ws, api, shutdown.clone()));
-        Self { ws: ws_addr, api: api_addr, shutdown, task }
+        Self {
+            ws: ws_addr,
+            api: api_addr,
+            shutdown,
+            task,
+        }
     }
 
     /// Starts herald with defaults, except the merge window.
     pub async fn with_window(window: &str) -> Self {
-        Self::start(Settings { merge_window: duration(window), ..Settings::default() }).await
+        Self::start(Settings {
+            merge_window: duration(window),
+            ..Settings::default()
+        })
+        .await
     }
 
     /// Asks herald to shut down (as SIGTERM does) without waiting.
@@ -57,16 +71,21 @@ impl TestServer {
     /// Shuts herald down and waits until it has stopped.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(FAILSAFE, self.task).await.expect("herald stops").unwrap().unwrap();
+        tokio::time::timeout(FAILSAFE, self.task)
+            .await
+            .expect("herald stops")
+            .unwrap()
+            .unwrap();
     }
 
     /// A connected WebSocket client.
     pub async fn client(&self) -> Client {
         let uri = format!("ws://{}/connect", self.ws);
-        let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        let (ws, _) =
+            tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
+                .await
+                .expect("connect in time")
+                .expect("connect");
         Client { ws, next_id: 1 }
     }
 
@@ -78,19 +97,38 @@ impl TestServer {
     }
 
     /// An HTTP request to the push API.
-    pub async fn http(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> HttpResponse {
         http(self.api, method, path, content_type, body).await
     }
 
     /// `POST` a form body, go-push style.
     pub async fn post_form(&self, path: &str, form: &str) -> HttpResponse {
-        self.http("POST", path, Some("application/x-www-form-urlencoded"), form.as_bytes()).await
+        self.http(
+            "POST",
+            path,
+            Some("application/x-www-form-urlencoded"),
+            form.as_bytes(),
+        )
+        .await
     }
 
     /// Pushes JSON `items` (a JSON array text) to `room`; panics unless answered 200.
     pub async fn push_room(&self, room: &str, items: &str) -> Value {
         let body = serde_json::json!({ "room": room, "items": serde_json::from_str::<Value>(items).unwrap() });
-        let response = self.http("POST", "/push/room", Some("application/json"), body.to_string().as_bytes()).await;
+        let response = self
+            .http(
+                "POST",
+                "/push/room",
+                Some("application/json"),
+                body.to_string().as_bytes(),
+            )
+            .await;
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()
     }
@@ -98,7 +136,14 @@ impl TestServer {
     /// Pushes JSON `items` to everyone; panics unless answered 200.
     pub async fn push_all(&self, items: &str) -> Value {
         let body = format!(r#"{{"items":{items}}}"#);
-        let response = self.http("POST", "/push/all", Some("application/json"), body.as_bytes()).await;
+        let response = self
+            .http(
+                "POST",
+                "/push/all",
+                Some("application/json"),
+                body.as_bytes(),
+            )
+            .await;
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()
     }
@@ -112,7 +157,10 @@ impl TestServer {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.http("GET", "/metrics", None, b"").await.body;
         text.lines()
-            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
             .trim()
             .parse()
@@ -127,7 +175,10 @@ impl TestServer {
             if value >= at_least {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{sample} stayed at {value}, expected {at_least}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} stayed at {value}, expected {at_least}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -141,7 +192,10 @@ pub struct Client {
 
 impl Client {
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_owned())).await.expect("send");
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
     }
 
     /// The next message from the server (pings answered by the library are not seen).
@@ -156,7 +210,9 @@ impl Client {
     /// The next message, parsed as JSON.
     pub async fn next_json(&mut self) -> Value {
         let message = self.next().await;
-        let text = message.as_text().unwrap_or_else(|| panic!("expected text, got {message:?}"));
+        let text = message
+            .as_text()
+            .unwrap_or_else(|| panic!("expected text, got {message:?}"));
         serde_json::from_str(text).unwrap()
     }
 
@@ -171,8 +227,10 @@ impl Client {
     pub async fn request(&mut self, kind: &str, room: &str) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_text(&serde_json::json!({ "type": kind, "id": id, "data": { "room": room } }).to_string())
-            .await;
+        self.send_text(
+            &serde_json::json!({ "type": kind, "id": id, "data": { "room": room } }).to_string(),
+        )
+        .await;
         let reply = self.next_json().await;
         assert_eq!(reply["id"], id, "{reply}");
         reply
@@ -209,12 +267,21 @@ impl HttpResponse {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// One HTTP/1.1 request with `Connection: close`, read to the end.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(content_type) = content_type {
@@ -224,7 +291,23 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Opti
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(FAILSAFE, stream.read_to_end(&mut raw)).await.expect("response in time").unwrap();
+    tokio::time::timeout(FAILSAFE, async {
+        // To the end of the body by Content-Length (some servers keep the connection open), else to EOF.
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            raw.extend_from_slice(&chunk[..n]);
+            let complete = parse_response(&raw);
+            let expected = complete
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok());
+            if n == 0 || expected.is_some_and(|len| complete.body.len() >= len) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("response in time");
     parse_response(&raw)
 }
 
@@ -233,12 +316,20 @@ pub fn parse_response(raw: &[u8]) -> HttpResponse {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    HttpResponse { status, headers, body: body.to_owned() }
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// A WebSocket at the byte level, for sending what no well-behaved client library would.
@@ -257,11 +348,23 @@ impl RawClient {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];
-            let n = tokio::time::timeout(FAILSAFE, stream.read(&mut byte)).await.unwrap().unwrap();
-            assert_eq!(n, 1, "connection closed during handshake: {}", String::from_utf8_lossy(&head));
+            let n = tokio::time::timeout(FAILSAFE, stream.read(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                n,
+                1,
+                "connection closed during handshake: {}",
+                String::from_utf8_lossy(&head)
+            );
             head.push(byte[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         Self { stream }
     }
 
@@ -271,7 +374,10 @@ impl RawClient {
 
     /// Sends one frame with the given first byte, masked or not.
     pub async fn send_frame(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
-        self.stream.write_all(&encode_client_frame(first_byte, payload, masked)).await.unwrap();
+        self.stream
+            .write_all(&encode_client_frame(first_byte, payload, masked))
+            .await
+            .unwrap();
     }
 
     /// Reads server frames until a close frame; returns its code (None if the connection ended without one).
@@ -308,7 +414,10 @@ impl RawClient {
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Option<()> {
-        match tokio::time::timeout(FAILSAFE, self.stream.read_exact(buf)).await.expect("server answers in time") {
+        match tokio::time::timeout(FAILSAFE, self.stream.read_exact(buf))
+            .await
+            .expect("server answers in time")
+        {
             Ok(_) => Some(()),
             Err(_) => None,
         }
