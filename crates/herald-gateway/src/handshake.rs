@@ -30,13 +30,15 @@ pub enum Request {
     Refuse(&'static str),
 }
 
-const NOT_FOUND: &str =
-    "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
-const BAD_REQUEST: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\nConnection: close\r\n\r\nexpected a WebSocket handshake\n";
+const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n";
+const BAD_REQUEST: &str =
+    "HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\nConnection: close\r\n\r\nexpected a WebSocket handshake\n";
 const UPGRADE_REQUIRED: &str = "HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 28\r\n\
                                 Connection: close\r\n\r\nWebSocket version 13 needed\n";
-const TOO_LARGE: &str = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-const METHOD_NOT_ALLOWED: &str = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const TOO_LARGE: &str =
+    "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const METHOD_NOT_ALLOWED: &str =
+    "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// Sent when the connection limit is reached.
 pub const OVER_LIMIT: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 21\r\n\
                               Connection: close\r\n\r\nconnection limit hit\n";
@@ -96,9 +98,7 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8]) -> Request {
     let Some(key) = header("sec-websocket-key").map(str::trim) else {
         return Request::Refuse(BAD_REQUEST);
     };
-    let decoded_len = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .map(|k| k.len());
+    let decoded_len = base64::engine::general_purpose::STANDARD.decode(key).map(|k| k.len());
     if decoded_len != Ok(16) {
         return Request::Refuse(BAD_REQUEST);
     }
@@ -152,10 +152,7 @@ mod tests {
 
     #[test]
     fn computes_the_rfc_example_accept_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -171,18 +168,12 @@ mod tests {
     #[test]
     fn routes_and_refuses() {
         assert_eq!(parse("GET /?room=a HTTP/1.1\r\n\r\n"), Request::Page);
-        assert_eq!(
-            parse("GET /nope HTTP/1.1\r\n\r\n"),
-            Request::Refuse(NOT_FOUND)
-        );
+        assert_eq!(parse("GET /nope HTTP/1.1\r\n\r\n"), Request::Refuse(NOT_FOUND));
         assert_eq!(
             parse("POST /connect HTTP/1.1\r\n\r\n"),
             Request::Refuse(METHOD_NOT_ALLOWED)
         );
-        assert_eq!(
-            parse("GET /connect HTTP/1.1\r\n\r\n"),
-            Request::Refuse(BAD_REQUEST)
-        );
+        assert_eq!(parse("GET /connect HTTP/1.1\r\n\r\n"), Request::Refuse(BAD_REQUEST));
         let old = UPGRADE.replace("Version: 13", "Version: 8");
         assert_eq!(parse(&old), Request::Refuse(UPGRADE_REQUIRED));
         let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");

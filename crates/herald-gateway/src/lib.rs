@@ -66,11 +66,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Gateway {
     /// Creates the gateway around a hub.
-    pub fn new(
-        hub: Arc<Hub<Session>>,
-        config: GatewayConfig,
-        metrics: GatewayMetrics,
-    ) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
         Arc::new(Self {
             hub,
             config,
@@ -103,8 +99,7 @@ impl Gateway {
                 Ok((stream, peer)) => {
                     let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
                     let span = tracing::debug_span!("conn", %peer);
-                    let connection =
-                        Arc::clone(&self).handle(stream, peer, permit, close_sessions.clone());
+                    let connection = Arc::clone(&self).handle(stream, peer, permit, close_sessions.clone());
                     tracker.spawn(connection.instrument(span));
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -128,11 +123,7 @@ impl Gateway {
         permit: Option<OwnedSemaphorePermit>,
         shutdown: CancellationToken,
     ) {
-        let request = tokio::time::timeout(
-            self.config.handshake_timeout,
-            handshake::read_request(&mut stream),
-        )
-        .await;
+        let request = tokio::time::timeout(self.config.handshake_timeout, handshake::read_request(&mut stream)).await;
         let (response, outcome, upgrade) = match request {
             Err(_elapsed) => return self.metrics.handshake(Handshake::Timeout),
             Ok(None) => return,
@@ -148,11 +139,7 @@ impl Gateway {
             ),
         };
         self.metrics.handshake(outcome);
-        let written = tokio::time::timeout(
-            self.config.handshake_timeout,
-            stream.write_all(response.as_bytes()),
-        )
-        .await;
+        let written = tokio::time::timeout(self.config.handshake_timeout, stream.write_all(response.as_bytes())).await;
         let (Some(early), Ok(Ok(()))) = (upgrade, written) else {
             return;
         };
@@ -171,8 +158,5 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
     const ENFILE: i32 = 23;
     const ENOBUFS: i32 = 105;
     const ENOMEM: i32 = 12;
-    matches!(
-        error.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)
-    )
+    matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
 }

@@ -17,9 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_hub::Recipient;
 use herald_protocol::client::{self, Command, RequestError};
-use herald_protocol::ws::{
-    self, Assembler, FrameError, Message, OpCode, close, decode_header, unmask,
-};
+use herald_protocol::ws::{self, Assembler, FrameError, Message, OpCode, close, decode_header, unmask};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -94,9 +92,7 @@ impl Recipient for Session {
         } else if outbox.frames.len() >= self.gateway.config.outbox_frames {
             let discarded = outbox.begin_close(close::SLOW_CONSUMER, "slow consumer", true);
             drop(outbox);
-            self.gateway
-                .metrics
-                .dropped(Drop::SlowConsumer, discarded as u64 + 1);
+            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64 + 1);
             self.wake.notify_one();
         } else {
             outbox.frames.push_back(frame.clone());
@@ -142,9 +138,7 @@ impl Session {
     fn begin_close(&self, code: u16, reason: &str, discard: bool) {
         let discarded = self.outbox.lock().begin_close(code, reason, discard);
         if discarded > 0 {
-            self.gateway
-                .metrics
-                .dropped(Drop::SlowConsumer, discarded as u64);
+            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64);
         }
     }
 
@@ -238,9 +232,7 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
     }
     let reason = conn.drive(&shutdown).await;
     let Conn { session, rooms, .. } = conn;
-    gateway
-        .hub
-        .unregister(session.id, rooms.iter().map(|r| &**r));
+    gateway.hub.unregister(session.id, rooms.iter().map(|r| &**r));
     gateway.metrics.closed(reason);
     tracing::debug!(id = session.id, ?reason, "connection closed");
 }
@@ -271,8 +263,7 @@ impl Conn {
                 }
                 let mut deadline = since + config.write_timeout;
                 if !queued {
-                    deadline = deadline
-                        .min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
+                    deadline = deadline.min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
                 }
                 if Instant::now() >= deadline {
                     return self.ending.unwrap_or(CloseReason::SlowConsumer);
@@ -373,8 +364,7 @@ impl Conn {
                 self.input_done = true;
                 self.partial = Vec::new();
                 // Echo the peer's code (RFC 6455 5.5.1); does nothing if we had started the close ourselves.
-                self.session
-                    .begin_close(code.unwrap_or(close::NORMAL), "", false);
+                self.session.begin_close(code.unwrap_or(close::NORMAL), "", false);
             }
         }
     }

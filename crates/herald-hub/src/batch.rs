@@ -174,11 +174,7 @@ mod tests {
             panic!("expected a timer")
         };
         assert_eq!(batch.add(item(2), t1, POLICY), Wake::Nothing);
-        assert_eq!(
-            batch.add(item(3), t1, POLICY),
-            Wake::Now,
-            "max_items reached"
-        );
+        assert_eq!(batch.add(item(3), t1, POLICY), Wake::Now, "max_items reached");
         assert!(!batch.is_due_at(deadline));
     }
 

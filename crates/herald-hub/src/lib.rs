@@ -157,13 +157,7 @@ impl<R: Recipient> Hub<R> {
 
     /// Adds a new connection (it will receive broadcasts).
     pub fn register(&self, conn: &Arc<R>) {
-        if self
-            .conn_shard(conn.id())
-            .state
-            .lock()
-            .everyone
-            .insert(conn)
-        {
+        if self.conn_shard(conn.id()).state.lock().everyone.insert(conn) {
             self.metrics.connections.inc();
         }
     }
@@ -265,9 +259,7 @@ impl<R: Recipient> Hub<R> {
             return Err(self.refuse_queue_full());
         }
         // The broadcast worker reads the batch's own deadline; any wake just makes it look again.
-        let wake = state
-            .broadcast
-            .add(items, Instant::now(), self.config.merge);
+        let wake = state.broadcast.add(items, Instant::now(), self.config.merge);
         state.pending += count;
         drop(state);
         if wake != Wake::Nothing {
@@ -322,12 +314,7 @@ impl<R: Recipient> Hub<R> {
     }
 
     /// Takes the batches of this shard that are due (all of them when `everything`); returns the next timer.
-    fn take_due_rooms(
-        &self,
-        state: &mut ShardState<R>,
-        everything: bool,
-        out: &mut Vec<Flush<R>>,
-    ) -> Option<Instant> {
+    fn take_due_rooms(&self, state: &mut ShardState<R>, everything: bool, out: &mut Vec<Flush<R>>) -> Option<Instant> {
         let now = Instant::now();
         let mut due = std::mem::take(&mut state.ready);
         while let Some(Reverse((at, _))) = state.timers.peek() {
@@ -335,11 +322,7 @@ impl<R: Recipient> Hub<R> {
                 break;
             }
             let Reverse((at, room)) = state.timers.pop().expect("peeked");
-            if state
-                .rooms
-                .get(&room)
-                .is_some_and(|r| r.batch.is_due_at(at))
-            {
+            if state.rooms.get(&room).is_some_and(|r| r.batch.is_due_at(at)) {
                 due.push(room);
             }
         }
@@ -378,11 +361,7 @@ impl<R: Recipient> Hub<R> {
             let items = state.broadcast.take(now);
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
-            let members = self
-                .shards
-                .iter()
-                .map(|s| s.state.lock().everyone.snapshot())
-                .collect();
+            let members = self.shards.iter().map(|s| s.state.lock().everyone.snapshot()).collect();
             out.push(Flush {
                 room: None,
                 items,
@@ -409,9 +388,7 @@ impl<R: Recipient> Hub<R> {
             self.metrics.frames.inc();
             self.metrics.frame_items.inc_by(chunk.len() as u64);
             self.metrics.deliveries.inc_by(recipients as u64);
-            self.metrics
-                .delivered_bytes
-                .inc_by((frame.len() * recipients) as u64);
+            self.metrics.delivered_bytes.inc_by((frame.len() * recipients) as u64);
         }
     }
 

@@ -45,12 +45,7 @@ impl HubMetrics {
             pushes_room: labelled(&pushes, TargetLabel { target: "room" }),
             pushes_all: labelled(&pushes, TargetLabel { target: "all" }),
             items: Counter::default(),
-            refused_queue_full: labelled(
-                &refused,
-                ReasonLabel {
-                    reason: "queue_full",
-                },
-            ),
+            refused_queue_full: labelled(&refused, ReasonLabel { reason: "queue_full" }),
             refused_shutting_down: labelled(
                 &refused,
                 ReasonLabel {
@@ -68,11 +63,7 @@ impl HubMetrics {
             pending_items: Gauge::default(),
         };
         registry.register("herald_pushes", "Pushes accepted, by target", pushes);
-        registry.register(
-            "herald_push_items",
-            "Items accepted in pushes",
-            metrics.items.clone(),
-        );
+        registry.register("herald_push_items", "Items accepted in pushes", metrics.items.clone());
         registry.register(
             "herald_pushes_refused",
             "Pushes refused (answered 503), by reason",
@@ -83,11 +74,7 @@ impl HubMetrics {
             "Items dropped because their room had no member when the frame was sent",
             metrics.items_unrouted.clone(),
         );
-        registry.register(
-            "herald_frames",
-            "Merged PUSH frames encoded",
-            metrics.frames.clone(),
-        );
+        registry.register("herald_frames", "Merged PUSH frames encoded", metrics.frames.clone());
         registry.register(
             "herald_frame_items",
             "Items carried in merged frames",
@@ -108,11 +95,7 @@ impl HubMetrics {
             "Connections registered in the hub",
             metrics.connections.clone(),
         );
-        registry.register(
-            "herald_rooms",
-            "Rooms with at least one member",
-            metrics.rooms.clone(),
-        );
+        registry.register("herald_rooms", "Rooms with at least one member", metrics.rooms.clone());
         registry.register(
             "herald_memberships",
             "Room memberships over all connections",

@@ -23,10 +23,7 @@ impl Recipient for Recorder {
 
 impl Recorder {
     fn new(id: u64) -> Arc<Self> {
-        Arc::new(Self {
-            id,
-            ..Self::default()
-        })
+        Arc::new(Self { id, ..Self::default() })
     }
 
     /// The items of each received frame, as strings.
@@ -49,10 +46,7 @@ impl Recorder {
 
 const WINDOW: Duration = Duration::from_secs(1);
 
-fn start(
-    max_items: usize,
-    queue_items: usize,
-) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
+fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
     let config = HubConfig {
         shards: 4,
         merge: MergePolicy {
@@ -68,9 +62,7 @@ fn start(
 }
 
 fn items(list: &[&str]) -> Vec<Bytes> {
-    list.iter()
-        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-        .collect()
+    list.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect()
 }
 
 fn room(name: &str) -> Target {
@@ -122,11 +114,7 @@ async fn pushes_inside_one_window_merge_into_one_frame_in_order() {
     hub.join("r", &a);
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
-    assert_eq!(
-        a.items(),
-        [["1"]],
-        "the first push after a quiet window goes at once"
-    );
+    assert_eq!(a.items(), [["1"]], "the first push after a quiet window goes at once");
 
     hub.push(&room("r"), items(&["2"])).unwrap();
     hub.push(&room("r"), items(&["3", "4"])).unwrap();
@@ -151,10 +139,7 @@ async fn a_full_batch_goes_early_and_frames_hold_at_most_max_items() {
     assert_eq!(a.items().len(), 1);
     hub.push(&room("r"), items(&["3", "4", "5", "6"])).unwrap();
     settle().await;
-    assert_eq!(
-        a.items(),
-        [vec!["0"], vec!["1", "2", "3"], vec!["4", "5", "6"]]
-    );
+    assert_eq!(a.items(), [vec!["0"], vec!["1", "2", "3"], vec!["4", "5", "6"]]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,10 +149,7 @@ async fn broadcasts_reach_every_connection_and_merge_too() {
     for conn in &conns {
         hub.register(conn);
     }
-    assert_eq!(
-        hub.push(&Target::All, items(&["1"])).unwrap().recipients,
-        10
-    );
+    assert_eq!(hub.push(&Target::All, items(&["1"])).unwrap().recipients, 10);
     settle().await;
     hub.push(&Target::All, items(&["2"])).unwrap();
     hub.push(&Target::All, items(&["3"])).unwrap();
@@ -179,11 +161,7 @@ async fn broadcasts_reach_every_connection_and_merge_too() {
     }
     let first = conns[0].frames.lock()[0].clone();
     let last = conns[9].frames.lock()[0].clone();
-    assert_eq!(
-        first.as_ptr(),
-        last.as_ptr(),
-        "one encoding shared by every recipient"
-    );
+    assert_eq!(first.as_ptr(), last.as_ptr(), "one encoding shared by every recipient");
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,12 +174,7 @@ async fn a_full_queue_refuses_the_whole_push() {
     settle().await;
     hub.push(&room("r"), items(&["2", "3", "4"])).unwrap();
     let refused = hub.push(&room("r"), items(&["5", "6", "7"])).unwrap_err();
-    assert_eq!(
-        refused,
-        Refused::QueueFull {
-            retry_after_secs: 1
-        }
-    );
+    assert_eq!(refused, Refused::QueueFull { retry_after_secs: 1 });
     tokio::time::advance(WINDOW).await;
     settle().await;
     assert_eq!(
@@ -236,10 +209,7 @@ async fn stopping_sends_what_waits_and_refuses_the_rest() {
     hub.push(&room("r"), items(&["2"])).unwrap();
     hub.push(&Target::All, items(&["\"b\""])).unwrap();
     hub.close();
-    assert_eq!(
-        hub.push(&room("r"), items(&["3"])),
-        Err(Refused::ShuttingDown)
-    );
+    assert_eq!(hub.push(&room("r"), items(&["3"])), Err(Refused::ShuttingDown));
     stop.cancel();
     tracker.close();
     tracker.wait().await;

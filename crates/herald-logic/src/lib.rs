@@ -100,28 +100,15 @@ pub fn router(
         .with_state(api)
 }
 
-async fn push_room(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     push(&api, Endpoint::Room, &headers, body)
 }
 
-async fn push_all(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     push(&api, Endpoint::All, &headers, body)
 }
 
-fn push(
-    api: &Api,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let name = match endpoint {
         Endpoint::Room => "/push/room",
         Endpoint::All => "/push/all",
@@ -129,13 +116,9 @@ fn push(
     let response = match body {
         Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
         Ok(body) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             match parse_push(endpoint, content_type, body) {
-                Err(FieldError { field, message }) => {
-                    error(StatusCode::BAD_REQUEST, &field, &message)
-                }
+                Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
                 Ok(request) => match api.bus.push(&request.target, request.items) {
                     Ok(accepted) => (StatusCode::OK, axum_json(json!(accepted))).into_response(),
                     Err(refused) => unavailable(&refused),
@@ -173,10 +156,7 @@ fn error(status: StatusCode, field: &str, message: &str) -> Response {
 
 /// A JSON body (axum's `json` feature would pull serde_urlencoded and more for this one line).
 fn axum_json(value: serde_json::Value) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], value.to_string())
 }
 
 async fn stats(State(api): State<Arc<Api>>) -> Response {

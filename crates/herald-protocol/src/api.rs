@@ -52,11 +52,7 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldErr
 }
 
 /// Parses a push body sent to `endpoint` with the given `Content-Type`.
-pub fn parse_push(
-    endpoint: Endpoint,
-    content_type: Option<&str>,
-    body: Bytes,
-) -> Result<PushRequest, FieldError> {
+pub fn parse_push(endpoint: Endpoint, content_type: Option<&str>, body: Bytes) -> Result<PushRequest, FieldError> {
     let is_json = content_type
         .and_then(|ct| ct.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
@@ -123,13 +119,11 @@ fn parse_form(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> 
     }
     let items = items.ok_or_else(|| field_error("items", "required"))?;
     let items = Bytes::from(items);
-    let raws: Vec<&RawValue> = serde_json::from_slice(&items)
-        .map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
+    let raws: Vec<&RawValue> =
+        serde_json::from_slice(&items).map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
     Ok((
         room,
-        raws.iter()
-            .map(|raw| items.slice_ref(raw.get().as_bytes()))
-            .collect(),
+        raws.iter().map(|raw| items.slice_ref(raw.get().as_bytes())).collect(),
     ))
 }
 
@@ -144,12 +138,7 @@ mod tests {
     #[test]
     fn takes_go_push_form_bodies() {
         let body = Bytes::from("room=lobby&items=%5B%7B%22a%22%3A1%7D%2C%20%22%5Cu00e9%22%5D");
-        let req = parse_push(
-            Endpoint::Room,
-            Some("application/x-www-form-urlencoded"),
-            body,
-        )
-        .unwrap();
+        let req = parse_push(Endpoint::Room, Some("application/x-www-form-urlencoded"), body).unwrap();
         assert_eq!(req.target, Target::Room("lobby".into()));
         assert_eq!(items(&req), [&br#"{"a":1}"#[..], br#""\u00e9""#]);
         let all = parse_push(Endpoint::All, None, Bytes::from("items=[1,2.50]")).unwrap();
@@ -160,16 +149,8 @@ mod tests {
     #[test]
     fn takes_json_bodies_keeping_item_text() {
         let body = Bytes::from(r#"{"room":"r","items":[{"x": [1, 2]}, "é", 1e3]}"#);
-        let req = parse_push(
-            Endpoint::Room,
-            Some("application/json; charset=utf-8"),
-            body,
-        )
-        .unwrap();
-        assert_eq!(
-            items(&req),
-            [&br#"{"x": [1, 2]}"#[..], "\"é\"".as_bytes(), b"1e3"]
-        );
+        let req = parse_push(Endpoint::Room, Some("application/json; charset=utf-8"), body).unwrap();
+        assert_eq!(items(&req), [&br#"{"x": [1, 2]}"#[..], "\"é\"".as_bytes(), b"1e3"]);
     }
 
     #[test]
@@ -182,24 +163,9 @@ mod tests {
             (Endpoint::Room, None, "room=a&items={}", "items"),
             (Endpoint::Room, None, "room=a&items=[]", "items"),
             (Endpoint::Room, None, "room=a&items=[1]&items=[2]", "items"),
-            (
-                Endpoint::Room,
-                None,
-                "room=a&items=[1]&colour=red",
-                "colour",
-            ),
-            (
-                Endpoint::All,
-                Some("application/json"),
-                r#"{"items":[1"#,
-                "body",
-            ),
-            (
-                Endpoint::All,
-                Some("application/json"),
-                r#"{"room":"a"}"#,
-                "items",
-            ),
+            (Endpoint::Room, None, "room=a&items=[1]&colour=red", "colour"),
+            (Endpoint::All, Some("application/json"), r#"{"items":[1"#, "body"),
+            (Endpoint::All, Some("application/json"), r#"{"room":"a"}"#, "items"),
             (
                 Endpoint::All,
                 Some("application/json"),

@@ -84,8 +84,8 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
         let data = envelope
             .data
             .ok_or_else(|| MessageError::Unknown("missing data.room".into()))?;
-        let data: RoomData<'_> = serde_json::from_str(data.get())
-            .map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
+        let data: RoomData<'_> =
+            serde_json::from_str(data.get()).map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
         Ok(data.room)
     };
     let command = match &*envelope.kind {
@@ -136,10 +136,7 @@ pub fn valid_room(room: &str) -> bool {
 pub fn pong(id: Option<&RawValue>) -> Bytes {
     match id {
         None => ws::frame(OpCode::Text, br#"{"type":"PONG","data":{}}"#),
-        Some(id) => text_frame(format!(
-            r#"{{"type":"PONG","id":{},"data":{{}}}}"#,
-            id.get()
-        )),
+        Some(id) => text_frame(format!(r#"{{"type":"PONG","id":{},"data":{{}}}}"#, id.get())),
     }
 }
 
@@ -168,10 +165,7 @@ mod tests {
 
     #[test]
     fn parses_go_push_messages() {
-        assert_eq!(
-            parse(r#"{"type":"PING","data":{}}"#).unwrap().command,
-            Command::Ping
-        );
+        assert_eq!(parse(r#"{"type":"PING","data":{}}"#).unwrap().command, Command::Ping);
         assert_eq!(parse(r#"{"type":"PING"}"#).unwrap().command, Command::Ping);
         let join = parse(r#"{"type":"JOIN","data":{"room":"news\u00e9"}}"#).unwrap();
         assert_eq!(join.command, Command::Join("newsé".into()));
@@ -184,10 +178,7 @@ mod tests {
     #[test]
     fn tells_non_json_from_unknown_structure() {
         assert_eq!(parse("hello").unwrap_err(), MessageError::NotJson);
-        assert_eq!(
-            parse(r#"{"type":"PING""#).unwrap_err(),
-            MessageError::NotJson
-        );
+        assert_eq!(parse(r#"{"type":"PING""#).unwrap_err(), MessageError::NotJson);
         for unknown in [
             r#"{"type":"SHOUT"}"#,
             r#"{"data":{}}"#,
@@ -197,11 +188,7 @@ mod tests {
             r#"{"type":"JOIN","data":{"rooms":"a"}}"#,
         ] {
             let err = parse(unknown).unwrap_err();
-            assert_eq!(
-                err.close_code(),
-                close::POLICY_VIOLATION,
-                "{unknown}: {err}"
-            );
+            assert_eq!(err.close_code(), close::POLICY_VIOLATION, "{unknown}: {err}");
         }
     }
 

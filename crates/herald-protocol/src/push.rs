@@ -21,8 +21,7 @@ pub fn push_frame(room: Option<&str>, items: &[Bytes]) -> Bytes {
         field
     });
     let room_len = room_json.as_ref().map_or(0, Vec::len);
-    let items_len: usize =
-        items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1);
+    let items_len: usize = items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1);
     let payload_len = PREFIX.len() + room_len + ITEMS_OPEN.len() + items_len + CLOSE.len();
 
     let mut out = BytesMut::with_capacity(ws::header_len(payload_len) + payload_len);

@@ -135,9 +135,7 @@ impl FrameHeader {
 pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeader>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
     if b0 & 0x70 != 0 {
-        return Err(FrameError::Protocol(
-            "reserved bits set without an extension",
-        ));
+        return Err(FrameError::Protocol("reserved bits set without an extension"));
     }
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("reserved opcode"))?;
@@ -241,9 +239,7 @@ impl Assembler {
             }
             OpCode::Continuation => {
                 let Some(opcode) = self.fragmented else {
-                    return Err(FrameError::Protocol(
-                        "continuation without a message to continue",
-                    ));
+                    return Err(FrameError::Protocol("continuation without a message to continue"));
                 };
                 if self.fragments.len() + payload.len() > max_message {
                     return Err(FrameError::TooBig { limit: max_message });
@@ -369,10 +365,7 @@ mod tests {
             assert_eq!(decode_header(&bytes[..cut], 1024), Ok(None), "cut at {cut}");
         }
         let header = decode_header(&bytes, 1024).unwrap().unwrap();
-        assert_eq!(
-            (header.fin, header.opcode, header.payload_len),
-            (true, OpCode::Text, 5)
-        );
+        assert_eq!((header.fin, header.opcode, header.payload_len), (true, OpCode::Text, 5));
         let mut payload = bytes[header.header_len..header.frame_len()].to_vec();
         unmask(&mut payload, header.mask);
         assert_eq!(payload, b"hello");
@@ -396,10 +389,7 @@ mod tests {
             close::PROTOCOL_ERROR
         );
         let rsv = client_frame(0xC1, b"a");
-        assert_eq!(
-            decode_header(&rsv, 10).unwrap_err().close_code(),
-            close::PROTOCOL_ERROR
-        );
+        assert_eq!(decode_header(&rsv, 10).unwrap_err().close_code(), close::PROTOCOL_ERROR);
         let bad_opcode = client_frame(0x83, b"a");
         assert_eq!(
             decode_header(&bad_opcode, 10).unwrap_err().close_code(),
@@ -416,11 +406,7 @@ mod tests {
         );
     }
 
-    fn feed<'a>(
-        asm: &'a mut Assembler,
-        b0: u8,
-        payload: &'a [u8],
-    ) -> Result<Option<Message<'a>>, FrameError> {
+    fn feed<'a>(asm: &'a mut Assembler, b0: u8, payload: &'a [u8]) -> Result<Option<Message<'a>>, FrameError> {
         let bytes = client_frame(b0, payload);
         let header = decode_header(&bytes, 1 << 20).unwrap().unwrap();
         asm.on_frame(&header, payload, 16)
@@ -432,10 +418,7 @@ mod tests {
         assert_eq!(feed(&mut asm, 0x01, b"hel"), Ok(None));
         assert_eq!(feed(&mut asm, 0x89, b"p"), Ok(Some(Message::Ping(b"p"))));
         assert_eq!(feed(&mut asm, 0x00, b"lo "), Ok(None));
-        assert_eq!(
-            feed(&mut asm, 0x80, b"you"),
-            Ok(Some(Message::Text("hello you")))
-        );
+        assert_eq!(feed(&mut asm, 0x80, b"you"), Ok(Some(Message::Text("hello you"))));
         asm.release();
         assert_eq!(
             asm.fragments.capacity(),
@@ -458,16 +441,10 @@ mod tests {
             "new message inside a fragmented one"
         );
         let mut asm = Assembler::default();
-        assert_eq!(
-            feed(&mut asm, 0x81, &[0xFF, 0xFE]),
-            Err(FrameError::InvalidUtf8)
-        );
+        assert_eq!(feed(&mut asm, 0x81, &[0xFF, 0xFE]), Err(FrameError::InvalidUtf8));
         let mut asm = Assembler::default();
         feed(&mut asm, 0x01, &[b'a'; 10]).unwrap();
-        assert_eq!(
-            feed(&mut asm, 0x80, &[b'a'; 10]),
-            Err(FrameError::TooBig { limit: 16 })
-        );
+        assert_eq!(feed(&mut asm, 0x80, &[b'a'; 10]), Err(FrameError::TooBig { limit: 16 }));
     }
 
     #[test]
@@ -479,14 +456,8 @@ mod tests {
             Ok(Some(Message::Close(Some(1000))))
         );
         assert!(feed(&mut asm, 0x88, &[0x03]).is_err());
-        assert!(
-            feed(&mut asm, 0x88, &[0x03, 0xEC]).is_err(),
-            "1004 is reserved"
-        );
-        assert_eq!(
-            feed(&mut asm, 0x88, &[0x03, 0xE8, 0xFF]),
-            Err(FrameError::InvalidUtf8)
-        );
+        assert!(feed(&mut asm, 0x88, &[0x03, 0xEC]).is_err(), "1004 is reserved");
+        assert_eq!(feed(&mut asm, 0x88, &[0x03, 0xE8, 0xFF]), Err(FrameError::InvalidUtf8));
     }
 
     #[test]

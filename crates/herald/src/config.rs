@@ -120,8 +120,7 @@ macro_rules! overlay {
 impl Settings {
     /// Reads a TOML settings file; unknown keys are errors.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -135,16 +134,11 @@ impl Settings {
 
     /// Fills defaults and validates.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let duration = |value: Option<DurationValue>, default: u64| {
-            value.map_or(Duration::from_millis(default), |d| d.0)
-        };
+        let duration =
+            |value: Option<DurationValue>, default: u64| value.map_or(Duration::from_millis(default), |d| d.0);
         let config = Config {
-            ws_addr: self
-                .ws_addr
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7777))),
-            api_addr: self
-                .api_addr
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7799))),
+            ws_addr: self.ws_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7777))),
+            api_addr: self.api_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7799))),
             hub: HubConfig {
                 shards: self.shards.unwrap_or(16),
                 merge: MergePolicy {
@@ -194,11 +188,7 @@ impl Config {
         }
         at_least("queue_items", self.hub.queue_items, 1)?;
         at_least("max_connections", self.gateway.max_connections, 1)?;
-        at_least(
-            "max_rooms_per_connection",
-            self.gateway.max_rooms_per_connection,
-            1,
-        )?;
+        at_least("max_rooms_per_connection", self.gateway.max_rooms_per_connection, 1)?;
         // A client must at least be able to send a JOIN for a room name of the longest allowed length.
         at_least("max_message_bytes", self.gateway.max_message_bytes, 512)?;
         at_least("outbox_frames", self.gateway.outbox_frames, 1)?;
@@ -206,8 +196,7 @@ impl Config {
         positive("handshake_timeout", self.gateway.handshake_timeout)?;
         positive("heartbeat_timeout", self.gateway.heartbeat_timeout)?;
         positive("write_timeout", self.gateway.write_timeout)?;
-        tracing_subscriber::EnvFilter::try_new(&self.log)
-            .map_err(|e| anyhow::anyhow!("log: {e}"))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| anyhow::anyhow!("log: {e}"))?;
         Ok(())
     }
 }
@@ -293,14 +282,8 @@ mod tests {
     #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!("0".parse::<DurationValue>().unwrap().0, Duration::ZERO);
-        assert_eq!(
-            "10ms".parse::<DurationValue>().unwrap().0,
-            Duration::from_millis(10)
-        );
-        assert_eq!(
-            "1m 30s".parse::<DurationValue>().unwrap().0,
-            Duration::from_secs(90)
-        );
+        assert_eq!("10ms".parse::<DurationValue>().unwrap().0, Duration::from_millis(10));
+        assert_eq!("1m 30s".parse::<DurationValue>().unwrap().0, Duration::from_secs(90));
         assert!("ten".parse::<DurationValue>().is_err());
     }
 }

@@ -25,6 +25,8 @@ fn main() -> anyhow::Result<()> {
             let config = args.resolve()?;
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -41,8 +43,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

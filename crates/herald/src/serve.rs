@@ -33,12 +33,8 @@ async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs herald on already-bound listeners until `shutdown` is cancelled, then drains and returns.
-pub async fn run(
-    config: Config,
-    ws: TcpListener,
-    api: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (ws_addr, api_addr) = (ws.local_addr()?, api.local_addr()?);
     let mut registry = Registry::default();
     let hub = Hub::new(config.hub, HubMetrics::register(&mut registry));
     let gateway = Gateway::new(
@@ -71,11 +67,10 @@ pub async fn run(
         stop_accepting.clone(),
     );
     let api_server = tokio::spawn(std::future::IntoFuture::into_future(
-        axum::serve(api, router.into_make_service())
-            .with_graceful_shutdown(api_stop.clone().cancelled_owned()),
+        axum::serve(api, router.into_make_service()).with_graceful_shutdown(api_stop.clone().cancelled_owned()),
     ));
 
-    tracing::info!(ws = %config.ws_addr, api = %config.api_addr, "herald serving");
+    tracing::info!(ws = %ws_addr, api = %api_addr, "herald serving");
     shutdown.cancelled().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
 
@@ -91,10 +86,7 @@ pub async fn run(
         connections.close();
         connections.wait().await;
     };
-    if tokio::time::timeout(config.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
         tracing::warn!(
             left = connections.len(),
             "grace period over, dropping the connections left"

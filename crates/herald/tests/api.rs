@@ -16,16 +16,10 @@ async fn go_push_form_and_json_bodies_are_taken() {
         (form.status, form.json()),
         (200, serde_json::json!({"items": 1, "recipients": 1}))
     );
-    assert_eq!(
-        client.next_push().await["items"],
-        serde_json::json!(["form"])
-    );
+    assert_eq!(client.next_push().await["items"], serde_json::json!(["form"]));
     let json = server.push_all(r#"["json", 2]"#).await;
     assert_eq!(json["items"], 2);
-    assert_eq!(
-        client.next_push().await["items"],
-        serde_json::json!(["json", 2])
-    );
+    assert_eq!(client.next_push().await["items"], serde_json::json!(["json", 2]));
     server.stop().await;
 }
 
@@ -45,12 +39,7 @@ async fn bad_bodies_get_400_naming_the_field() {
         assert!(answer.json()["error"].as_str().unwrap().starts_with(field));
     }
     let broken_json = server
-        .http(
-            "POST",
-            "/push/all",
-            Some("application/json"),
-            b"{\"items\": [1,",
-        )
+        .http("POST", "/push/all", Some("application/json"), b"{\"items\": [1,")
         .await;
     assert_eq!(
         (broken_json.status, broken_json.json()["field"].as_str()),
@@ -109,17 +98,8 @@ async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
 #[tokio::test]
 async fn unknown_paths_and_methods_are_refused() {
     let server = TestServer::with_window("0").await;
-    assert_eq!(
-        server
-            .http("GET", "/push/everything", None, b"")
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        server.http("GET", "/push/room", None, b"").await.status,
-        405
-    );
+    assert_eq!(server.http("GET", "/push/everything", None, b"").await.status, 404);
+    assert_eq!(server.http("GET", "/push/room", None, b"").await.status, 405);
     server.stop().await;
 }
 
@@ -138,12 +118,7 @@ async fn health_stats_and_metrics_tell_the_state() {
     );
     assert_eq!(stats["deliveries"], 1);
     let metrics = server.http("GET", "/metrics", None, b"").await;
-    assert!(
-        metrics
-            .header("content-type")
-            .unwrap()
-            .contains("openmetrics-text")
-    );
+    assert!(metrics.header("content-type").unwrap().contains("openmetrics-text"));
     for family in [
         "herald_connections",
         "herald_frames_total",

@@ -33,8 +33,7 @@ impl Drop for Browser {
 }
 
 fn chromium_binary() -> PathBuf {
-    let binary = std::env::var_os("HERALD_CHROMIUM")
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let binary = std::env::var_os("HERALD_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     assert!(
         binary.exists(),
         "{} not found: run scripts/test, which installs Debian's chromium, or set HERALD_CHROMIUM",
@@ -101,9 +100,7 @@ async fn attach(browser: &Browser, url: &str) -> DevTools {
     let list_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + FAILSAFE;
     let page = loop {
-        let targets: Value = support::http(list_addr, "GET", "/json/list", None, b"")
-            .await
-            .json();
+        let targets: Value = support::http(list_addr, "GET", "/json/list", None, b"").await.json();
         let page = targets
             .as_array()
             .unwrap()
@@ -113,10 +110,7 @@ async fn attach(browser: &Browser, url: &str) -> DevTools {
         if let Some(page) = page {
             break page;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no page for {url} in {targets}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no page for {url} in {targets}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (devtools, _) = ClientBuilder::new()
@@ -130,11 +124,9 @@ async fn attach(browser: &Browser, url: &str) -> DevTools {
 
 /// Evaluates `expression` in the page and returns its value.
 async fn evaluate(devtools: &mut DevTools, id: u64, expression: &str) -> Value {
-    let call = json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": expression, "returnByValue": true}});
-    devtools
-        .send(Message::text(call.to_string()))
-        .await
-        .unwrap();
+    let call =
+        json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": expression, "returnByValue": true}});
+    devtools.send(Message::text(call.to_string())).await.unwrap();
     loop {
         let message = tokio::time::timeout(FAILSAFE, devtools.next())
             .await
@@ -152,21 +144,14 @@ async fn evaluate(devtools: &mut DevTools, id: u64, expression: &str) -> Value {
 }
 
 /// Polls `expression` until `done` accepts its value.
-async fn wait_for(
-    devtools: &mut DevTools,
-    expression: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
+async fn wait_for(devtools: &mut DevTools, expression: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + FAILSAFE;
     for id in 1.. {
         let value = evaluate(devtools, id, expression).await;
         if done(&value) {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{expression} stayed {value}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{expression} stayed {value}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     unreachable!()
@@ -181,9 +166,7 @@ async fn the_demo_page_shows_a_pushed_item() {
 
     let status = "document.getElementById('status').textContent";
     wait_for(&mut devtools, status, |v| v == "joined browser").await;
-    let answer = server
-        .push_room("browser", r#"[{"text":"hello from the API"}]"#)
-        .await;
+    let answer = server.push_room("browser", r#"[{"text":"hello from the API"}]"#).await;
     assert_eq!(answer["recipients"], 1);
 
     let log = "document.getElementById('log').innerText";

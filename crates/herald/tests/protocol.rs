@@ -11,10 +11,7 @@ async fn ping_gets_pong_with_and_without_data_or_id() {
     let server = TestServer::with_window("1s").await;
     let mut client = server.client().await;
     client.send_text(r#"{"type":"PING","data":{}}"#).await;
-    assert_eq!(
-        client.next_json().await,
-        serde_json::json!({"type":"PONG","data":{}})
-    );
+    assert_eq!(client.next_json().await, serde_json::json!({"type":"PONG","data":{}}));
     client.send_text(r#"{"type":"PING"}"#).await;
     assert_eq!(client.next_json().await["type"], "PONG");
     client.send_text(r#"{"type":"PING","id":"p1"}"#).await;
@@ -27,10 +24,7 @@ async fn websocket_pings_are_answered_with_their_payload() {
     let server = TestServer::with_window("1s").await;
     let mut raw = RawClient::connect(server.ws).await;
     raw.send_frame(0x89, b"are you there", true).await;
-    assert_eq!(
-        raw.read_frame().await,
-        Some((0xA, b"are you there".to_vec()))
-    );
+    assert_eq!(raw.read_frame().await, Some((0xA, b"are you there".to_vec())));
     server.stop().await;
 }
 
@@ -52,11 +46,7 @@ async fn room_pushes_reach_members_only_and_leave_stops_them() {
     assert_eq!(news.request("LEAVE", "news").await["type"], "ACK");
     assert_eq!(server.push_room("news", "[2]").await["recipients"], 0);
     news.send_text(r#"{"type":"PING"}"#).await;
-    assert_eq!(
-        news.next_json().await["type"],
-        "PONG",
-        "no push after LEAVE"
-    );
+    assert_eq!(news.next_json().await["type"], "PONG", "no push after LEAVE");
     server.stop().await;
 }
 
@@ -64,15 +54,9 @@ async fn room_pushes_reach_members_only_and_leave_stops_them() {
 async fn join_without_id_is_silent_as_in_go_push() {
     let server = TestServer::with_window("0").await;
     let mut client = server.client().await;
-    client
-        .send_text(r#"{"type":"JOIN","data":{"room":"quiet"}}"#)
-        .await;
+    client.send_text(r#"{"type":"JOIN","data":{"room":"quiet"}}"#).await;
     client.send_text(r#"{"type":"PING"}"#).await;
-    assert_eq!(
-        client.next_json().await["type"],
-        "PONG",
-        "no reply to JOIN without id"
-    );
+    assert_eq!(client.next_json().await["type"], "PONG", "no reply to JOIN without id");
     server.push_room("quiet", "[1]").await;
     assert_eq!(client.next_push().await["items"], serde_json::json!([1]));
     server.stop().await;
@@ -146,15 +130,9 @@ async fn pushes_inside_one_window_arrive_as_one_frame_in_order() {
     // Inside the window now: held until the batch holds merge_max_items (the window itself never ends here).
     server.push_room("r", "[2]").await;
     server.push_room("r", r#"["3a","3b"]"#).await;
-    assert_eq!(
-        client.next_push().await["items"],
-        serde_json::json!([2, "3a", "3b"])
-    );
+    assert_eq!(client.next_push().await["items"], serde_json::json!([2, "3a", "3b"]));
     let stats = server.stats().await;
-    assert_eq!(
-        (stats["frames"].as_u64(), stats["items"].as_u64()),
-        (Some(2), Some(4))
-    );
+    assert_eq!((stats["frames"].as_u64(), stats["items"].as_u64()), (Some(2), Some(4)));
     server.stop().await;
 }
 
@@ -169,13 +147,7 @@ async fn a_window_that_ends_sends_what_it_collected() {
     // However the two pushes fell relative to the window, both arrive, in order, and nothing else does.
     let mut got = Vec::new();
     while got.len() < 2 {
-        got.extend(
-            client.next_push().await["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .cloned(),
-        );
+        got.extend(client.next_push().await["items"].as_array().unwrap().iter().cloned());
     }
     assert_eq!(got, [2, 3]);
     server.stop().await;
@@ -202,11 +174,7 @@ async fn acks_and_errors_carry_the_request_id() {
     let empty = client.request("JOIN", "").await;
     assert_eq!(empty["data"]["code"], "invalid_room");
     assert_eq!(client.request("LEAVE", "a").await["type"], "ACK");
-    assert_eq!(
-        client.request("JOIN", "c").await["type"],
-        "ACK",
-        "room freed by LEAVE"
-    );
+    assert_eq!(client.request("JOIN", "c").await["type"], "ACK", "room freed by LEAVE");
     assert_eq!(
         server
             .metric(r#"herald_bad_input_total{reason="too_many_rooms"}"#)
@@ -215,9 +183,7 @@ async fn acks_and_errors_carry_the_request_id() {
     );
 
     // Without an id the over-limit JOIN is ignored, as in go-push: the connection stays, the room is not joined.
-    client
-        .send_text(r#"{"type":"JOIN","data":{"room":"d"}}"#)
-        .await;
+    client.send_text(r#"{"type":"JOIN","data":{"room":"d"}}"#).await;
     client.send_text(r#"{"type":"PING"}"#).await;
     assert_eq!(client.next_json().await["type"], "PONG");
     assert_eq!(server.push_room("d", "[1]").await["recipients"], 0);
@@ -256,13 +222,7 @@ async fn a_client_close_is_answered_and_counted() {
     while let Some(Ok(message)) = client.ws.next().await {
         assert!(message.is_close() || message.is_text(), "{message:?}");
     }
-    server
-        .wait_metric(r#"herald_closes_total{reason="client"}"#, 1.0)
-        .await;
-    assert_eq!(
-        server.push_room("bye", "[1]").await["recipients"],
-        0,
-        "left every room"
-    );
+    server.wait_metric(r#"herald_closes_total{reason="client"}"#, 1.0).await;
+    assert_eq!(server.push_room("bye", "[1]").await["recipients"], 0, "left every room");
     server.stop().await;
 }

@@ -17,10 +17,7 @@ async fn closes_with(frame: Vec<u8>, kind: &str) -> Option<u16> {
     raw.stream.write_all(&frame).await.unwrap();
     let code = raw.close_code().await;
     server
-        .wait_metric(
-            &format!(r#"herald_bad_input_total{{reason="{kind}"}}"#),
-            1.0,
-        )
+        .wait_metric(&format!(r#"herald_bad_input_total{{reason="{kind}"}}"#), 1.0)
         .await;
     server.push_room("room", "[1]").await;
     assert_eq!(
@@ -63,14 +60,8 @@ async fn invalid_utf8_closes_1007() {
 
 #[tokio::test]
 async fn over_the_read_limit_closes_1009() {
-    let big = format!(
-        r#"{{"type":"PING","data":{{"pad":"{}"}}}}"#,
-        "x".repeat(5000)
-    );
-    assert_eq!(
-        closes_with(text(big.as_bytes()), "too_big").await,
-        Some(1009)
-    );
+    let big = format!(r#"{{"type":"PING","data":{{"pad":"{}"}}}}"#, "x".repeat(5000));
+    assert_eq!(closes_with(text(big.as_bytes()), "too_big").await, Some(1009));
 }
 
 #[tokio::test]
@@ -82,10 +73,7 @@ async fn protocol_violations_close_1002() {
     let rsv_bits = support::encode_client_frame(0xC1, b"{}", true);
     assert_eq!(closes_with(rsv_bits, "protocol").await, Some(1002));
     let stray_continuation = support::encode_client_frame(0x80, b"{}", true);
-    assert_eq!(
-        closes_with(stray_continuation, "protocol").await,
-        Some(1002)
-    );
+    assert_eq!(closes_with(stray_continuation, "protocol").await, Some(1002));
 }
 
 #[tokio::test]
@@ -123,12 +111,7 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
         client.send_text(r#"{"type":"PING"}"#).await;
         assert_eq!(client.next_json().await["type"], "PONG");
     }
-    assert_eq!(
-        server
-            .metric(r#"herald_closes_total{reason="heartbeat"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(server.metric(r#"herald_closes_total{reason="heartbeat"}"#).await, 0.0);
     server.stop().await;
 }
 
@@ -150,12 +133,8 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.ws).await.unwrap();
     let mut slow = RawClient::handshake(stream, server.ws).await;
-    slow.send_frame(
-        0x81,
-        br#"{"type":"JOIN","id":1,"data":{"room":"feed"}}"#,
-        true,
-    )
-    .await;
+    slow.send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"feed"}}"#, true)
+        .await;
     let (_, ack) = slow.read_frame().await.unwrap();
     assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
 
@@ -218,14 +197,9 @@ async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
     let mut response = Vec::new();
     third.read_to_end(&mut response).await.unwrap();
     let response = support::parse_response(&response);
+    assert_eq!((response.status, response.header("retry-after")), (503, Some("1")));
     assert_eq!(
-        (response.status, response.header("retry-after")),
-        (503, Some("1"))
-    );
-    assert_eq!(
-        server
-            .metric(r#"herald_handshakes_total{reason="over_limit"}"#)
-            .await,
+        server.metric(r#"herald_handshakes_total{reason="over_limit"}"#).await,
         1.0
     );
 
@@ -255,12 +229,7 @@ async fn a_handshake_that_never_finishes_is_dropped_at_the_timeout() {
         .unwrap()
         .unwrap();
     assert!(rest.is_empty(), "dropped without an answer");
-    assert_eq!(
-        server
-            .metric(r#"herald_handshakes_total{reason="timeout"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(server.metric(r#"herald_handshakes_total{reason="timeout"}"#).await, 1.0);
     server.stop().await;
 }
 
@@ -290,10 +259,7 @@ async fn shutdown_sends_what_waits_then_going_away() {
         serde_json::json!([2]),
         "drained before the close"
     );
-    assert_eq!(
-        client.closed().await,
-        (1001, "server shutting down".to_owned())
-    );
+    assert_eq!(client.closed().await, (1001, "server shutting down".to_owned()));
     server.stop().await;
 }
 

@@ -81,11 +81,10 @@ impl TestServer {
     /// A connected WebSocket client.
     pub async fn client(&self) -> Client {
         let uri = format!("ws://{}/connect", self.ws);
-        let (ws, _) =
-            tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
-                .await
-                .expect("connect in time")
-                .expect("connect");
+        let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
+            .await
+            .expect("connect in time")
+            .expect("connect");
         Client { ws, next_id: 1 }
     }
 
@@ -97,25 +96,14 @@ impl TestServer {
     }
 
     /// An HTTP request to the push API.
-    pub async fn http(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> HttpResponse {
+    pub async fn http(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
         http(self.api, method, path, content_type, body).await
     }
 
     /// `POST` a form body, go-push style.
     pub async fn post_form(&self, path: &str, form: &str) -> HttpResponse {
-        self.http(
-            "POST",
-            path,
-            Some("application/x-www-form-urlencoded"),
-            form.as_bytes(),
-        )
-        .await
+        self.http("POST", path, Some("application/x-www-form-urlencoded"), form.as_bytes())
+            .await
     }
 
     /// Pushes JSON `items` (a JSON array text) to `room`; panics unless answered 200.
@@ -137,12 +125,7 @@ impl TestServer {
     pub async fn push_all(&self, items: &str) -> Value {
         let body = format!(r#"{{"items":{items}}}"#);
         let response = self
-            .http(
-                "POST",
-                "/push/all",
-                Some("application/json"),
-                body.as_bytes(),
-            )
+            .http("POST", "/push/all", Some("application/json"), body.as_bytes())
             .await;
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()
@@ -157,10 +140,7 @@ impl TestServer {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.http("GET", "/metrics", None, b"").await.body;
         text.lines()
-            .find_map(|line| {
-                line.strip_prefix(sample)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
             .trim()
             .parse()
@@ -192,10 +172,7 @@ pub struct Client {
 
 impl Client {
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text.to_owned()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(text.to_owned())).await.expect("send");
     }
 
     /// The next message from the server (pings answered by the library are not seen).
@@ -227,10 +204,8 @@ impl Client {
     pub async fn request(&mut self, kind: &str, room: &str) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_text(
-            &serde_json::json!({ "type": kind, "id": id, "data": { "room": room } }).to_string(),
-        )
-        .await;
+        self.send_text(&serde_json::json!({ "type": kind, "id": id, "data": { "room": room } }).to_string())
+            .await;
         let reply = self.next_json().await;
         assert_eq!(reply["id"], id, "{reply}");
         reply
@@ -275,13 +250,7 @@ impl HttpResponse {
 }
 
 /// One HTTP/1.1 request with `Connection: close`, read to the end.
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> HttpResponse {
+pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(content_type) = content_type {
@@ -298,9 +267,7 @@ pub async fn http(
             let n = stream.read(&mut chunk).await.unwrap_or(0);
             raw.extend_from_slice(&chunk[..n]);
             let complete = parse_response(&raw);
-            let expected = complete
-                .header("content-length")
-                .and_then(|v| v.parse::<usize>().ok());
+            let expected = complete.header("content-length").and_then(|v| v.parse::<usize>().ok());
             if n == 0 || expected.is_some_and(|len| complete.body.len() >= len) {
                 return;
             }
@@ -360,11 +327,7 @@ impl RawClient {
             );
             head.push(byte[0]);
         }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
         Self { stream }
     }
 
