@@ -16,6 +16,12 @@ struct Cli {
 enum Command {
     /// Run gateway, hub and push API in one process (the embedded default; no external services).
     Serve(ServeArgs),
+    /// Load-test a herald over real TCP (starts `herald serve` itself unless given --ws).
+    #[command(subcommand)]
+    Bench(herald_bench::Scenario),
+    /// A load-generator worker process (started by `herald bench`; reads its plan on stdin).
+    #[command(hide = true)]
+    BenchWorker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +44,8 @@ fn main() -> anyhow::Result<()> {
                     herald::serve::run(config, ws, api, shutdown).await
                 })
         }
+        Command::Bench(scenario) => herald_bench::run(scenario),
+        Command::BenchWorker => herald_bench::worker::main(),
     }
 }
 

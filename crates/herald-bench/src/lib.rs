@@ -1,0 +1,509 @@
+//! `herald bench`: herald's own load generator, speaking the client protocol over real TCP.
+//!
+//! # Layout
+//! - this file: the two scenarios (`connections`, `fanout`), run by a coordinator that starts herald (or targets
+//!   a running one), spreads the connections over worker processes, publishes, and reports.
+//! - [`worker`]: a worker process holding its share of connections on one thread.
+//! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
+//! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
+//! - [`proc`]: CPU, RSS and kernel slab memory from /proc.
+//!
+//! It links only what it needs to speak to herald from outside: no herald crate but the wire format it knows.
+
+pub mod proc;
+mod publisher;
+pub mod scan;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::worker::{Event, Plan, Report};
+
+/// Connections one worker process holds at most (the per-process descriptor limit here is 20,000).
+const CONNS_PER_WORKER: usize = 15_000;
+
+/// `herald bench` scenarios.
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// Open N connections in one room, keep them alive, report connect rate and memory per connection.
+    Connections(ConnectionsArgs),
+    /// Push at a fixed rate to N connections, report throughput, latency, loss and CPU.
+    Fanout(FanoutArgs),
+}
+
+/// Where the load goes, and how herald is started when the bench starts it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// WebSocket address of a running herald (host:port); without it the bench starts `herald serve` itself
+    #[arg(long)]
+    pub ws: Option<SocketAddr>,
+    /// Push-API address of the running herald (with --ws)
+    #[arg(long, requires = "ws")]
+    pub api: Option<SocketAddr>,
+    /// PID of the running herald, to read its CPU and memory (with --ws)
+    #[arg(long, requires = "ws")]
+    pub server_pid: Option<u32>,
+    /// Allow a target outside the loopback range
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Merge window of the herald the bench starts
+    #[arg(long, default_value = "1s")]
+    pub merge_window: String,
+    /// Merge max items of the herald the bench starts
+    #[arg(long, default_value_t = 100)]
+    pub merge_max_items: usize,
+    /// Further flags for the herald the bench starts (repeat: --server-arg=--shards --server-arg=8)
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Worker processes for the connections [default: one per 15,000 connections]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Print one JSON line instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `herald bench connections`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsArgs {
+    /// Connections to open
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Seconds to hold them once open
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `herald bench fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// Connections receiving
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Pushes per second
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Items per push
+    #[arg(long, default_value_t = 1)]
+    pub items: usize,
+    /// Bytes per item
+    #[arg(long, default_value_t = 100)]
+    pub item_bytes: usize,
+    /// Seconds of publishing
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Room every connection joins and every push goes to
+    #[arg(long, default_value = "bench", conflicts_with = "all")]
+    pub room: String,
+    /// Push to everyone (/push/all) instead of a room
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// Runs a scenario and prints its result.
+pub fn run(scenario: Scenario) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let json = match &scenario {
+        Scenario::Connections(args) => args.target.json,
+        Scenario::Fanout(args) => args.target.json,
+    };
+    let result = runtime.block_on(async {
+        match scenario {
+            Scenario::Connections(args) => connections(args).await,
+            Scenario::Fanout(args) => fanout(args).await,
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_table(&result);
+    }
+    Ok(())
+}
+
+/// A herald under test: started by the bench, or given.
+struct Server {
+    ws: SocketAddr,
+    api: Option<SocketAddr>,
+    pid: Option<u32>,
+    child: Option<Child>,
+}
+
+impl Server {
+    async fn start_or_attach(target: &Target) -> anyhow::Result<Self> {
+        if let Some(ws) = target.ws {
+            for addr in [Some(ws), target.api].into_iter().flatten() {
+                if !target.allow_remote && !addr.ip().is_loopback() {
+                    bail!("{addr} is outside loopback; pass --allow-remote to load a remote server");
+                }
+            }
+            return Ok(Self {
+                ws,
+                api: target.api,
+                pid: target.server_pid,
+                child: None,
+            });
+        }
+        let ws = free_port()?;
+        let api = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "serve",
+                "--log",
+                "warn",
+                "--ws-addr",
+                &ws.to_string(),
+                "--api-addr",
+                &api.to_string(),
+            ])
+            .args([
+                "--merge-window",
+                &target.merge_window,
+                "--merge-max-items",
+                &target.merge_max_items.to_string(),
+            ])
+            .args(&target.server_args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting herald serve")?;
+        let pid = child.id();
+        let server = Self {
+            ws,
+            api: Some(api),
+            pid,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("herald did not become healthy on {api}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(server)
+    }
+
+    fn cpu_secs(&self) -> Option<f64> {
+        self.pid.and_then(proc::cpu_secs)
+    }
+
+    fn rss_bytes(&self) -> Option<u64> {
+        self.pid.and_then(proc::rss_bytes)
+    }
+
+    async fn stop(mut self) {
+        if let (Some(child), Some(pid)) = (self.child.as_mut(), self.pid) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            if tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The worker processes of one run.
+struct Workers {
+    procs: Vec<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)>,
+}
+
+impl Workers {
+    async fn start(server: &Server, conns: usize, room: Option<&str>, workers: Option<usize>) -> anyhow::Result<Self> {
+        let count = workers.unwrap_or(conns.div_ceil(CONNS_PER_WORKER)).clamp(1, 250);
+        let mut procs = Vec::new();
+        for index in 0..count {
+            let share = conns / count + usize::from(index < conns % count);
+            let plan = Plan {
+                target: server.ws,
+                conns: share,
+                room: room.map(str::to_owned),
+                index: index as u8,
+                ping_every_ms: 20_000,
+            };
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg("bench-worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a bench worker")?;
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin
+                .write_all(format!("{}\n", serde_json::to_string(&plan)?).as_bytes())
+                .await?;
+            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            procs.push((child, stdin, lines));
+        }
+        Ok(Self { procs })
+    }
+
+    async fn next_events(&mut self) -> anyhow::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        for (_, _, lines) in &mut self.procs {
+            let line = lines.next_line().await?.context("a bench worker exited")?;
+            events.push(serde_json::from_str(&line).with_context(|| format!("bench worker said {line:?}"))?);
+        }
+        Ok(events)
+    }
+
+    async fn command(&mut self, command: &str) -> anyhow::Result<Vec<Event>> {
+        for (_, stdin, _) in &mut self.procs {
+            stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        }
+        self.next_events().await
+    }
+
+    /// Waits until every worker has opened its connections: (connections, errors, seconds).
+    async fn connected(&mut self, progress: &ProgressBar) -> anyhow::Result<(usize, usize, f64)> {
+        let (mut conns, mut errors, mut secs) = (0, 0, 0f64);
+        for event in self.next_events().await? {
+            if let Event::Connected {
+                conns: c,
+                errors: e,
+                secs: s,
+            } = event
+            {
+                conns += c;
+                errors += e;
+                secs = secs.max(s);
+                progress.inc(c as u64);
+            }
+        }
+        Ok((conns, errors, secs))
+    }
+
+    async fn items(&mut self) -> anyhow::Result<u64> {
+        Ok(self
+            .command("status")
+            .await?
+            .iter()
+            .map(|e| if let Event::Status { items } = e { *items } else { 0 })
+            .sum())
+    }
+
+    async fn finish(mut self) -> anyhow::Result<Vec<Report>> {
+        let events = self.command("stop").await?;
+        for (child, _, _) in &mut self.procs {
+            let _ = child.wait().await;
+        }
+        Ok(events
+            .into_iter()
+            .filter_map(|e| {
+                if let Event::Done(report) = e {
+                    Some(report)
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}").expect("template"));
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// The result of a scenario: one flat record, printed as a table or one JSON line.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Figures, in order.
+    pub figures: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.figures.len() + 1))?;
+        map.serialize_entry("scenario", self.scenario)?;
+        for (name, value) in &self.figures {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl Outcome {
+    fn put(&mut self, name: &'static str, value: impl Into<serde_json::Value>) {
+        self.figures.push((name, value.into()));
+    }
+}
+
+fn print_table(outcome: &Outcome) {
+    println!("herald bench {}", outcome.scenario);
+    for (name, value) in &outcome.figures {
+        let value = match value {
+            serde_json::Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or_default()),
+            other => other.to_string(),
+        };
+        println!("  {name:<28} {value}");
+    }
+}
+
+async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
+    let server = Server::start_or_attach(&args.target).await?;
+    let (rss_before, slab_before) = (server.rss_bytes(), proc::slab_bytes());
+    let mut workers = Workers::start(&server, args.conns, Some("bench"), args.target.workers).await?;
+    let bar = progress(args.conns as u64, "connecting");
+    let (conns, errors, secs) = workers.connected(&bar).await?;
+    bar.finish_and_clear();
+    // Let the server settle (connection tasks parked, allocator quiet) before reading memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_after, slab_after) = (server.rss_bytes(), proc::slab_bytes());
+    tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
+    let reports = workers.finish().await?;
+    let closed_early: u64 = reports.iter().map(|r| r.closed_early).sum();
+    let loadgen_cpu: f64 = reports.iter().map(|r| r.cpu_secs).sum();
+    let server_cpu = server.cpu_secs();
+    server.stop().await;
+
+    let per_conn = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if conns > 0 => serde_json::json!((a.saturating_sub(b)) / conns as u64),
+        _ => serde_json::Value::Null,
+    };
+    let mut out = Outcome {
+        scenario: "connections",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    out.put("closed_early", closed_early);
+    out.put("connect_secs", secs);
+    out.put("connects_per_sec", conns as f64 / secs.max(1e-9));
+    out.put(
+        "server_rss_bytes",
+        rss_after.map_or(serde_json::Value::Null, Into::into),
+    );
+    out.put("server_rss_per_conn_bytes", per_conn(rss_before, rss_after));
+    out.put("kernel_slab_per_conn_bytes", per_conn(slab_before, slab_after));
+    out.put(
+        "server_cpu_secs",
+        server_cpu.map_or(serde_json::Value::Null, Into::into),
+    );
+    out.put("loadgen_cpu_secs", loadgen_cpu);
+    Ok(out)
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
+    let server = Server::start_or_attach(&args.target).await?;
+    let api = server.api.context("fanout needs the push API: pass --api with --ws")?;
+    let room = (!args.all).then_some(args.room.as_str());
+    let mut workers = Workers::start(&server, args.conns, room, args.target.workers).await?;
+    let bar = progress(args.conns as u64, "connecting");
+    let (conns, errors, _) = workers.connected(&bar).await?;
+    bar.finish_and_clear();
+    // Joins are not acknowledged (go-push style): make sure the server has them all before publishing.
+    wait_for_members(api, room, conns).await?;
+
+    let cpu_before = server.cpu_secs();
+    let plan = publisher::Plan {
+        api,
+        room: room.map(str::to_owned),
+        rate: args.rate,
+        items: args.items,
+        item_bytes: args.item_bytes,
+        duration: Duration::from_secs_f64(args.secs),
+    };
+    let bar = progress((args.rate * args.secs).round() as u64, "publishing");
+    let published = publisher::run(&plan, &bar).await?;
+    bar.finish_and_clear();
+
+    // Drain: wait until everything expected arrived, or nothing more arrives for a while.
+    let mut received = workers.items().await?;
+    let mut last_change = Instant::now();
+    while received < published.expected_items && last_change.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = workers.items().await?;
+        if now != received {
+            received = now;
+            last_change = Instant::now();
+        }
+    }
+    let server_cpu = match (cpu_before, server.cpu_secs()) {
+        (Some(b), Some(a)) => serde_json::json!(a - b),
+        _ => serde_json::Value::Null,
+    };
+    let reports = workers.finish().await?;
+    server.stop().await;
+
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
+    for report in &reports {
+        for &(value, count) in &report.latency_us {
+            latency.record_n(value, count).expect("recorded values fit");
+        }
+    }
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    let (items, frames) = (sum(|r| r.items), sum(|r| r.frames));
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let secs = published.elapsed.as_secs_f64();
+
+    let mut out = Outcome {
+        scenario: "fanout",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    out.put("pushes_sent", published.sent);
+    out.put("pushes_refused", published.refused);
+    out.put("publish_secs", secs);
+    out.put("items_expected", published.expected_items);
+    out.put("items_received", items);
+    out.put("items_lost", published.expected_items.saturating_sub(items));
+    out.put("sequence_gaps", sum(|r| r.gaps));
+    out.put("duplicates", sum(|r| r.duplicates));
+    out.put("closed_early", sum(|r| r.closed_early));
+    out.put("items_per_sec", items as f64 / secs);
+    out.put("frames_per_sec", frames as f64 / secs);
+    out.put("items_per_frame", items as f64 / (frames.max(1)) as f64);
+    out.put("latency_p50_ms", ms(0.5));
+    out.put("latency_p99_ms", ms(0.99));
+    out.put("latency_p999_ms", ms(0.999));
+    out.put("latency_max_ms", latency.max() as f64 / 1000.0);
+    out.put("server_cpu_secs", server_cpu);
+    out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
+    Ok(out)
+}
+
+/// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections.
+async fn wait_for_members(api: SocketAddr, room: Option<&str>, members: usize) -> anyhow::Result<()> {
+    let key = if room.is_some() { "memberships" } else { "connections" };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = publisher::get(api, "/stats").await?;
+        let stats: serde_json::Value = serde_json::from_str(&body)?;
+        if stats[key].as_u64().unwrap_or(0) >= members as u64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {members} {key} after 30 s", stats[key]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

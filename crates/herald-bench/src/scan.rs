@@ -1,0 +1,202 @@
+//! Finding bench items in the byte stream of a connection without parsing frames or JSON.
+//!
+//! Every item the publisher sends is `{"t":<send time, µs since the epoch>,"s":<sequence>,"p":"<padding>"}`, and
+//! every frame starts with `{"type":"PUSH"`. The scanner looks for those markers with `memmem`, so reading a
+//! frame costs about as much as a `memchr` over it. Markers split across two reads are caught by carrying the
+//! unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per connection).
+
+use memchr::memmem;
+
+/// Bytes carried from one read to the next: enough for a whole item header (`{"t":` + 16 digits + `,"s":` + 20).
+pub const CARRY: usize = 48;
+
+const ITEM: &[u8] = br#"{"t":"#;
+const SEQ: &[u8] = br#","s":"#;
+const FRAME: &[u8] = br#"{"type":"PUSH""#;
+/// An item without a sequence number (not sent by the bench publisher): counted, not checked for order.
+const NO_SEQ: u64 = u64::MAX;
+
+/// What one connection has seen so far.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Items received.
+    pub items: u64,
+    /// PUSH frames received.
+    pub frames: u64,
+    /// Items whose sequence number skipped ahead (the items in between were lost).
+    pub gaps: u64,
+    /// Items at or below a sequence number already seen (duplicated or reordered).
+    pub duplicates: u64,
+    /// The next sequence number expected.
+    pub next_seq: u64,
+}
+
+/// The scanning state of one connection.
+#[derive(Debug)]
+pub struct Scanner {
+    carry: [u8; CARRY],
+    carry_len: usize,
+    /// Tally of what was seen.
+    pub tally: Tally,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            carry: [0; CARRY],
+            carry_len: 0,
+            tally: Tally::default(),
+        }
+    }
+}
+
+impl Scanner {
+    /// Scans `window`, whose first `self.carry_len` bytes must be the carry (see [`Scanner::prepare`]);
+    /// `on_item(send_time_us)` is called for each item. Saves the new carry.
+    pub fn scan(&mut self, window: &[u8], mut on_item: impl FnMut(u64)) {
+        let finder = memmem::Finder::new(ITEM);
+        let mut consumed = 0; // bytes up to the end of the last complete marker
+        let mut at = 0;
+        while let Some(found) = finder.find(&window[at..]) {
+            let start = at + found;
+            match parse_item(&window[start..]) {
+                Some((time, seq, len)) => {
+                    on_item(time);
+                    self.count(seq);
+                    consumed = start + len;
+                    at = consumed;
+                }
+                None => break, // cut off by the end of this read: rescanned from the carry next time
+            }
+        }
+        self.tally.frames += memmem::find_iter(&window[self.frames_from(window)..], FRAME).count() as u64;
+        let keep_from = consumed.max(window.len().saturating_sub(CARRY));
+        self.carry_len = window.len() - keep_from;
+        self.carry[..self.carry_len].copy_from_slice(&window[keep_from..]);
+    }
+
+    /// Where frame markers may start without counting one twice: a frame marker lying wholly in the carry was
+    /// counted in the previous read.
+    fn frames_from(&self, window: &[u8]) -> usize {
+        self.carry_len.saturating_sub(FRAME.len() - 1).min(window.len())
+    }
+
+    fn count(&mut self, seq: u64) {
+        let tally = &mut self.tally;
+        tally.items += 1;
+        if seq == NO_SEQ {
+            return;
+        }
+        if seq == tally.next_seq {
+            tally.next_seq += 1;
+        } else if seq > tally.next_seq {
+            tally.gaps += seq - tally.next_seq;
+            tally.next_seq = seq + 1;
+        } else {
+            tally.duplicates += 1;
+        }
+    }
+
+    /// Puts the carry in front of `buf[CARRY..]` (where the next read must go); returns where the window starts.
+    pub fn prepare(&self, buf: &mut [u8]) -> usize {
+        let start = CARRY - self.carry_len;
+        buf[start..CARRY].copy_from_slice(&self.carry[..self.carry_len]);
+        start
+    }
+}
+
+/// Parses `{"t":DIGITS,"s":DIGITS` at the start of `bytes`: (time, sequence, bytes used); None if incomplete.
+fn parse_item(bytes: &[u8]) -> Option<(u64, u64, usize)> {
+    let (time, after_time) = digits(bytes, ITEM.len())?;
+    if !bytes.get(after_time..)?.starts_with(SEQ) {
+        return if bytes.len() < after_time + SEQ.len() {
+            None
+        } else {
+            Some((time, NO_SEQ, after_time))
+        };
+    }
+    let (seq, end) = digits(bytes, after_time + SEQ.len())?;
+    Some((time, seq, end))
+}
+
+/// Reads the decimal number at `from`, which must be followed by a non-digit within `bytes`.
+fn digits(bytes: &[u8], from: usize) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    let mut at = from;
+    while let Some(&b) = bytes.get(at) {
+        if !b.is_ascii_digit() {
+            return (at > from).then_some((value, at));
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        at += 1;
+    }
+    None
+}
+
+/// One bench item of about `size` bytes.
+pub fn item(send_time_us: u64, seq: u64, size: usize) -> String {
+    let head = format!(r#"{{"t":{send_time_us},"s":{seq},"p":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(items: &[String]) -> Vec<u8> {
+        let mut out = vec![0x81, 0x7e, 0, 0];
+        out.extend_from_slice(format!(r#"{{"type":"PUSH","data":{{"items":[{}]}}}}"#, items.join(",")).as_bytes());
+        out
+    }
+
+    /// Feeds `stream` in pieces of `piece` bytes through the carry mechanics, as a connection does.
+    fn feed(stream: &[u8], piece: usize) -> (Tally, Vec<u64>) {
+        let mut scanner = Scanner::default();
+        let mut times = Vec::new();
+        let mut buf = vec![0u8; CARRY + piece];
+        for chunk in stream.chunks(piece) {
+            buf[CARRY..CARRY + chunk.len()].copy_from_slice(chunk);
+            let start = scanner.prepare(&mut buf);
+            scanner.scan(&buf[start..CARRY + chunk.len()], |t| times.push(t));
+        }
+        (scanner.tally, times)
+    }
+
+    #[test]
+    fn finds_every_item_and_frame_however_the_stream_is_cut() {
+        let mut stream = frame(&[item(1_700_000_000_000_001, 0, 100), item(1_700_000_000_000_002, 1, 60)]);
+        stream.extend(frame(&[item(1_700_000_000_000_003, 2, 100)]));
+        for piece in [1, 2, 3, 7, 13, 64, 4096] {
+            let (tally, times) = feed(&stream, piece);
+            assert_eq!(
+                (tally.items, tally.frames, tally.gaps, tally.duplicates),
+                (3, 2, 0, 0),
+                "piece {piece}"
+            );
+            assert_eq!(
+                times,
+                [1_700_000_000_000_001, 1_700_000_000_000_002, 1_700_000_000_000_003]
+            );
+        }
+    }
+
+    #[test]
+    fn counts_gaps_and_duplicates() {
+        let stream = frame(&[item(5, 0, 40), item(5, 3, 40), item(5, 3, 40), item(5, 4, 40)]);
+        let (tally, _) = feed(&stream, 5);
+        assert_eq!(
+            (tally.items, tally.gaps, tally.duplicates, tally.next_seq),
+            (4, 2, 1, 5)
+        );
+    }
+
+    #[test]
+    fn items_have_the_asked_size() {
+        assert_eq!(item(1_700_000_000_000_000, 12, 100).len(), 100);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&item(1, 2, 10)).is_ok(),
+            "too small still valid"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! A load-generator worker process: holds its share of the connections on one thread.
+//!
+//! The coordinator starts `herald bench-worker`, writes one [`Plan`] line to its stdin, and then sends commands
+//! (`status`, `stop`), one per line; the worker answers each with one [`Event`] line on stdout. Running connections
+//! in several processes gets past the per-process file-descriptor limit, and binding each process's connections to
+//! its own 127.x.y.z source addresses keeps the ephemeral ports of any one address far from exhausted.
+//!
+//! Per connection the worker keeps a task, its socket and a [`Scanner`] (a few hundred bytes); reads go into one
+//! buffer shared by the whole process.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::proc;
+use crate::scan::{CARRY, Scanner, Tally};
+
+/// Connections bound to one source address (each address has ~28,000 ephemeral ports).
+const CONNS_PER_SOURCE: usize = 10_000;
+/// Handshakes in flight at once.
+const CONNECT_CONCURRENCY: usize = 256;
+/// Size of the shared read buffer.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// What a worker is asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// herald's WebSocket listener.
+    pub target: SocketAddr,
+    /// Connections to open.
+    pub conns: usize,
+    /// Room to join (none: receive broadcasts only).
+    pub room: Option<String>,
+    /// This worker's index; picks its source addresses 127.1.INDEX.N.
+    pub index: u8,
+    /// Interval between a connection's PINGs.
+    pub ping_every_ms: u64,
+}
+
+/// What a worker reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// All connections attempted.
+    Connected {
+        /// Connections open and joined.
+        conns: usize,
+        /// Connections that failed.
+        errors: usize,
+        /// Time taken to open them.
+        secs: f64,
+    },
+    /// Progress, on `status`.
+    Status {
+        /// Items received so far.
+        items: u64,
+    },
+    /// Final figures, on `stop`.
+    Done(Report),
+}
+
+/// A worker's final figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Items received.
+    pub items: u64,
+    /// PUSH frames received.
+    pub frames: u64,
+    /// Items missing between the sequence numbers received.
+    pub gaps: u64,
+    /// Items received twice or out of order.
+    pub duplicates: u64,
+    /// Connections the server closed before the end.
+    pub closed_early: u64,
+    /// Latency histogram as (microseconds, count) pairs.
+    pub latency_us: Vec<(u64, u64)>,
+    /// CPU seconds this worker used.
+    pub cpu_secs: f64,
+}
+
+struct Shared {
+    latency: Mutex<Histogram<u64>>,
+    totals: Mutex<Report>,
+}
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CARRY + READ_BUFFER]);
+}
+
+/// Runs a worker: reads the plan and commands from stdin, answers on stdout.
+pub fn main() -> anyhow::Result<()> {
+    let mut stdin = io::BufReader::new(io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let plan: Plan = serde_json::from_str(&line)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (commands_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // stdin is read on a plain thread: the worker's runtime thread only serves connections.
+    std::thread::spawn(move || {
+        for line in stdin.lines() {
+            let Ok(line) = line else { break };
+            if commands_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    runtime.block_on(async move {
+        let shared = Arc::new(Shared {
+            latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")),
+            totals: Mutex::new(Report::default()),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let started = Instant::now();
+        let (conns, errors) = open_all(&plan, &shared, &stop).await;
+        emit(&Event::Connected {
+            conns,
+            errors,
+            secs: started.elapsed().as_secs_f64(),
+        });
+        while let Some(command) = commands.recv().await {
+            match command.trim() {
+                "status" => {
+                    let items = shared.totals.lock().unwrap().items;
+                    emit(&Event::Status { items });
+                }
+                _ => break,
+            }
+        }
+        let _ = stop_tx.send(true);
+        // Let every connection task add its tally (each holds a reference to `shared` until it has).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut report = std::mem::take(&mut *shared.totals.lock().unwrap());
+        let latency = shared.latency.lock().unwrap();
+        report.latency_us = latency
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        report.cpu_secs = proc::self_cpu_secs().unwrap_or(0.0);
+        emit(&Event::Done(report));
+    });
+    Ok(())
+}
+
+fn emit(event: &Event) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string(event).expect("events serialize"));
+    let _ = out.flush();
+}
+
+async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool>) -> (usize, usize) {
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let join = plan.room.as_deref().map(join_frame);
+    for i in 0..plan.conns {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore open");
+        let source = Ipv4Addr::new(127, 1, plan.index, 1 + (i / CONNS_PER_SOURCE) as u8);
+        let (target, join, done_tx) = (plan.target, join.clone(), done_tx.clone());
+        let (shared, stop) = (Arc::clone(shared), stop.clone());
+        let ping_every = Duration::from_millis(plan.ping_every_ms);
+        tokio::spawn(async move {
+            let opened = open(source, target, join.as_deref()).await;
+            drop(permit);
+            let _ = done_tx.send(opened.is_ok());
+            drop(done_tx);
+            if let Ok(stream) = opened {
+                run_connection(stream, shared, stop, ping_every).await;
+            }
+        });
+    }
+    drop(done_tx);
+    let (mut ok, mut failed) = (0, 0);
+    while ok + failed < plan.conns {
+        match done.recv().await {
+            Some(true) => ok += 1,
+            Some(false) => failed += 1,
+            None => break,
+        }
+    }
+    (ok, failed)
+}
+
+/// Connects from `source`, completes the WebSocket handshake and joins the room.
+async fn open(source: Ipv4Addr, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    let mut stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET /connect HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 512];
+    let mut len = 0;
+    while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut head[len..]).await?;
+        if n == 0 || len + n == head.len() {
+            return Err(io::Error::other("handshake refused"));
+        }
+        len += n;
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(io::Error::other(String::from_utf8_lossy(&head[..len]).into_owned()));
+    }
+    if let Some(join) = join {
+        stream.write_all(join).await?;
+    }
+    Ok(stream)
+}
+
+async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, ping_every: Duration) {
+    let mut scanner = Scanner::default();
+    let ping = masked_text(br#"{"type":"PING","data":{}}"#);
+    // Spread the pings of many connections over the interval.
+    let first = ping_every.mul_f64(f64::from(fastrand_u16()) / f64::from(u16::MAX));
+    let timer = tokio::time::sleep(first);
+    tokio::pin!(timer);
+    let mut closed_early = false;
+    loop {
+        tokio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() || !read_available(&stream, &mut scanner, &shared) {
+                    closed_early = !*stop.borrow();
+                    break;
+                }
+            }
+            () = &mut timer => {
+                let _ = stream.try_write(&ping);
+                timer.as_mut().reset(tokio::time::Instant::now() + ping_every);
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    let mut totals = shared.totals.lock().unwrap();
+    add(&mut totals, &scanner.tally);
+    totals.closed_early += u64::from(closed_early);
+}
+
+/// Adds a finished connection's tally (its items were added as they arrived, for `status`).
+fn add(report: &mut Report, tally: &Tally) {
+    report.frames += tally.frames;
+    report.gaps += tally.gaps;
+    report.duplicates += tally.duplicates;
+}
+
+/// Reads what the socket holds and scans it; false when the server closed the connection.
+fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) -> bool {
+    READ_BUF.with_borrow_mut(|buf| {
+        loop {
+            let n = match stream.try_read(&mut buf[CARRY..]) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            };
+            let now = now_us();
+            let before = scanner.tally.items;
+            let start = scanner.prepare(buf);
+            let mut latency = shared.latency.lock().unwrap();
+            scanner.scan(&buf[start..CARRY + n], |sent| {
+                let _ = latency.record(now.saturating_sub(sent).max(1));
+            });
+            drop(latency);
+            let new_items = scanner.tally.items - before;
+            if new_items > 0 {
+                shared.totals.lock().unwrap().items += new_items;
+            }
+        }
+    })
+}
+
+/// Microseconds since the Unix epoch (the clock publisher and workers share on one machine).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn join_frame(room: &str) -> Vec<u8> {
+    masked_text(
+        serde_json::json!({"type": "JOIN", "data": {"room": room}})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// A masked client text frame (the mask is fixed: it only has to be present).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let key = [0x5a, 0x17, 0xc3, 0x8e];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn fastrand_u16() -> u16 {
+    // Good enough to spread timers: the low bits of the clock.
+    (now_us() as u16).wrapping_mul(40503)
+}
