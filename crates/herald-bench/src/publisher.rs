@@ -58,7 +58,7 @@ pub async fn run(plan: &Plan, progress: &ProgressBar) -> anyhow::Result<Publishe
         }
         tokio::time::sleep_until(due).await;
         body.clear();
-        body.push_str("{");
+        body.push('{');
         if let Some(room) = &plan.room {
             body.push_str(&format!("\"room\":{},", serde_json::to_string(room)?));
         }
