@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_hub::Hub;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,9 @@ pub struct Gateway {
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
 }
+
+/// The longest a connection refused at the limit is kept while its 503 goes out.
+const OVER_LIMIT_LINGER: Duration = Duration::from_secs(1);
 
 /// How long the accept loop pauses after `accept` fails for lack of resources (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -123,15 +126,15 @@ impl Gateway {
         permit: Option<OwnedSemaphorePermit>,
         shutdown: CancellationToken,
     ) {
+        let Some(permit) = permit else {
+            return self.refuse_over_limit(stream).await;
+        };
         let request = tokio::time::timeout(self.config.handshake_timeout, handshake::read_request(&mut stream)).await;
         let (response, outcome, upgrade) = match request {
             Err(_elapsed) => return self.metrics.handshake(Handshake::Timeout),
             Ok(None) => return,
             Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
             Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
-            Ok(Some(Request::Upgrade { .. })) if permit.is_none() => {
-                (handshake::OVER_LIMIT.to_owned(), Handshake::OverLimit, None)
-            }
             Ok(Some(Request::Upgrade { accept, early })) => (
                 handshake::switching_protocols(&accept),
                 Handshake::Upgraded,
@@ -149,6 +152,21 @@ impl Gateway {
         let session = Session::new(id, stream, Arc::clone(&self));
         session::run(session, early, shutdown).await;
         drop(permit);
+    }
+
+    /// At the connection limit: answer 503 at once, without waiting for the request, so a flood of connections
+    /// holds descriptors for a moment instead of a whole handshake timeout.
+    async fn refuse_over_limit(&self, mut stream: TcpStream) {
+        self.metrics.handshake(Handshake::OverLimit);
+        let _ = tokio::time::timeout(OVER_LIMIT_LINGER, async {
+            stream.write_all(handshake::OVER_LIMIT.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes, so closing does not reset the answer away.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        })
+        .await;
     }
 }
 

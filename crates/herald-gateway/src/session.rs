@@ -80,6 +80,7 @@ impl Recipient for Session {
                     outbox.failed = true;
                     outbox.closing = true;
                     drop(outbox);
+                    self.gateway.metrics.dropped(Drop::Closing, 1);
                     self.wake.notify_one();
                     return;
                 }
@@ -207,8 +208,12 @@ struct Conn {
     closing_since: Option<Instant>,
     /// When our close frame was fully written; the peer then has [`CLOSE_LINGER`] to answer.
     close_sent_at: Option<Instant>,
-    /// The peer sent its close frame (or its framing broke): no more input is read.
+    /// The peer's input is no longer parsed (it sent its close frame, or broke the framing).
     input_done: bool,
+    /// The peer has nothing more to say: its close frame or EOF arrived. Reading stops.
+    peer_done: bool,
+    /// Our side of the TCP connection was shut down after our close frame went out.
+    write_shut: bool,
 }
 
 /// Runs a connection to its end. `early` holds bytes that arrived with the handshake.
@@ -225,6 +230,8 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
         closing_since: None,
         close_sent_at: None,
         input_done: false,
+        peer_done: false,
+        write_shut: false,
     };
     if !early.is_empty() {
         let mut early = early;
@@ -233,6 +240,20 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
     let reason = conn.drive(&shutdown).await;
     let Conn { session, rooms, .. } = conn;
     gateway.hub.unregister(session.id, rooms.iter().map(|r| &**r));
+    // Fan-outs that took their member snapshot before `unregister` may still deliver: refuse and count those,
+    // and count what never left the outbox.
+    let unsent = {
+        let mut outbox = session.outbox.lock();
+        outbox.closing = true;
+        outbox.failed = true;
+        std::mem::take(&mut outbox.frames).len() as u64
+    };
+    let why = if reason == CloseReason::SlowConsumer {
+        Drop::SlowConsumer
+    } else {
+        Drop::Closing
+    };
+    gateway.metrics.dropped(why, unsent);
     gateway.metrics.closed(reason);
     tracing::debug!(id = session.id, ?reason, "connection closed");
 }
@@ -258,11 +279,17 @@ impl Conn {
             if closing {
                 let since = *self.closing_since.get_or_insert_with(Instant::now);
                 self.ending.get_or_insert(CloseReason::SlowConsumer);
-                if !queued && self.input_done {
+                if !queued && self.peer_done {
                     return self.ending.unwrap_or(CloseReason::Client);
                 }
                 let mut deadline = since + config.write_timeout;
                 if !queued {
+                    // Our close frame is out: send FIN so the peer sees the end, and give it a moment to answer
+                    // (reading on, so its last bytes are not met with a reset).
+                    if !self.write_shut {
+                        self.write_shut = true;
+                        let _ = socket2::SockRef::from(&self.session.stream).shutdown(std::net::Shutdown::Write);
+                    }
                     deadline = deadline.min(*self.close_sent_at.get_or_insert_with(Instant::now) + CLOSE_LINGER);
                 }
                 if Instant::now() >= deadline {
@@ -290,9 +317,14 @@ impl Conn {
                         return self.ending.unwrap_or(CloseReason::WriteError);
                     }
                 }
-                ready = self.session.stream.readable(), if !self.input_done || closing => {
+                ready = self.session.stream.readable(), if !self.peer_done => {
                     if ready.is_err() || !self.read_available() {
-                        return self.ending.unwrap_or(CloseReason::PeerGone);
+                        if !self.session.outbox.lock().closing {
+                            return self.ending.unwrap_or(CloseReason::PeerGone);
+                        }
+                        // Half-closed: what we still owe it (our close frame) may yet be written.
+                        self.peer_done = true;
+                        self.input_done = true;
                     }
                 }
                 () = &mut timer => {
@@ -302,7 +334,6 @@ impl Conn {
                     }
                     if queued && last_progress.is_some_and(|p| now >= p + config.write_timeout) {
                         // Nothing moved for a whole write timeout: a close frame would not get through either.
-                        self.session.gateway.metrics.dropped(Drop::SlowConsumer, self.session.outbox.lock().frames.len() as u64);
                         return CloseReason::SlowConsumer;
                     }
                     if now >= self.last_seen + config.heartbeat_timeout {
@@ -362,6 +393,7 @@ impl Conn {
             Flow::PeerClosed(code) => {
                 self.ending.get_or_insert(CloseReason::Client);
                 self.input_done = true;
+                self.peer_done = true;
                 self.partial = Vec::new();
                 // Echo the peer's code (RFC 6455 5.5.1); does nothing if we had started the close ourselves.
                 self.session.begin_close(code.unwrap_or(close::NORMAL), "", false);

@@ -43,6 +43,9 @@ use crate::batch::{Batch, MergePolicy, Wake};
 use crate::members::Members;
 pub use crate::metrics::HubMetrics;
 
+/// Deliveries a worker makes before it lets other tasks run.
+const DELIVERIES_PER_YIELD: usize = 4096;
+
 /// A connection as the hub sees it.
 pub trait Recipient: Send + Sync + 'static {
     /// A process-unique id.
@@ -91,6 +94,8 @@ struct ShardState<R> {
     pending: usize,
     /// The broadcast's batch (used only in the hub's broadcast shard).
     broadcast: Batch,
+    /// The worker made its final pass: nothing added now would ever be sent.
+    stopped: bool,
 }
 
 struct Room<R> {
@@ -115,6 +120,7 @@ impl<R> Shard<R> {
                 timers: BinaryHeap::new(),
                 pending: 0,
                 broadcast: Batch::default(),
+                stopped: false,
             }),
             wake: Notify::new(),
         }
@@ -222,6 +228,9 @@ impl<R: Recipient> Hub<R> {
         let count = items.len();
         let mut guard = shard.state.lock();
         let state = &mut *guard;
+        if state.stopped {
+            return Err(self.refuse_shutting_down());
+        }
         let Some(entry) = state.rooms.get_mut(&**room) else {
             // Nobody to deliver to: say so (recipients 0) and count the items as dropped.
             self.metrics.items_unrouted.inc_by(count as u64);
@@ -255,6 +264,9 @@ impl<R: Recipient> Hub<R> {
     fn push_all(&self, items: Vec<Bytes>) -> Result<Accepted, Refused> {
         let count = items.len();
         let mut state = self.broadcast.state.lock();
+        if state.stopped {
+            return Err(self.refuse_shutting_down());
+        }
         if state.pending + count > self.config.queue_items {
             return Err(self.refuse_queue_full());
         }
@@ -270,6 +282,11 @@ impl<R: Recipient> Hub<R> {
             items: count,
             recipients: self.connections(),
         })
+    }
+
+    fn refuse_shutting_down(&self) -> Refused {
+        self.metrics.refused_shutting_down.inc();
+        Refused::ShuttingDown
     }
 
     fn refuse_queue_full(&self) -> Refused {
@@ -290,6 +307,8 @@ impl<R: Recipient> Hub<R> {
             let stopping = stop.is_cancelled();
             let next_timer = {
                 let mut state = own.state.lock();
+                // The final pass takes everything, and from then on pushes are refused under this same lock.
+                state.stopped = stopping;
                 match shard {
                     Some(_) => self.take_due_rooms(&mut state, stopping, &mut flushes),
                     None => self.take_due_broadcast(&mut state, stopping, &mut flushes),
@@ -297,7 +316,7 @@ impl<R: Recipient> Hub<R> {
             };
             let worked = !flushes.is_empty();
             for flush in flushes.drain(..) {
-                self.send(flush);
+                self.send(flush).await;
             }
             if stopping {
                 return;
@@ -371,8 +390,9 @@ impl<R: Recipient> Hub<R> {
         state.broadcast.deadline()
     }
 
-    /// Encodes a batch once per frame and hands the same bytes to every member.
-    fn send(&self, flush: Flush<R>) {
+    /// Encodes a batch once per frame and hands the same bytes to every member, yielding now and then so a
+    /// large fan-out does not hold a runtime thread away from sessions and timers.
+    async fn send(&self, flush: Flush<R>) {
         let recipients: usize = flush.members.iter().map(|m| m.len()).sum();
         if recipients == 0 {
             self.metrics.items_unrouted.inc_by(flush.items.len() as u64);
@@ -381,8 +401,11 @@ impl<R: Recipient> Hub<R> {
         for chunk in flush.items.chunks(self.config.merge.max_items) {
             let frame = push_frame(flush.room.as_deref(), chunk);
             for members in &flush.members {
-                for member in members.iter() {
+                for (n, member) in members.iter().enumerate() {
                     member.deliver(&frame);
+                    if n % DELIVERIES_PER_YIELD == DELIVERIES_PER_YIELD - 1 {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             self.metrics.frames.inc();
@@ -408,8 +431,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 impl<R: Recipient> Bus for Hub<R> {
     fn push(&self, target: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused> {
         if self.closed.load(Ordering::Acquire) {
-            self.metrics.refused_shutting_down.inc();
-            return Err(Refused::ShuttingDown);
+            return Err(self.refuse_shutting_down());
+        }
+        if items.len() > self.config.queue_items {
+            // It could never fit, however long the caller waits: not a 503.
+            return Err(Refused::TooManyItems {
+                limit: self.config.queue_items,
+            });
         }
         let count = items.len() as u64;
         let accepted = match target {

@@ -241,3 +241,26 @@ async fn unregister_leaves_every_room_and_empty_rooms_go_away() {
         (0, 0, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_the_final_pass_pushes_are_refused_not_lost() {
+    let (hub, stop, tracker) = start(100, 1000);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    // The workers are gone (a push racing past `close()` would land here): refused, not accepted and left.
+    assert_eq!(hub.push(&room("r"), items(&["1"])), Err(Refused::ShuttingDown));
+    assert_eq!(hub.push(&Target::All, items(&["1"])), Err(Refused::ShuttingDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_larger_than_the_queue_is_refused_as_too_large() {
+    let (hub, _stop, _tracker) = start(100, 3);
+    assert_eq!(
+        hub.push(&room("r"), items(&["1", "2", "3", "4"])),
+        Err(Refused::TooManyItems { limit: 3 })
+    );
+}

@@ -134,6 +134,7 @@ fn unavailable(refused: &Refused) -> Response {
     let retry_after = match refused {
         Refused::QueueFull { retry_after_secs } => *retry_after_secs,
         Refused::ShuttingDown => 5,
+        Refused::TooManyItems { .. } => return error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
     };
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,

@@ -37,6 +37,12 @@ pub enum Refused {
     /// The server is shutting down and takes no new pushes.
     #[error("shutting down")]
     ShuttingDown,
+    /// The push holds more items than the queue can ever hold; retrying cannot help.
+    #[error("more than the {limit} items the push queue holds")]
+    TooManyItems {
+        /// The most items one push may carry.
+        limit: usize,
+    },
 }
 
 /// Something that takes pushes and delivers them.

@@ -84,7 +84,7 @@ pub struct Settings {
     /// A write stalled this long closes the connection as a slow consumer, 4000 [default: 10s]
     #[arg(long, env = "HERALD_WRITE_TIMEOUT")]
     pub write_timeout: Option<DurationValue>,
-    /// On SIGINT/SIGTERM, the longest herald drains before it exits [default: 10s]
+    /// On SIGINT/SIGTERM, the longest herald drains before it exits [default: 15s]
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<DurationValue>,
     /// Log filter, in tracing's env-filter syntax (`info`, `herald_gateway=debug`) [default: info]
@@ -159,7 +159,7 @@ impl Settings {
             api: ApiConfig {
                 max_body_bytes: self.max_body_bytes.unwrap_or(1 << 20),
             },
-            shutdown_grace: duration(self.shutdown_grace, 10_000),
+            shutdown_grace: duration(self.shutdown_grace, 15_000),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
         };
         config.validate()?;

@@ -96,6 +96,22 @@ async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
 }
 
 #[tokio::test]
+async fn a_push_larger_than_the_queue_gets_413_not_503() {
+    let settings = Settings {
+        queue_items: Some(3),
+        ..Settings::default()
+    };
+    let server = TestServer::start(settings).await;
+    let answer = server.post_form("/push/all", "items=[1,2,3,4]").await;
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (413, Some("items")),
+        "{answer:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_paths_and_methods_are_refused() {
     let server = TestServer::with_window("0").await;
     assert_eq!(server.http("GET", "/push/everything", None, b"").await.status, 404);
