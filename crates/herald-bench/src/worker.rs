@@ -23,8 +23,12 @@ use tokio::sync::{Semaphore, watch};
 use crate::proc;
 use crate::scan::{CARRY, Scanner, Tally};
 
-/// Connections bound to one source address (each address has ~28,000 ephemeral ports).
+/// Connections bound to one source address.
 const CONNS_PER_SOURCE: usize = 10_000;
+/// First explicit source port. Connections bind explicit ports below the ephemeral range (10000-19999, then
+/// 20000-29999 on a clash): letting the kernel pick a port for a bound socket searches its bind table, which
+/// costs milliseconds per connect once thousands of ports are taken.
+const FIRST_SOURCE_PORT: u16 = 10_000;
 /// Handshakes in flight at once.
 const CONNECT_CONCURRENCY: usize = 256;
 /// Size of the shared read buffer.
@@ -165,11 +169,12 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
     for i in 0..plan.conns {
         let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore open");
         let source = Ipv4Addr::new(127, 1, plan.index, 1 + (i / CONNS_PER_SOURCE) as u8);
+        let port = FIRST_SOURCE_PORT + (i % CONNS_PER_SOURCE) as u16;
         let (target, join, done_tx) = (plan.target, join.clone(), done_tx.clone());
         let (shared, stop) = (Arc::clone(shared), stop.clone());
         let ping_every = Duration::from_millis(plan.ping_every_ms);
         tokio::spawn(async move {
-            let opened = open(source, target, join.as_deref()).await;
+            let opened = open(SocketAddrV4::new(source, port), target, join.as_deref()).await;
             drop(permit);
             let _ = done_tx.send(opened.is_ok());
             drop(done_tx);
@@ -190,10 +195,21 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
     (ok, failed)
 }
 
-/// Connects from `source`, completes the WebSocket handshake and joins the room.
-async fn open(source: Ipv4Addr, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+/// Connects from `source` (or the same address one port block up, if that port is taken), completes the
+/// WebSocket handshake and joins the room.
+async fn open(source: SocketAddrV4, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
+    let mut attempt = 0;
+    let socket = loop {
+        let socket = TcpSocket::new_v4()?;
+        // A port left in TIME_WAIT by an earlier run may be bound again.
+        socket.set_reuseaddr(true)?;
+        let port = source.port() + attempt * CONNS_PER_SOURCE as u16;
+        match socket.bind(SocketAddr::V4(SocketAddrV4::new(*source.ip(), port))) {
+            Ok(()) => break socket,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempt < 1 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let mut stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
     let request = format!(
