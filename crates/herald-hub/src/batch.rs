@@ -102,11 +102,26 @@ impl Batch {
         }
     }
 
-    /// Takes every waiting item for a frame sent at `now`.
-    pub fn take(&mut self, now: Instant) -> Vec<Bytes> {
-        self.state = State::Idle;
+    /// Takes the items for the frames sent at `now`.
+    ///
+    /// A batch that went out early because it filled up gives only whole frames (multiples of `max_items`); the
+    /// rest waits, merged with what comes next, until it fills a frame too or the window ends. Frames stay full
+    /// under heavy traffic (fewer frames, fewer writes) and a partial frame still goes at most once per window.
+    /// With `everything` (shutdown, or nobody left to deliver to) nothing is held back.
+    pub fn take(&mut self, now: Instant, policy: MergePolicy, everything: bool) -> Vec<Bytes> {
+        let len = self.items.len();
+        let whole = len - len % policy.max_items;
+        let window_over = self
+            .last_flush
+            .is_none_or(|last| now.saturating_duration_since(last) >= policy.window);
         self.last_flush = Some(now);
-        std::mem::take(&mut self.items)
+        if everything || window_over || whole == 0 || whole == len {
+            self.state = State::Idle;
+            return std::mem::take(&mut self.items);
+        }
+        let rest = self.items.split_off(whole);
+        self.state = State::Scheduled(now + policy.window);
+        std::mem::replace(&mut self.items, rest)
     }
 
     /// Items waiting.
@@ -139,7 +154,7 @@ mod tests {
         let mut batch = Batch::default();
         assert_eq!(batch.add(item(1), t0, POLICY), Wake::Now);
         assert_eq!(batch.add(item(2), t0, POLICY), Wake::Nothing, "already due");
-        assert_eq!(batch.take(t0).len(), 2);
+        assert_eq!(batch.take(t0, POLICY, false).len(), 2);
         let later = t0 + Duration::from_millis(1500);
         assert_eq!(
             batch.add(item(3), later, POLICY),
@@ -153,12 +168,12 @@ mod tests {
         let t0 = Instant::now();
         let mut batch = Batch::default();
         batch.add(item(1), t0, POLICY);
-        batch.take(t0);
+        batch.take(t0, POLICY, false);
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(batch.add(item(2), t1, POLICY), Wake::At(t0 + POLICY.window));
         assert_eq!(batch.add(item(3), t1, POLICY), Wake::Nothing);
         assert!(batch.is_due_at(t0 + POLICY.window));
-        let frame = batch.take(t0 + POLICY.window);
+        let frame = batch.take(t0 + POLICY.window, POLICY, false);
         assert_eq!(frame, [item(2), item(3)].concat(), "push order kept");
         assert!(batch.is_empty());
     }
@@ -168,7 +183,7 @@ mod tests {
         let t0 = Instant::now();
         let mut batch = Batch::default();
         batch.add(item(0), t0, POLICY);
-        batch.take(t0);
+        batch.take(t0, POLICY, false);
         let t1 = t0 + Duration::from_millis(10);
         let Wake::At(deadline) = batch.add(item(1), t1, POLICY) else {
             panic!("expected a timer")
@@ -176,6 +191,24 @@ mod tests {
         assert_eq!(batch.add(item(2), t1, POLICY), Wake::Nothing);
         assert_eq!(batch.add(item(3), t1, POLICY), Wake::Now, "max_items reached");
         assert!(!batch.is_due_at(deadline));
+    }
+
+    #[test]
+    fn a_full_batch_sends_whole_frames_and_keeps_the_rest_for_the_window() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        batch.add(item(0), t0, POLICY);
+        batch.take(t0, POLICY, false);
+        let t1 = t0 + Duration::from_millis(10);
+        batch.add((1..=7).flat_map(item).collect(), t1, POLICY);
+        assert_eq!(batch.take(t1, POLICY, false).len(), 6, "two whole frames of 3");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.deadline(), Some(t1 + POLICY.window), "the rest waits one window");
+        assert_eq!(batch.add(item(8), t1, POLICY), Wake::Nothing);
+        assert_eq!(batch.add(item(9), t1, POLICY), Wake::Now, "filled a frame: goes early");
+        assert_eq!(batch.take(t1, POLICY, false).len(), 3);
+        batch.add(item(1), t1, POLICY);
+        assert_eq!(batch.take(t1, POLICY, true).len(), 1, "everything when asked");
     }
 
     #[test]
@@ -188,7 +221,7 @@ mod tests {
         let mut batch = Batch::default();
         for n in 0..3 {
             assert_eq!(batch.add(item(n), t0, policy), Wake::Now);
-            batch.take(t0);
+            batch.take(t0, POLICY, false);
         }
     }
 }

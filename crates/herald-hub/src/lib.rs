@@ -45,6 +45,8 @@ pub use crate::metrics::HubMetrics;
 
 /// Deliveries a worker makes before it lets other tasks run.
 const DELIVERIES_PER_YIELD: usize = 4096;
+/// Below this many recipients per task, splitting a fan-out costs more than it saves.
+const MIN_DELIVERIES_PER_TASK: usize = 256;
 
 /// A connection as the hub sees it.
 pub trait Recipient: Send + Sync + 'static {
@@ -75,6 +77,8 @@ pub struct Hub<R> {
     config: HubConfig,
     closed: AtomicBool,
     metrics: HubMetrics,
+    /// Tasks one large fan-out is split over (the number of cores).
+    parallelism: usize,
 }
 
 struct Shard<R> {
@@ -141,6 +145,7 @@ impl<R: Recipient> Hub<R> {
             config,
             closed: AtomicBool::new(false),
             metrics,
+            parallelism: std::thread::available_parallelism().map_or(1, usize::from),
         })
     }
 
@@ -349,7 +354,12 @@ impl<R: Recipient> Hub<R> {
             let Some(entry) = state.rooms.get_mut(&room) else {
                 continue;
             };
-            let items = entry.batch.take(now);
+            let items = entry
+                .batch
+                .take(now, self.config.merge, everything || entry.members.is_empty());
+            if let Some(at) = entry.batch.deadline() {
+                state.timers.push(Reverse((at, Arc::clone(&room))));
+            }
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
             let members = vec![entry.members.snapshot()];
@@ -377,7 +387,7 @@ impl<R: Recipient> Hub<R> {
     ) -> Option<Instant> {
         let now = Instant::now();
         if !state.broadcast.is_empty() && (everything || state.broadcast.is_due(now)) {
-            let items = state.broadcast.take(now);
+            let items = state.broadcast.take(now, self.config.merge, everything);
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
             let members = self.shards.iter().map(|s| s.state.lock().everyone.snapshot()).collect();
@@ -390,34 +400,94 @@ impl<R: Recipient> Hub<R> {
         state.broadcast.deadline()
     }
 
-    /// Encodes a batch once per frame and hands the same bytes to every member, yielding now and then so a
-    /// large fan-out does not hold a runtime thread away from sessions and timers.
+    /// Encodes a batch once per frame and hands the same bytes to every member.
+    ///
+    /// A large fan-out is split into contiguous slices of the member lists delivered by parallel tasks (one per
+    /// core): each connection sits in exactly one slice, which gets the frames in order, and the worker waits for
+    /// every slice before its next flush, so per-connection order holds.
     async fn send(&self, flush: Flush<R>) {
         let recipients: usize = flush.members.iter().map(|m| m.len()).sum();
         if recipients == 0 {
             self.metrics.items_unrouted.inc_by(flush.items.len() as u64);
             return;
         }
-        for chunk in flush.items.chunks(self.config.merge.max_items) {
-            let frame = push_frame(flush.room.as_deref(), chunk);
-            for members in &flush.members {
-                for (n, member) in members.iter().enumerate() {
-                    member.deliver(&frame);
-                    if n % DELIVERIES_PER_YIELD == DELIVERIES_PER_YIELD - 1 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-            }
+        let frames: Arc<[Bytes]> = flush
+            .items
+            .chunks(self.config.merge.max_items)
+            .map(|chunk| push_frame(flush.room.as_deref(), chunk))
+            .collect();
+        for (frame, chunk) in frames.iter().zip(flush.items.chunks(self.config.merge.max_items)) {
             self.metrics.frames.inc();
             self.metrics.frame_items.inc_by(chunk.len() as u64);
             self.metrics.deliveries.inc_by(recipients as u64);
             self.metrics.delivered_bytes.inc_by((frame.len() * recipients) as u64);
         }
+        let mut slices = partition(&flush.members, self.fanout_tasks(recipients));
+        let own = slices.pop().expect("at least one slice");
+        let helpers: Vec<_> = slices
+            .into_iter()
+            .map(|slice| tokio::spawn(deliver(slice, Arc::clone(&frames))))
+            .collect();
+        deliver(own, frames).await;
+        for helper in helpers {
+            // A panic in a recipient is a bug; surface it rather than lose track of the slice.
+            helper.await.expect("fan-out task panicked");
+        }
+    }
+
+    /// How many tasks deliver to `recipients` connections.
+    fn fanout_tasks(&self, recipients: usize) -> usize {
+        (recipients / MIN_DELIVERIES_PER_TASK).clamp(1, self.parallelism)
     }
 
     /// Refuses every push from now on (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// A contiguous run of one member list.
+type Slice<R> = Vec<(Arc<Vec<Arc<R>>>, std::ops::Range<usize>)>;
+
+/// Cuts the member lists into `parts` slices of about equal size.
+fn partition<R>(lists: &[Arc<Vec<Arc<R>>>], parts: usize) -> Vec<Slice<R>> {
+    let total: usize = lists.iter().map(|l| l.len()).sum();
+    let per_part = total.div_ceil(parts.max(1)).max(1);
+    let mut slices = vec![Vec::new()];
+    let mut room_left = per_part;
+    for list in lists {
+        let mut start = 0;
+        while start < list.len() {
+            if room_left == 0 {
+                slices.push(Vec::new());
+                room_left = per_part;
+            }
+            let end = (start + room_left).min(list.len());
+            slices
+                .last_mut()
+                .expect("never empty")
+                .push((Arc::clone(list), start..end));
+            room_left -= end - start;
+            start = end;
+        }
+    }
+    slices
+}
+
+/// Hands every frame, in order, to every member of `slice`, yielding now and then so a large fan-out does not
+/// hold a runtime thread away from sessions and timers.
+async fn deliver<R: Recipient>(slice: Slice<R>, frames: Arc<[Bytes]>) {
+    let mut delivered = 0usize;
+    for (list, range) in slice {
+        for member in &list[range] {
+            for frame in frames.iter() {
+                member.deliver(frame);
+            }
+            delivered += 1;
+            if delivered % DELIVERIES_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 }
 

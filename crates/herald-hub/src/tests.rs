@@ -264,3 +264,42 @@ async fn a_push_larger_than_the_queue_is_refused_as_too_large() {
         Err(Refused::TooManyItems { limit: 3 })
     );
 }
+
+#[test]
+fn partition_covers_every_member_once_in_near_equal_slices() {
+    let lists: Vec<Arc<Vec<Arc<Recorder>>>> = [5usize, 0, 7, 3]
+        .iter()
+        .map(|&n| Arc::new((0..n as u64).map(Recorder::new).collect()))
+        .collect();
+    for parts in 1..=6 {
+        let slices = partition(&lists, parts);
+        let sizes: Vec<usize> = slices.iter().map(|s| s.iter().map(|(_, r)| r.len()).sum()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 15, "{parts} parts");
+        assert!(
+            slices.len() <= parts && sizes.iter().all(|&n| n > 0 && n <= 15usize.div_ceil(parts)),
+            "{sizes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_split_over_tasks_keeps_each_connection_in_order() {
+    let (hub, _stop, _tracker) = start(2, 100_000);
+    let conns: Vec<_> = (0..2000).map(Recorder::new).collect();
+    for conn in &conns {
+        hub.register(conn);
+        hub.join("big", conn);
+    }
+    let pushed: Vec<String> = (0..50).map(|n| n.to_string()).collect();
+    for item in &pushed {
+        hub.push(&room("big"), items(&[item])).unwrap();
+    }
+    for conn in &conns {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while conn.items().concat().len() < pushed.len() {
+            assert!(std::time::Instant::now() < deadline, "connection {} short", conn.id);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(conn.items().concat(), pushed, "connection {}", conn.id);
+    }
+}
