@@ -1,0 +1,86 @@
+//! The hub's fan-out: one push to a room of 1, 100 and 10,000 members whose `deliver` only takes the frame (a
+//! refcount) and counts it, so the figure is the hub's own cost per recipient, without sockets.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use herald_hub::batch::MergePolicy;
+use herald_hub::{Hub, HubConfig, HubMetrics, Recipient};
+use herald_protocol::bus::{Bus, Target};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Counter {
+    id: u64,
+    received: Arc<AtomicU64>,
+}
+
+impl Recipient for Counter {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn deliver(&self, frame: &Bytes) {
+        let taken = frame.clone();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        drop(taken);
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("fanout");
+    for members in [1u64, 100, 10_000] {
+        let config = HubConfig {
+            shards: 16,
+            merge: MergePolicy {
+                window: Duration::ZERO,
+                max_items: 100,
+            },
+            queue_items: 100_000,
+        };
+        let hub = Hub::new(config, HubMetrics::unregistered());
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        runtime.block_on(async { hub.spawn_workers(&tracker, stop.clone()) });
+        for id in 0..members {
+            let member = Arc::new(Counter {
+                id,
+                received: Arc::clone(&received),
+            });
+            hub.register(&member);
+            hub.join("room", &member);
+        }
+        let target = Target::Room(Arc::from("room"));
+        let item = vec![Bytes::from_static(
+            br#"{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        )];
+        group.throughput(Throughput::Elements(members));
+        group.bench_function(format!("{members} members"), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let expected = received.load(Ordering::Relaxed) + members;
+                    hub.push(&target, item.clone()).unwrap();
+                    while received.load(Ordering::Relaxed) < expected {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+        });
+        stop.cancel();
+        runtime.block_on(async {
+            tracker.close();
+            tracker.wait().await;
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -1,0 +1,78 @@
+//! Keeps `herald bench` alive: a few hundred connections for a few seconds through the real binary, which starts
+//! its own `herald serve` and worker processes. Asserts what the tool reports (nothing lost, figures present),
+//! never how fast anything was.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "herald bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("one JSON line")).unwrap()
+}
+
+#[test]
+fn bench_scenarios_run_and_account_for_every_item() {
+    let fanout = bench(&[
+        "fanout",
+        "--conns",
+        "300",
+        "--rate",
+        "20",
+        "--secs",
+        "2",
+        "--merge-window",
+        "50ms",
+    ]);
+    assert_eq!(fanout["connections"], 300, "{fanout}");
+    assert_eq!(fanout["pushes_refused"], 0);
+    assert!(fanout["items_expected"].as_u64().unwrap() >= 300 * 20, "{fanout}");
+    assert_eq!(fanout["items_received"], fanout["items_expected"], "{fanout}");
+    assert_eq!(
+        (fanout["items_lost"].as_u64(), fanout["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(fanout["latency_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(fanout["server_cpu_secs"].is_number() && fanout["loadgen_cpu_secs"].is_number());
+
+    let broadcast = bench(&[
+        "fanout",
+        "--all",
+        "--conns",
+        "200",
+        "--rate",
+        "10",
+        "--secs",
+        "1",
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(broadcast["items_received"], broadcast["items_expected"], "{broadcast}");
+
+    let idle = bench(&["connections", "--conns", "300", "--secs", "1"]);
+    assert_eq!(
+        (idle["connections"].as_u64(), idle["connect_errors"].as_u64()),
+        (Some(300), Some(0)),
+        "{idle}"
+    );
+    assert!(idle["server_rss_per_conn_bytes"].is_u64(), "{idle}");
+}
+
+#[test]
+fn bench_refuses_a_remote_target_unless_allowed() {
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "connections", "--conns", "1", "--ws", "192.0.2.1:7777"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("outside loopback"));
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Reruns herald's standard benchmark scenarios and rewrites the generated part of BENCHMARKS.md.
+
+    usage: scripts/bench.py [--only NAME ...] [--dry-run]
+
+Builds the release binary, runs every scenario with `herald bench ... --json`, and replaces what stands between
+the `<!-- generated:start -->` and `<!-- generated:end -->` markers of BENCHMARKS.md with the machine, the date,
+each command and its figures, and the targets table. The hand-written notes outside the markers stay. Takes about
+four minutes on the 2-core machine. Standard library only.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERALD = os.path.join(ROOT, "target", "release", "herald")
+START, END = "<!-- generated:start -->", "<!-- generated:end -->"
+
+# name -> (title, herald bench arguments)
+SCENARIOS = {
+    "idle": ("19,000 idle connections in one room",
+             ["connections", "--conns", "19000", "--secs", "3"]),
+    "window_1s": ("10,000 connections, one room, 10 pushes/s of one 100-byte item, 1 s window, 30 s",
+                  ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--item-bytes", "100",
+                   "--secs", "30", "--merge-window", "1s"]),
+    "light": ("light traffic: 1,000 connections, one push every 2 s, 1 s window, 30 s",
+              ["fanout", "--conns", "1000", "--rate", "0.5", "--items", "1", "--item-bytes", "100",
+               "--secs", "30", "--merge-window", "1s", "--workers", "4"]),
+    "window_10ms": ("10,000 connections, one room, 10 pushes/s, 10 ms window (every push its own frame), 30 s",
+                    ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--item-bytes", "100",
+                     "--secs", "30", "--merge-window", "10ms"]),
+    "seed": ("the seed's rate: 10,000 connections, 1,000 pushes/s of one 100-byte item, 1 s window, "
+             "at most 100 items a frame, 30 s",
+             ["fanout", "--conns", "10000", "--rate", "1000", "--items", "1", "--item-bytes", "100",
+              "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
+}
+
+# (scenario, figure, label, go-push, raw ceiling, target text, check)
+TARGETS = [
+    ("idle", "server_rss_per_conn_bytes", "server RSS per idle connection", "44–46 KB", "2.1 KB", "≤ 3 KB",
+     lambda v: v <= 3000),
+    ("window_1s", "server_cpu_secs", "1 s window: server CPU seconds", "5.0 s", "2.0 s", "≤ 2.4 s, nothing lost",
+     lambda v: v <= 2.4),
+    ("light", "latency_p99_ms", "light traffic: p99 latency push → client", "~1 s", "—", "≤ 10 ms",
+     lambda v: v <= 10),
+    ("window_10ms", "server_cpu_secs", "10 ms window: server CPU seconds", "33.8–35.5 s", "14.8–16.6 s",
+     "≤ 18 s, nothing lost", lambda v: v <= 18),
+    ("window_10ms", "latency_p99_ms", "10 ms window: p99 latency", "264–493 ms", "73–92 ms", "≤ 100 ms",
+     lambda v: v <= 100),
+    ("seed", "items_per_sec", "seed rate: items delivered per second", "4.1–5.3 M/s, 30–45% lost",
+     "9.9 M/s", "≥ 9 M/s, nothing lost or duplicated", lambda v: v >= 9e6),
+    ("seed", "latency_p99_ms", "seed rate: p99 latency", "29–32 s", "0.32–0.39 s", "≤ 0.5 s",
+     lambda v: v <= 500),
+    ("seed", "server_cpu_secs", "seed rate: server CPU seconds", "70 s", "19–21 s", "≤ 24 s",
+     lambda v: v <= 24),
+]
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kb = int(next(l.split()[1] for l in f if l.startswith("MemTotal")))
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, Linux {platform.release()}"
+
+
+def commit():
+    try:
+        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(args):
+    out = subprocess.run([HERALD, "bench", *args, "--json"], check=True, capture_output=True, text=True,
+                         timeout=600).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+CRITERION = ["cargo", "bench", "-p", "herald-hub", "-p", "herald-protocol", "--bench", "fanout", "--bench", "encode",
+             "--", "--warm-up-time", "1", "--measurement-time", "3"]
+UNITS = {"ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def criterion():
+    """Runs the criterion benches; returns [(name, ns per iteration, elements per iteration)]."""
+    out = subprocess.run(CRITERION, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows, name = [], None
+    for line in out.splitlines():
+        match = re.match(r"^(\S.*?)\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+        if match or (line and not line.startswith(" ") and "time:" not in line):
+            name = (match.group(1) if match else line).strip()
+        match = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+        if match and name:
+            ns = float(match.group(1)) * UNITS[match.group(2)]
+            elements = int(re.match(r"\D*(\d+)", name.split("/")[-1]).group(1))
+            rows.append((name, ns, elements))
+    return rows
+
+
+def fmt(value):
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def shown(figure, value):
+    if figure == "server_rss_per_conn_bytes":
+        return f"{value / 1000:.2f} KB"
+    if figure == "items_per_sec":
+        return f"{value / 1e6:.2f} M/s"
+    if figure.endswith("_ms"):
+        return f"{value:,.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+    if figure.endswith("_secs"):
+        return f"{value:.2f} s"
+    return fmt(value)
+
+
+def render(results, benches):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [START, "", f"Measured {now} on {machine()}, commit `{commit()}`; server and load generator share the",
+             "machine. Regenerate with `scripts/bench.py`.", "", "## Targets", "",
+             "| scenario | go-push | raw ceiling | target | herald | met |", "|---|---|---|---|---|---|"]
+    for scenario, figure, label, gopush, raw, target, check in TARGETS:
+        result = results.get(scenario)
+        if result is None or result.get(figure) is None:
+            lines.append(f"| {label} | {gopush} | {raw} | {target} | not run | |")
+            continue
+        value = result[figure]
+        ok = check(value)
+        if "lost" in target and result.get("items_lost", 0) > 0:
+            ok = False
+        if "duplicated" in target and result.get("duplicates", 0) > 0:
+            ok = False
+        extra = ""
+        if result.get("scenario") == "fanout":
+            extra = f" ({fmt(result['items_lost'])} lost, {fmt(result['duplicates'])} duplicated)"
+        lines.append(f"| {label} | {gopush} | {raw} | {target} | {shown(figure, value)}{extra} | "
+                     f"{'yes' if ok else '**no**'} |")
+    lines += ["", "## Runs", ""]
+    for name, (title, args) in SCENARIOS.items():
+        result = results.get(name)
+        if result is None:
+            continue
+        lines += [f"### {title}", "", "```", "herald bench " + " ".join(args), "```", "",
+                  "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in result.items() if k != "scenario"]
+        lines.append("")
+    if benches:
+        lines += ["## Criterion", "", "```", " ".join(CRITERION), "```", "",
+                  "`fanout`: one push through the hub to a room whose members only take the frame (a refcount) and",
+                  "count it; the hub's own cost, no sockets. `push_frame`: encoding one merged batch (done once per",
+                  "frame, whatever the number of recipients).", "",
+                  "| bench | time per iteration | per element |", "|---|---|---|"]
+        for name, ns, elements in benches:
+            lines.append(f"| {name} | {ns / 1000:,.2f} µs | {ns / elements:,.1f} ns |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--dry-run", action="store_true", help="print instead of rewriting BENCHMARKS.md")
+    parser.add_argument("--no-criterion", action="store_true", help="skip the criterion benches")
+    opts = parser.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-p", "herald"], cwd=ROOT, check=True)
+    results = {}
+    for name in opts.only or SCENARIOS:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run(SCENARIOS[name][1])
+    benches = [] if opts.no_criterion else criterion()
+    block = render(results, benches)
+    if opts.dry_run:
+        print(block)
+        return
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else f"# herald benchmarks\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
