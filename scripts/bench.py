@@ -99,8 +99,8 @@ def criterion():
         match = re.match(r"^(\S.*?)\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line)
         if match or (line and not line.startswith(" ") and "time:" not in line):
             name = (match.group(1) if match else line).strip()
-        match = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", line)
-        if match and name:
+        match = re.search(r"time:\s+\[\S+ \S+ ([0-9.]+) (ns|µs|us|ms|s) ", line)
+        if match and name and not line.strip().startswith("change:"):
             ns = float(match.group(1)) * UNITS[match.group(2)]
             elements = int(re.match(r"\D*(\d+)", name.split("/")[-1]).group(1))
             rows.append((name, ns, elements))
@@ -175,12 +175,21 @@ def main():
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--dry-run", action="store_true", help="print instead of rewriting BENCHMARKS.md")
     parser.add_argument("--no-criterion", action="store_true", help="skip the criterion benches")
+    parser.add_argument("--reuse", action="store_true",
+                        help="render the scenario results of the last run (target/bench-results.json) again")
     opts = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "herald"], cwd=ROOT, check=True)
-    results = {}
-    for name in opts.only or SCENARIOS:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run(SCENARIOS[name][1])
+    saved = os.path.join(ROOT, "target", "bench-results.json")
+    if opts.reuse:
+        with open(saved) as f:
+            results = json.load(f)
+    else:
+        results = {}
+        for name in opts.only or SCENARIOS:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = run(SCENARIOS[name][1])
+        with open(saved, "w") as f:
+            json.dump(results, f)
     benches = [] if opts.no_criterion else criterion()
     block = render(results, benches)
     if opts.dry_run:

@@ -43,11 +43,12 @@ pub enum Scenario {
 /// Where the load goes, and how herald is started when the bench starts it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// WebSocket address of a running herald (host:port); without it the bench starts `herald serve` itself
-    #[arg(long)]
+    /// WebSocket address of a running herald (`ws://127.0.0.1:7777/connect` or `127.0.0.1:7777`); without it
+    /// the bench starts `herald serve` itself
+    #[arg(long, value_parser = parse_address)]
     pub ws: Option<SocketAddr>,
-    /// Push-API address of the running herald (with --ws)
-    #[arg(long, requires = "ws")]
+    /// Push-API address of the running herald (`http://127.0.0.1:7799` or `127.0.0.1:7799`; with --ws)
+    #[arg(long, requires = "ws", value_parser = parse_address)]
     pub api: Option<SocketAddr>,
     /// PID of the running herald, to read its CPU and memory (with --ws)
     #[arg(long, requires = "ws")]
@@ -220,9 +221,35 @@ impl Server {
     }
 }
 
+/// Reads `host:port`, or a `ws://`, `http://` URL naming one (its path is ignored: herald's paths are fixed).
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let default_port = if text.contains("://") { ":80" } else { "" };
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}{default_port}")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: no address"))
+}
+
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
+}
+
+/// What the workers report once their connections are open.
+#[derive(Debug, Default)]
+struct Connected {
+    conns: usize,
+    errors: usize,
+    secs: f64,
+    /// Resident memory of all workers together.
+    rss_bytes: u64,
 }
 
 /// The worker processes of one run.
@@ -277,22 +304,24 @@ impl Workers {
     }
 
     /// Waits until every worker has opened its connections: (connections, errors, seconds).
-    async fn connected(&mut self, progress: &ProgressBar) -> anyhow::Result<(usize, usize, f64)> {
-        let (mut conns, mut errors, mut secs) = (0, 0, 0f64);
+    async fn connected(&mut self, progress: &ProgressBar) -> anyhow::Result<Connected> {
+        let mut total = Connected::default();
         for event in self.next_events().await? {
             if let Event::Connected {
-                conns: c,
-                errors: e,
-                secs: s,
+                conns,
+                errors,
+                secs,
+                rss_bytes,
             } = event
             {
-                conns += c;
-                errors += e;
-                secs = secs.max(s);
-                progress.inc(c as u64);
+                total.conns += conns;
+                total.errors += errors;
+                total.secs = total.secs.max(secs);
+                total.rss_bytes += rss_bytes;
+                progress.inc(conns as u64);
             }
         }
-        Ok((conns, errors, secs))
+        Ok(total)
     }
 
     async fn items(&mut self) -> anyhow::Result<u64> {
@@ -372,7 +401,12 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     let (rss_before, slab_before) = (server.rss_bytes(), proc::slab_bytes());
     let mut workers = Workers::start(&server, args.conns, Some("bench"), args.target.workers).await?;
     let bar = progress(args.conns as u64, "connecting");
-    let (conns, errors, secs) = workers.connected(&bar).await?;
+    let Connected {
+        conns,
+        errors,
+        secs,
+        rss_bytes: loadgen_rss,
+    } = workers.connected(&bar).await?;
     bar.finish_and_clear();
     // Let the server settle (connection tasks parked, allocator quiet) before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -408,6 +442,7 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
         server_cpu.map_or(serde_json::Value::Null, Into::into),
     );
     out.put("loadgen_cpu_secs", loadgen_cpu);
+    out.put("loadgen_rss_per_conn_bytes", loadgen_rss / conns.max(1) as u64);
     Ok(out)
 }
 
@@ -417,7 +452,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let room = (!args.all).then_some(args.room.as_str());
     let mut workers = Workers::start(&server, args.conns, room, args.target.workers).await?;
     let bar = progress(args.conns as u64, "connecting");
-    let (conns, errors, _) = workers.connected(&bar).await?;
+    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
     bar.finish_and_clear();
     // Joins are not acknowledged (go-push style): make sure the server has them all before publishing.
     wait_for_members(api, room, conns).await?;

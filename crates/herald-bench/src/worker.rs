@@ -61,6 +61,8 @@ pub enum Event {
         errors: usize,
         /// Time taken to open them.
         secs: f64,
+        /// This worker's resident memory with them open.
+        rss_bytes: u64,
     },
     /// Progress, on `status`.
     Status {
@@ -124,10 +126,13 @@ pub fn main() -> anyhow::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let started = Instant::now();
         let (conns, errors) = open_all(&plan, &shared, &stop).await;
+        let secs = started.elapsed().as_secs_f64();
+        let rss_bytes = proc::rss_bytes(std::process::id()).unwrap_or(0);
         emit(&Event::Connected {
             conns,
             errors,
-            secs: started.elapsed().as_secs_f64(),
+            secs,
+            rss_bytes,
         });
         while let Some(command) = commands.recv().await {
             match command.trim() {
