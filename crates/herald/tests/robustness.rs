@@ -177,6 +177,50 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stalled_past_the_write_timeout_evicts_the_connection() {
+    // The outbox is large enough never to fill here: only the stall rule can close this connection.
+    let settings = Settings {
+        merge_window: duration("0"),
+        outbox_frames: Some(100_000),
+        write_timeout: duration("500ms"),
+        ..Settings::default()
+    };
+    let server = TestServer::start(settings).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = RawClient::handshake(socket.connect(server.ws).await.unwrap(), server.ws).await;
+    stalled
+        .send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"s"}}"#, true)
+        .await;
+    assert!(stalled.read_frame().await.is_some(), "ACK");
+    let pad = "y".repeat(100_000);
+    for n in 0..60 {
+        server.push_room("s", &format!(r#"[{{"n":{n},"pad":"{pad}"}}]"#)).await;
+    }
+    server
+        .wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    assert!(
+        server
+            .metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#)
+            .await
+            > 0.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_closes_and_half_closes_still_gets_the_close_echo() {
+    let server = TestServer::with_window("0").await;
+    let mut raw = RawClient::connect(server.ws).await;
+    raw.send_frame(0x88, &4321u16.to_be_bytes(), true).await;
+    raw.stream.shutdown().await.unwrap();
+    assert_eq!(raw.close_code().await, Some(4321), "the peer's code echoed");
+    server.wait_metric(r#"herald_closes_total{reason="client"}"#, 1.0).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
     let settings = Settings {
