@@ -10,8 +10,9 @@
 //!    one window after the room's last frame. The shard's worker task is woken or given a timer.
 //! 3. The worker takes due batches and a copy-on-write snapshot of their members under the lock, releases it,
 //!    encodes each batch once into a complete WebSocket frame, and hands the same refcounted bytes to every
-//!    member ([`Recipient::deliver`], which never blocks). One worker per shard flushes that shard's rooms, so
-//!    frames of one room reach every connection in push order.
+//!    member ([`Recipient::deliver`], which never blocks). A large fan-out is split over one task per core, each
+//!    connection in one slice. One worker per shard flushes that shard's rooms and waits for every slice before
+//!    its next flush, so frames of one room reach every connection in push order.
 //! 4. Broadcasts (`/push/all`) merge the same way in one hub-wide batch, whose worker walks every shard's
 //!    connection list.
 //!
