@@ -138,7 +138,7 @@ impl Handshake {
 
 /// Why frames meant for a connection were not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Discarded when the connection was closed as a slow consumer.
     SlowConsumer,
     /// Arrived after the connection had started closing.
@@ -204,10 +204,10 @@ impl GatewayMetrics {
         self.handshakes[outcome as usize].inc();
     }
 
-    pub(crate) fn dropped(&self, why: Drop, frames: u64) {
+    pub(crate) fn dropped(&self, why: DropReason, frames: u64) {
         match why {
-            Drop::SlowConsumer => self.dropped_slow.inc_by(frames),
-            Drop::Closing => self.dropped_closing.inc_by(frames),
+            DropReason::SlowConsumer => self.dropped_slow.inc_by(frames),
+            DropReason::Closing => self.dropped_closing.inc_by(frames),
         };
     }
 

@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::Gateway;
-use crate::metrics::{BadInput, CloseReason, Drop};
+use crate::metrics::{BadInput, CloseReason, DropReason};
 
 /// The most frames written in one `writev`.
 const WRITEV_FRAMES: usize = 64;
@@ -67,7 +67,7 @@ impl Recipient for Session {
         let mut outbox = self.outbox.lock();
         if outbox.closing {
             drop(outbox);
-            self.gateway.metrics.dropped(Drop::Closing, 1);
+            self.gateway.metrics.dropped(DropReason::Closing, 1);
             return;
         }
         if outbox.frames.is_empty() {
@@ -80,7 +80,7 @@ impl Recipient for Session {
                     outbox.failed = true;
                     outbox.closing = true;
                     drop(outbox);
-                    self.gateway.metrics.dropped(Drop::Closing, 1);
+                    self.gateway.metrics.dropped(DropReason::Closing, 1);
                     self.wake.notify_one();
                     return;
                 }
@@ -93,7 +93,9 @@ impl Recipient for Session {
         } else if outbox.frames.len() >= self.gateway.config.outbox_frames {
             let discarded = outbox.begin_close(close::SLOW_CONSUMER, "slow consumer", true);
             drop(outbox);
-            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64 + 1);
+            self.gateway
+                .metrics
+                .dropped(DropReason::SlowConsumer, discarded as u64 + 1);
             self.wake.notify_one();
         } else {
             outbox.frames.push_back(frame.clone());
@@ -139,7 +141,7 @@ impl Session {
     fn begin_close(&self, code: u16, reason: &str, discard: bool) {
         let discarded = self.outbox.lock().begin_close(code, reason, discard);
         if discarded > 0 {
-            self.gateway.metrics.dropped(Drop::SlowConsumer, discarded as u64);
+            self.gateway.metrics.dropped(DropReason::SlowConsumer, discarded as u64);
         }
     }
 
@@ -249,9 +251,9 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
         std::mem::take(&mut outbox.frames).len() as u64
     };
     let why = if reason == CloseReason::SlowConsumer {
-        Drop::SlowConsumer
+        DropReason::SlowConsumer
     } else {
-        Drop::Closing
+        DropReason::Closing
     };
     gateway.metrics.dropped(why, unsent);
     gateway.metrics.closed(reason);

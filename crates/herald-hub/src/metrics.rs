@@ -71,7 +71,7 @@ impl HubMetrics {
         );
         registry.register(
             "herald_items_unrouted",
-            "Items dropped because their room had no member when the frame was sent",
+            "Items dropped because their room had no member (when pushed, or when their frame was sent)",
             metrics.items_unrouted.clone(),
         );
         registry.register("herald_frames", "Merged PUSH frames encoded", metrics.frames.clone());
