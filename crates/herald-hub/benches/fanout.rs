@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herald_hub::batch::MergePolicy;
 use herald_hub::{Hub, HubConfig, HubMetrics, Recipient};
-use herald_protocol::bus::{Bus, Target};
+use herald_protocol::bus::Target;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use herald_protocol::bus::{Accepted, Bus, Refused, Target};
+use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
 use herald_protocol::push::push_frame;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -243,6 +243,7 @@ impl<R: Recipient> Hub<R> {
             return Ok(Accepted {
                 items: count,
                 recipients: 0,
+                gateways: None,
             });
         };
         if state.pending + count > self.config.queue_items {
@@ -264,6 +265,7 @@ impl<R: Recipient> Hub<R> {
         Ok(Accepted {
             items: count,
             recipients,
+            gateways: None,
         })
     }
 
@@ -287,6 +289,7 @@ impl<R: Recipient> Hub<R> {
         Ok(Accepted {
             items: count,
             recipients: self.connections(),
+            gateways: None,
         })
     }
 
@@ -499,8 +502,10 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-impl<R: Recipient> Bus for Hub<R> {
-    fn push(&self, target: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused> {
+impl<R: Recipient> Hub<R> {
+    /// Takes a push, or refuses all of it; answers at once (this is the whole of the in-process bus, and what a
+    /// cluster gateway calls for each push it receives).
+    pub fn push(&self, target: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.refuse_shutting_down());
         }
@@ -523,7 +528,8 @@ impl<R: Recipient> Bus for Hub<R> {
         Ok(accepted)
     }
 
-    fn stats(&self) -> serde_json::Value {
+    /// The hub's statistics, as `GET /stats` shows them.
+    pub fn stats(&self) -> serde_json::Value {
         let m = &self.metrics;
         serde_json::json!({
             "connections": m.connections.get(),
@@ -542,6 +548,31 @@ impl<R: Recipient> Bus for Hub<R> {
             "merge_window_ms": self.config.merge.window.as_millis() as u64,
             "merge_max_items": self.config.merge.max_items,
         })
+    }
+
+    /// Rooms with at least one member.
+    pub fn rooms(&self) -> u64 {
+        self.metrics.rooms.get() as u64
+    }
+
+    /// Items waiting in merge batches.
+    pub fn pending_items(&self) -> u64 {
+        self.metrics.pending_items.get() as u64
+    }
+
+    /// Whether the hub still takes pushes (false once [`Hub::close`] ran).
+    pub fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<R: Recipient> Bus for Hub<R> {
+    fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_> {
+        Box::pin(std::future::ready(Hub::push(self, &target, items)))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        Hub::stats(self)
     }
 }
 

@@ -90,7 +90,8 @@ async fn a_room_push_reaches_its_members_only() {
         accepted,
         Accepted {
             items: 1,
-            recipients: 2
+            recipients: 2,
+            gateways: None,
         }
     );
     settle().await;
@@ -192,7 +193,8 @@ async fn a_room_without_members_reports_zero_recipients() {
         hub.push(&room("empty"), items(&["1"])).unwrap(),
         Accepted {
             items: 1,
-            recipients: 0
+            recipients: 0,
+            gateways: None,
         }
     );
     assert_eq!(hub.metrics.items_unrouted.get(), 1);

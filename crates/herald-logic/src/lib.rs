@@ -75,7 +75,8 @@ struct Api {
     stopping: CancellationToken,
 }
 
-/// The push API's router. `registry` is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
+/// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` is rendered at `/metrics`;
+/// `stopping` turns `/healthz` to 503.
 pub fn router(
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
@@ -92,23 +93,44 @@ pub fn router(
     Router::new()
         .route("/push/room", post(push_room))
         .route("/push/all", post(push_all))
-        .route("/stats", get(stats))
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(healthz))
+        .merge(ops_routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(api)
 }
 
+/// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
+/// internal listener). It has no fallback, so it can be merged into a router that has one.
+pub fn ops_router(
+    bus: Arc<dyn Bus>,
+    registry: Arc<Registry>,
+    metrics: ApiMetrics,
+    stopping: CancellationToken,
+) -> Router {
+    ops_routes().with_state(Arc::new(Api {
+        bus,
+        registry,
+        metrics,
+        stopping,
+    }))
+}
+
+fn ops_routes() -> Router<Arc<Api>> {
+    Router::new()
+        .route("/stats", get(stats))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+}
+
 async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    push(&api, Endpoint::Room, &headers, body)
+    push(&api, Endpoint::Room, &headers, body).await
 }
 
 async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    push(&api, Endpoint::All, &headers, body)
+    push(&api, Endpoint::All, &headers, body).await
 }
 
-fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let name = match endpoint {
         Endpoint::Room => "/push/room",
         Endpoint::All => "/push/all",
@@ -119,7 +141,7 @@ fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, 
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             match parse_push(endpoint, content_type, body) {
                 Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
-                Ok(request) => match api.bus.push(&request.target, request.items) {
+                Ok(request) => match api.bus.push(request.target, request.items).await {
                     Ok(accepted) => (StatusCode::OK, axum_json(json!(accepted))).into_response(),
                     Err(refused) => unavailable(&refused),
                 },
@@ -134,6 +156,7 @@ fn unavailable(refused: &Refused) -> Response {
     let retry_after = match refused {
         Refused::QueueFull { retry_after_secs } => *retry_after_secs,
         Refused::ShuttingDown => 5,
+        Refused::NoGateway { retry_after_secs, .. } => *retry_after_secs,
         Refused::TooManyItems { .. } => return error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
     };
     let mut response = (

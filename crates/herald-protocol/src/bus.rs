@@ -1,8 +1,11 @@
 //! The bus: how the push API hands a validated push to whatever delivers it.
 //!
-//! `herald serve` implements it with the in-process hub. The trait is synchronous on purpose: every
-//! implementation takes a push by putting it into a bounded queue, and answers at once whether it could.
+//! `herald serve` implements it with the in-process hub, which answers at once (a bounded queue took the push or
+//! not). `herald logic` implements it with the cluster bus, which answers once every gateway has acknowledged the
+//! push or a deadline passed. Either way the answer tells what happened; nothing is refused silently.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +26,20 @@ pub struct Accepted {
     pub items: usize,
     /// Connections that were members of the target when the push was taken (every connection for `All`).
     pub recipients: usize,
+    /// In a cluster: what each gateway answered. Absent for the in-process bus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<GatewayTally>,
+}
+
+/// How the gateways of a cluster answered one push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GatewayTally {
+    /// Gateways that took the push (their members are counted in `recipients`).
+    pub accepted: usize,
+    /// Gateways that did not take it: unreachable, queue full, or refused by the gateway. They deliver nothing.
+    pub refused: usize,
+    /// Gateways the push was sent to that did not answer in time: they may or may not deliver it.
+    pub unconfirmed: usize,
 }
 
 /// Why the bus refused a push. Nothing of a refused push is delivered.
@@ -43,12 +60,23 @@ pub enum Refused {
         /// The most items one push may carry.
         limit: usize,
     },
+    /// In a cluster: no gateway took the push (each one unreachable, full or refusing).
+    #[error("no gateway took the push ({detail})")]
+    NoGateway {
+        /// Suggested delay before retrying, in seconds.
+        retry_after_secs: u32,
+        /// What each gateway answered, for the operator reading the 503.
+        detail: String,
+    },
 }
+
+/// The answer to a push, once the bus knows it.
+pub type PushFuture<'a> = Pin<Box<dyn Future<Output = Result<Accepted, Refused>> + Send + 'a>>;
 
 /// Something that takes pushes and delivers them.
 pub trait Bus: Send + Sync + 'static {
     /// Takes `items` (each one complete JSON value) for `target`, or refuses all of them.
-    fn push(&self, target: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused>;
+    fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_>;
 
     /// A JSON snapshot of the bus's state, for `GET /stats`.
     fn stats(&self) -> serde_json::Value;

@@ -8,6 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use herald_cluster::Secret;
+use herald_cluster::gateway::ServerTls;
+use herald_cluster::logic::ClusterConfig;
 use herald_gateway::GatewayConfig;
 use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
@@ -90,10 +93,46 @@ pub struct Settings {
     /// Log filter, in tracing's env-filter syntax (`info`, `herald_gateway=debug`) [default: info]
     #[arg(long, env = "HERALD_LOG")]
     pub log: Option<String>,
+    /// gateway: internal listener for logic's gRPC stream, `/healthz`, `/stats`, `/metrics` [default: 127.0.0.1:7788]
+    #[arg(long, env = "HERALD_RPC_ADDR", help_heading = "Cluster")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// logic: the gateways' internal listeners, `host:port,host:port,...`
+    #[arg(long, env = "HERALD_GATEWAYS", value_delimiter = ',', help_heading = "Cluster")]
+    pub gateways: Option<Vec<String>>,
+    /// gateway and logic: shared secret required on the internal hop (prefer the env var or the file to a flag)
+    #[arg(
+        long,
+        env = "HERALD_CLUSTER_SECRET",
+        hide_env_values = true,
+        help_heading = "Cluster"
+    )]
+    pub cluster_secret: Option<String>,
+    /// gateway: PEM certificate chain; with --rpc-tls-key, the internal listener speaks TLS
+    #[arg(long, env = "HERALD_RPC_TLS_CERT", help_heading = "Cluster")]
+    pub rpc_tls_cert: Option<PathBuf>,
+    /// gateway: PEM private key of --rpc-tls-cert
+    #[arg(long, env = "HERALD_RPC_TLS_KEY", help_heading = "Cluster")]
+    pub rpc_tls_key: Option<PathBuf>,
+    /// logic: PEM certificate(s) to trust; connect to the gateways over TLS
+    #[arg(long, env = "HERALD_RPC_TLS_CA", help_heading = "Cluster")]
+    pub rpc_tls_ca: Option<PathBuf>,
+    /// logic: pushes queued or in flight per gateway; past it, that gateway is skipped for the push [default: 10000]
+    #[arg(long, env = "HERALD_GATEWAY_QUEUE", help_heading = "Cluster")]
+    pub gateway_queue: Option<usize>,
+    /// logic: longest wait for the gateways' acks before answering a push [default: 5s]
+    #[arg(long, env = "HERALD_ACK_TIMEOUT", help_heading = "Cluster")]
+    pub ack_timeout: Option<DurationValue>,
+    /// logic: how often each gateway's status is fetched [default: 1s]
+    #[arg(long, env = "HERALD_STATUS_INTERVAL", help_heading = "Cluster")]
+    pub status_interval: Option<DurationValue>,
 }
 
-/// The validated configuration of `herald serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+fn read_file(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
+}
+
+/// The validated configuration of `herald serve`, `herald gateway` and `herald logic` (each uses its part).
+#[derive(Debug, Clone)]
 pub struct Config {
     /// WebSocket listener address.
     pub ws_addr: SocketAddr,
@@ -109,6 +148,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log filter.
     pub log: String,
+    /// A gateway's internal listener address.
+    pub rpc_addr: SocketAddr,
+    /// TLS of a gateway's internal listener.
+    pub rpc_tls: Option<ServerTls>,
+    /// Logic's links to its gateways (the secret is the gateway's too).
+    pub cluster: ClusterConfig,
 }
 
 macro_rules! overlay {
@@ -129,7 +174,8 @@ impl Settings {
         overlay!(self, lower;
             ws_addr, api_addr, merge_window, merge_max_items, shards, queue_items, max_connections,
             max_rooms_per_connection, max_message_bytes, outbox_frames, max_body_bytes, handshake_timeout,
-            heartbeat_timeout, write_timeout, shutdown_grace, log)
+            heartbeat_timeout, write_timeout, shutdown_grace, log, rpc_addr, gateways, cluster_secret, rpc_tls_cert,
+            rpc_tls_key, rpc_tls_ca, gateway_queue, ack_timeout, status_interval)
     }
 
     /// Fills defaults and validates.
@@ -161,6 +207,28 @@ impl Settings {
             },
             shutdown_grace: duration(self.shutdown_grace, 15_000),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+            rpc_addr: self.rpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7788))),
+            rpc_tls: match (&self.rpc_tls_cert, &self.rpc_tls_key) {
+                (Some(cert), Some(key)) => Some(ServerTls {
+                    cert_pem: read_file("rpc_tls_cert", cert)?,
+                    key_pem: read_file("rpc_tls_key", key)?,
+                }),
+                (None, None) => None,
+                (Some(_), None) => bail!("rpc_tls_key: needed with rpc_tls_cert"),
+                (None, Some(_)) => bail!("rpc_tls_cert: needed with rpc_tls_key"),
+            },
+            cluster: ClusterConfig {
+                gateways: self.gateways.unwrap_or_default(),
+                queue_pushes: self.gateway_queue.unwrap_or(10_000),
+                ack_timeout: duration(self.ack_timeout, 5_000),
+                status_interval: duration(self.status_interval, 1_000),
+                connect_timeout: Duration::from_secs(5),
+                secret: match self.cluster_secret {
+                    Some(secret) if secret.is_empty() => bail!("cluster_secret: must not be empty"),
+                    secret => secret.map(Secret::new),
+                },
+                tls_ca_pem: self.rpc_tls_ca.map(|path| read_file("rpc_tls_ca", &path)).transpose()?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -196,12 +264,26 @@ impl Config {
         positive("handshake_timeout", self.gateway.handshake_timeout)?;
         positive("heartbeat_timeout", self.gateway.heartbeat_timeout)?;
         positive("write_timeout", self.gateway.write_timeout)?;
+        at_least("gateway_queue", self.cluster.queue_pushes, 1)?;
+        positive("ack_timeout", self.cluster.ack_timeout)?;
+        positive("status_interval", self.cluster.status_interval)?;
+        if let Some(secret) = &self.cluster.secret
+            && !secret.as_str().bytes().all(|b| b.is_ascii_graphic())
+        {
+            bail!("cluster_secret: must be printable ASCII without spaces");
+        }
+        if self.api.max_body_bytes > herald_cluster::MAX_MESSAGE_BYTES / 2 {
+            bail!(
+                "max_body_bytes: must be at most {} (a push must fit one cluster message)",
+                herald_cluster::MAX_MESSAGE_BYTES / 2
+            );
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| anyhow::anyhow!("log: {e}"))?;
         Ok(())
     }
 }
 
-/// `herald serve`'s arguments: an optional file plus every setting as a flag.
+/// The arguments of `herald serve`, `gateway` and `logic`: an optional file plus every setting as a flag.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// TOML file with settings (same names as the flags, with underscores); flags and env override it

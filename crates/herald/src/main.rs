@@ -1,7 +1,7 @@
 //! The `herald` command.
 
 use clap::{Parser, Subcommand};
-use herald::config::ServeArgs;
+use herald::config::{Config, ServeArgs};
 use tokio_util::sync::CancellationToken;
 
 /// herald: a WebSocket message-push server, wire-compatible with go-push.
@@ -16,6 +16,10 @@ struct Cli {
 enum Command {
     /// Run gateway, hub and push API in one process (the embedded default; no external services).
     Serve(ServeArgs),
+    /// Run a cluster gateway: WebSocket side and hub, fed by logic nodes over gRPC (--rpc-addr).
+    Gateway(ServeArgs),
+    /// Run a cluster logic node: the push API, forwarding every push to the gateways in --gateways.
+    Logic(ServeArgs),
     /// Load-test a herald over real TCP (starts `herald serve` itself unless given --ws).
     #[command(subcommand)]
     Bench(herald_bench::Scenario),
@@ -27,26 +31,43 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            let config = args.resolve()?;
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    let (ws, api) = herald::serve::bind(&config).await?;
-                    let shutdown = CancellationToken::new();
-                    tokio::spawn(cancel_on_signal(shutdown.clone()));
-                    herald::serve::run(config, ws, api, shutdown).await
-                })
-        }
+        Command::Serve(args) => run_server(args, |config, shutdown| async move {
+            let (ws, api) = herald::serve::bind(&config).await?;
+            herald::serve::run(config, ws, api, shutdown).await
+        }),
+        Command::Gateway(args) => run_server(args, |config, shutdown| async move {
+            let (ws, rpc) = herald::cluster::bind_gateway(&config).await?;
+            herald::cluster::run_gateway(config, ws, rpc, shutdown).await
+        }),
+        Command::Logic(args) => run_server(args, |config, shutdown| async move {
+            let api = herald::serve::bind_one(config.api_addr, "api_addr").await?;
+            herald::cluster::run_logic(config, api, shutdown).await
+        }),
         Command::Bench(scenario) => herald_bench::run(scenario),
         Command::BenchWorker => herald_bench::worker::main(),
     }
+}
+
+/// Resolves the configuration, sets up logging and the runtime, and runs `server` until SIGINT or SIGTERM.
+fn run_server<F, Fut>(args: ServeArgs, server: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = args.resolve()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            server(config, shutdown).await
+        })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -6,14 +6,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use herald_gateway::Gateway;
 use herald_gateway::metrics::GatewayMetrics;
+use herald_gateway::session::Session;
 use herald_hub::{Hub, HubMetrics};
 use herald_logic::ApiMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +29,8 @@ pub async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)>
     Ok((ws, api))
 }
 
-async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+/// Binds one listener; the error names the setting.
+pub async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{key}: cannot listen on {addr}"))
@@ -36,67 +40,108 @@ async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (ws_addr, api_addr) = (ws.local_addr()?, api.local_addr()?);
     let mut registry = Registry::default();
-    let hub = Hub::new(config.hub, HubMetrics::register(&mut registry));
-    let gateway = Gateway::new(
-        Arc::clone(&hub),
-        config.gateway,
-        GatewayMetrics::register(&mut registry),
-    );
+    let node = GatewayNode::start(&config, ws, &mut registry);
     let api_metrics = ApiMetrics::register(&mut registry);
-
-    let hub_stop = CancellationToken::new();
-    let hub_tasks = TaskTracker::new();
-    hub.spawn_workers(&hub_tasks, hub_stop.clone());
-
-    let stop_accepting = CancellationToken::new();
-    let close_sessions = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let accept_loop = tokio::spawn(Arc::clone(&gateway).serve(
-        ws,
-        stop_accepting.clone(),
-        close_sessions.clone(),
-        connections.clone(),
-    ));
-
-    let api_stop = CancellationToken::new();
     let router = herald_logic::router(
-        hub.clone(),
+        node.hub.clone(),
         Arc::new(registry),
         api_metrics,
         config.api,
-        stop_accepting.clone(),
+        node.stop_accepting.clone(),
     );
-    let api_server = tokio::spawn(std::future::IntoFuture::into_future(
-        axum::serve(api, router.into_make_service()).with_graceful_shutdown(api_stop.clone().cancelled_owned()),
-    ));
+    let api_server = HttpServer::start(api, router);
 
     tracing::info!(ws = %ws_addr, api = %api_addr, "herald serving");
     shutdown.cancelled().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    node.drain(config.shutdown_grace).await;
+    api_server.stop("push API").await
+}
 
-    let drain = async {
-        // Hub first: once /healthz (which follows stop_accepting) says 503, pushes are refused too.
-        hub.close();
-        stop_accepting.cancel();
-        let _ = accept_loop.await;
-        hub_stop.cancel();
-        hub_tasks.close();
-        hub_tasks.wait().await;
-        close_sessions.cancel();
-        connections.close();
-        connections.wait().await;
-    };
-    if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "grace period over, dropping the connections left"
-        );
+/// The WebSocket side and its hub: what `herald serve` and `herald gateway` both run.
+pub(crate) struct GatewayNode {
+    pub(crate) hub: Arc<Hub<Session>>,
+    /// Cancelled when shutdown begins; `/healthz` follows it.
+    pub(crate) stop_accepting: CancellationToken,
+    hub_stop: CancellationToken,
+    hub_tasks: TaskTracker,
+    close_sessions: CancellationToken,
+    connections: TaskTracker,
+    accept_loop: JoinHandle<()>,
+}
+
+impl GatewayNode {
+    /// Starts the hub's workers and the accept loop on `ws`; metrics go into `registry`.
+    pub(crate) fn start(config: &Config, ws: TcpListener, registry: &mut Registry) -> Self {
+        let hub = Hub::new(config.hub, HubMetrics::register(registry));
+        let gateway = Gateway::new(Arc::clone(&hub), config.gateway, GatewayMetrics::register(registry));
+        let hub_stop = CancellationToken::new();
+        let hub_tasks = TaskTracker::new();
+        hub.spawn_workers(&hub_tasks, hub_stop.clone());
+        let stop_accepting = CancellationToken::new();
+        let close_sessions = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let accept_loop =
+            tokio::spawn(gateway.serve(ws, stop_accepting.clone(), close_sessions.clone(), connections.clone()));
+        Self {
+            hub,
+            stop_accepting,
+            hub_stop,
+            hub_tasks,
+            close_sessions,
+            connections,
+            accept_loop,
+        }
     }
-    api_stop.cancel();
-    match api_server.await {
-        Ok(result) => result.context("push API")?,
-        Err(e) => tracing::warn!(error = %e, "push API task failed"),
+
+    /// Refuses new pushes and connections, sends every waiting batch, then closes every connection with 1001,
+    /// within `grace`.
+    pub(crate) async fn drain(self, grace: Duration) {
+        let connections = self.connections.clone();
+        let drain = async {
+            // Hub first: once /healthz (which follows stop_accepting) says 503, pushes are refused too.
+            self.hub.close();
+            self.stop_accepting.cancel();
+            let _ = self.accept_loop.await;
+            self.hub_stop.cancel();
+            self.hub_tasks.close();
+            self.hub_tasks.wait().await;
+            self.close_sessions.cancel();
+            self.connections.close();
+            self.connections.wait().await;
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                left = connections.len(),
+                "grace period over, dropping the connections left"
+            );
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+/// An axum server in its own task, stopped gracefully on request.
+pub(crate) struct HttpServer {
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    pub(crate) fn start(listener: TcpListener, router: axum::Router) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(std::future::IntoFuture::into_future(
+            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop.clone().cancelled_owned()),
+        ));
+        Self { stop, task }
+    }
+
+    /// Stops taking connections, waits for requests in progress, and reports how the server ended.
+    pub(crate) async fn stop(self, name: &str) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(result) => result.with_context(|| name.to_owned())?,
+            Err(e) => tracing::warn!(error = %e, "{name} task failed"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
 }

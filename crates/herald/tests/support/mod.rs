@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
 
+pub mod cluster;
+
 /// How long any single expected event may take before the test fails.
 pub const FAILSAFE: Duration = Duration::from_secs(20);
 
@@ -27,6 +29,7 @@ pub fn duration(text: &str) -> Option<DurationValue> {
 pub struct TestServer {
     pub ws: SocketAddr,
     pub api: SocketAddr,
+    push_api: PushApi,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -49,6 +52,7 @@ impl TestServer {
         Self {
             ws: ws_addr,
             api: api_addr,
+            push_api: PushApi(api_addr),
             shutdown,
             task,
         }
@@ -80,24 +84,30 @@ impl TestServer {
 
     /// A connected WebSocket client.
     pub async fn client(&self) -> Client {
-        let uri = format!("ws://{}/connect", self.ws);
-        let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        Client { ws, next_id: 1 }
+        Client::connect(self.ws).await
     }
 
     /// A client that has joined `room` (acknowledged, so pushes after this reach it).
     pub async fn member(&self, room: &str) -> Client {
-        let mut client = self.client().await;
-        client.join(room).await;
-        client
+        Client::member(self.ws, room).await
     }
+}
 
+impl std::ops::Deref for TestServer {
+    type Target = PushApi;
+
+    fn deref(&self) -> &PushApi {
+        &self.push_api
+    }
+}
+
+/// A push API (`herald serve`'s or a logic node's) at this address.
+pub struct PushApi(pub SocketAddr);
+
+impl PushApi {
     /// An HTTP request to the push API.
     pub async fn http(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
-        http(self.api, method, path, content_type, body).await
+        http(self.0, method, path, content_type, body).await
     }
 
     /// `POST` a form body, go-push style.
@@ -171,6 +181,23 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the WebSocket listener at `ws`.
+    pub async fn connect(ws: SocketAddr) -> Self {
+        let uri = format!("ws://{ws}/connect");
+        let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client { ws, next_id: 1 }
+    }
+
+    /// A client of `ws` that has joined `room` (acknowledged, so pushes after this reach it).
+    pub async fn member(ws: SocketAddr, room: &str) -> Self {
+        let mut client = Self::connect(ws).await;
+        client.join(room).await;
+        client
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text.to_owned())).await.expect("send");
     }

@@ -1,0 +1,159 @@
+//! The gateway's end of the hop: the gRPC service that hands each received push to the local hub, and the internal
+//! listener that serves it beside `/healthz`, `/stats` and `/metrics`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use herald_hub::{Hub, Recipient};
+use herald_protocol::bus::{Refused, Target};
+use herald_protocol::client::valid_room;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::SecretCheck;
+use crate::pb::gateway_server::{Gateway, GatewayServer};
+use crate::pb::{self, ack, push, refused};
+use crate::{MAX_MESSAGE_BYTES, Secret};
+
+/// The gRPC service: pushes in, one [`pb::Ack`] per push out, in arrival order.
+pub struct RpcService<R> {
+    hub: Arc<Hub<R>>,
+    /// Cancelled when the gateway has drained: every open `Deliver` stream then ends, so the server can stop.
+    closing: CancellationToken,
+}
+
+impl<R: Recipient> RpcService<R> {
+    /// A service in front of `hub`; its streams end when `closing` is cancelled.
+    pub fn new(hub: Arc<Hub<R>>, closing: CancellationToken) -> Self {
+        Self { hub, closing }
+    }
+}
+
+/// Hands one received push to the hub and says what happened.
+fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> pb::Ack {
+    let target = match push.target {
+        Some(push::Target::Room(room)) if valid_room(&room) => Target::Room(room.into()),
+        Some(push::Target::All(_)) => Target::All,
+        // Logic validated the push; anything else is a foreign or broken client. Refuse it, never guess.
+        _ => return refusal(refused::Reason::Invalid, 0, 0),
+    };
+    let result = match hub.push(&target, push.items) {
+        Ok(accepted) => ack::Result::Accepted(pb::Accepted {
+            items: accepted.items as u64,
+            recipients: accepted.recipients as u64,
+        }),
+        Err(Refused::QueueFull { retry_after_secs }) => {
+            return refusal(refused::Reason::QueueFull, retry_after_secs, 0);
+        }
+        Err(Refused::TooManyItems { limit }) => return refusal(refused::Reason::TooManyItems, 0, limit as u64),
+        Err(Refused::ShuttingDown | Refused::NoGateway { .. }) => {
+            return refusal(refused::Reason::ShuttingDown, 5, 0);
+        }
+    };
+    pb::Ack { result: Some(result) }
+}
+
+fn refusal(reason: refused::Reason, retry_after_secs: u32, limit: u64) -> pb::Ack {
+    pb::Ack {
+        result: Some(ack::Result::Refused(pb::Refused {
+            reason: reason as i32,
+            retry_after_secs,
+            limit,
+        })),
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<R: Recipient> Gateway for RpcService<R> {
+    type DeliverStream = AckStream;
+
+    async fn deliver(&self, request: Request<Streaming<pb::Push>>) -> Result<Response<AckStream>, Status> {
+        let peer = request.remote_addr();
+        tracing::info!(?peer, "logic node connected");
+        let hub = Arc::clone(&self.hub);
+        // Each push is taken when the ack stream is polled for its answer: no task, no queue, and a logic node that
+        // stops reading acks stops the gateway reading its pushes (HTTP/2 flow control does the rest).
+        let acks = request
+            .into_inner()
+            .map(move |push| push.map(|push| take(&hub, push)))
+            .take_until(self.closing.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::GatewayStatus>, Status> {
+        Ok(Response::new(pb::GatewayStatus {
+            serving: self.hub.is_open(),
+            connections: self.hub.connections() as u64,
+            rooms: self.hub.rooms(),
+            pending_items: self.hub.pending_items(),
+            stats_json: self.hub.stats().to_string(),
+        }))
+    }
+}
+
+/// TLS for the internal listener: a certificate chain and its key, both PEM. Its `Debug` omits the key.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Anything else on the internal listener: a plain 404 (tonic's own fallback would answer HTTP 200 with a gRPC
+/// status, which reads as success to an HTTP client that posted a push here by mistake).
+async fn not_found() -> (
+    axum::http::StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    &'static str,
+) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"error":"path: no such endpoint on a gateway's internal listener (pushes go to herald logic)","field":"path"}"#,
+    )
+}
+
+/// Serves the gateway's internal listener until `shutdown` resolves: the gRPC service (behind the shared secret,
+/// when one is set) and the plain-HTTP routes in `http` (`/healthz`, `/stats`, `/metrics`), HTTP/1 or HTTP/2,
+/// with TLS when given.
+pub async fn serve_internal<R: Recipient>(
+    listener: TcpListener,
+    service: RpcService<R>,
+    http: axum::Router,
+    secret: Option<Secret>,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let grpc = GatewayServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc = tonic::service::interceptor::InterceptedService::new(grpc, SecretCheck::new(secret));
+    let router = tonic::service::Routes::new(grpc)
+        .into_axum_router()
+        .merge(http)
+        .fallback(not_found);
+    let mut server = tonic::transport::Server::builder().accept_http1(true);
+    if let Some(tls) = tls {
+        server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(tls.cert_pem, tls.key_pem)))?;
+    }
+    server
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,304 @@
+//! The two-tier cluster: logic nodes forwarding pushes to gateways over gRPC, in this process and as real
+//! `herald gateway` / `herald logic` processes.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use herald::config::Settings;
+use serde_json::{Value, json};
+use support::cluster::{HeraldProcess, TestGateway, TestLogic};
+use support::{Client, PushApi, duration};
+
+/// Reads PUSH frames until `count` items have arrived; returns them in arrival order.
+async fn receive_items(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    while items.len() < count {
+        let data = client.next_push().await;
+        items.extend(data["items"].as_array().unwrap().iter().cloned());
+    }
+    items
+}
+
+fn secret(text: &str) -> Settings {
+    Settings {
+        cluster_secret: Some(text.into()),
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn pushes_and_broadcasts_reach_members_on_every_gateway() {
+    let (one, two) = (
+        TestGateway::start(secret("s3cret")).await,
+        TestGateway::start(secret("s3cret")).await,
+    );
+    let logic = TestLogic::start(&[one.rpc, two.rpc], secret("s3cret")).await;
+    logic.wait_all_up().await;
+
+    let mut a1 = one.member("news").await;
+    let mut a2 = one.member("news").await;
+    let mut b1 = two.member("news").await;
+    let mut b2 = two.member("sport").await;
+
+    let answer = logic.push_room("news", r#"[{"headline":"hi"}]"#).await;
+    assert_eq!(
+        answer,
+        json!({"items": 1, "recipients": 3, "gateways": {"accepted": 2, "refused": 0, "unconfirmed": 0}})
+    );
+    for client in [&mut a1, &mut a2, &mut b1] {
+        let data = client.next_push().await;
+        assert_eq!(
+            (data["room"].clone(), data["items"].clone()),
+            (json!("news"), json!([{"headline":"hi"}]))
+        );
+    }
+
+    let answer = logic.push_all(r#"["all"]"#).await;
+    assert_eq!(answer["recipients"], 4, "{answer}");
+    for client in [&mut a1, &mut a2, &mut b1, &mut b2] {
+        assert_eq!(client.next_push().await["items"], json!(["all"]));
+    }
+
+    // Logic's /stats and /metrics cover the cluster, from the gateways' own reports.
+    let stats = logic
+        .wait_stats("four connections reported", |s| s["connections"] == 4)
+        .await;
+    assert_eq!(
+        (stats["gateways_total"].clone(), stats["gateways_up"].clone()),
+        (json!(2), json!(2))
+    );
+    let first = logic.gateway_stats(one.rpc).await;
+    assert_eq!(
+        (first["state"].clone(), first["connections"].clone()),
+        (json!("up"), json!(2))
+    );
+    let accepted = format!(
+        r#"herald_cluster_forwards_total{{gateway="{}",result="accepted"}}"#,
+        one.rpc
+    );
+    assert_eq!(logic.metric(&accepted).await, 2.0);
+
+    // The gateway's internal listener answers operators, and takes no pushes over plain HTTP.
+    let internal = one.internal();
+    let health = internal.http("GET", "/healthz", None, b"").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    assert_eq!(internal.stats().await["connections"], 2);
+    assert_eq!(
+        internal.post_form("/push/room", "room=news&items=[1]").await.status,
+        404
+    );
+
+    logic.stop().await;
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
+    let window = Settings {
+        merge_window: duration("5ms"),
+        ..Settings::default()
+    };
+    let (one, two) = (
+        TestGateway::start(window.clone()).await,
+        TestGateway::start(window).await,
+    );
+    let logic = TestLogic::start(&[one.rpc, two.rpc], Settings::default()).await;
+    logic.wait_all_up().await;
+    let mut clients = [one.member("seq").await, two.member("seq").await];
+
+    // One sender, each push sent as soon as the previous one was answered: logic keeps their order on each gateway.
+    const PUSHES: usize = 300;
+    let api = logic.api.0;
+    let sender = tokio::spawn(async move {
+        for n in 0..PUSHES {
+            PushApi(api).push_room("seq", &format!("[{n}]")).await;
+        }
+    });
+    for client in &mut clients {
+        let items = receive_items(client, PUSHES).await;
+        let expected: Vec<Value> = (0..PUSHES).map(|n| json!(n)).collect();
+        assert_eq!(items, expected);
+    }
+    sender.await.unwrap();
+    logic.stop().await;
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_secret_is_refused() {
+    let gateway = TestGateway::start(secret("right")).await;
+    for logic_settings in [secret("wrong"), Settings::default()] {
+        let logic = TestLogic::start(&[gateway.rpc], logic_settings).await;
+        let down = logic
+            .wait_stats("the gateway refusing the secret", |s| {
+                s["gateways"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cluster secret"))
+            })
+            .await;
+        assert_eq!(down["gateways"][0]["state"], "down", "{down}");
+
+        let response = logic.post_form("/push/room", "room=r&items=[1]").await;
+        assert_eq!(response.status, 503, "{}", response.body);
+        assert!(response.header("retry-after").is_some());
+        let error = response.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("cluster secret"), "{error}");
+        logic.stop().await;
+    }
+    // Nothing reached the gateway's hub.
+    assert_eq!(gateway.internal().stats().await["pushes"], 0);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn logic_answers_503_when_no_gateway_is_reachable() {
+    // A port with nothing listening: bind one, note it, close it.
+    let unused: SocketAddr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let logic = TestLogic::start(&[unused], Settings::default()).await;
+    let response = logic.post_form("/push/all", "items=[1]").await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    let error = response.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&unused.to_string()) && error.contains("unreachable"),
+        "{error}"
+    );
+    let unreachable = format!(r#"herald_cluster_forwards_total{{gateway="{unused}",result="unreachable"}}"#);
+    assert_eq!(logic.metric(&unreachable).await, 1.0);
+    assert_eq!(
+        logic
+            .metric(&format!(r#"herald_cluster_gateway_up{{gateway="{unused}"}}"#))
+            .await,
+        0.0
+    );
+    logic.stop().await;
+}
+
+/// Real processes: two gateways and a logic node. One gateway is killed in the middle of a stream of pushes; the
+/// other's clients receive every item, logic reports the failure, and a restarted gateway on the same internal
+/// address receives pushes again without logic being restarted.
+#[tokio::test]
+async fn a_cluster_of_processes_survives_a_killed_gateway() {
+    let gateway_args = ["gateway", "--ws-addr", "127.0.0.1:0", "--merge-window", "5ms"];
+    let mut doomed = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", "127.0.0.1:0"]].concat()).await;
+    let survivor = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", "127.0.0.1:0"]].concat()).await;
+    let doomed_rpc = doomed.addr("rpc").to_string();
+    let gateways = format!("{doomed_rpc},{}", survivor.addr("rpc"));
+    let logic = HeraldProcess::start(&[
+        "logic",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateways",
+        &gateways,
+        "--status-interval",
+        "100ms",
+    ])
+    .await;
+    let api = PushApi(logic.addr("api"));
+    api.wait_all_up().await;
+
+    let mut watcher = Client::member(survivor.addr("ws"), "feed").await;
+    let mut casualty = Client::member(doomed.addr("ws"), "feed").await;
+    assert_eq!(api.push_room("feed", "[-1]").await["recipients"], 2);
+    assert_eq!(watcher.next_push().await["items"], json!([-1]));
+    assert_eq!(casualty.next_push().await["items"], json!([-1]));
+
+    const PUSHES: usize = 400;
+    let api_addr = api.0;
+    let sender = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for n in 0..PUSHES {
+            answers.push(PushApi(api_addr).push_room("feed", &format!("[{n}]")).await);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        answers
+    });
+    // Kill the gateway once the stream is under way.
+    let _ = receive_items(&mut watcher, 100).await;
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    let rest = receive_items(&mut watcher, PUSHES - 100).await;
+    assert_eq!(rest, (100..PUSHES).map(|n| json!(n)).collect::<Vec<_>>());
+    for answer in sender.await.unwrap() {
+        // Every push was taken by the survivor (push_room asserts 200).
+        assert!(answer["gateways"]["accepted"].as_u64().unwrap() >= 1, "{answer}");
+    }
+
+    let down = api
+        .wait_stats("the killed gateway reported down", |s| {
+            s["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["addr"] == doomed_rpc.as_str() && g["state"] == "down")
+        })
+        .await;
+    let report = down["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["addr"] == doomed_rpc.as_str())
+        .unwrap();
+    assert!(report["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{report}");
+    assert!(
+        api.metric(&format!(
+            r#"herald_cluster_gateway_disconnects_total{{gateway="{doomed_rpc}"}}"#
+        ))
+        .await
+            >= 1.0
+    );
+
+    // Restart it on the same internal address; logic reconnects by itself.
+    let reborn = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", &doomed_rpc]].concat()).await;
+    api.wait_all_up().await;
+    let mut newcomer = Client::member(reborn.addr("ws"), "feed").await;
+    let answer = api.push_room("feed", r#"["after"]"#).await;
+    assert_eq!(answer["recipients"], 2, "{answer}");
+    assert_eq!(newcomer.next_push().await["items"], json!(["after"]));
+    assert_eq!(watcher.next_push().await["items"], json!(["after"]));
+    drop((logic, survivor, reborn));
+}
+
+#[tokio::test]
+async fn the_hop_can_run_over_tls() {
+    let dir = std::env::temp_dir().join(format!("herald-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("gateway.pem"), dir.join("gateway.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+
+    let gateway = TestGateway::start(Settings {
+        rpc_tls_cert: Some(cert.clone()),
+        rpc_tls_key: Some(key),
+        ..Settings::default()
+    })
+    .await;
+    // The certificate names localhost, so logic must dial the gateway by that name.
+    let tls = Settings {
+        gateways: Some(vec![format!("localhost:{}", gateway.rpc.port())]),
+        rpc_tls_ca: Some(cert),
+        ..Settings::default()
+    };
+    let logic = TestLogic::start(&[], tls).await;
+    logic.wait_all_up().await;
+    let mut member = gateway.member("secure").await;
+    assert_eq!(logic.push_room("secure", "[1]").await["recipients"], 1);
+    assert_eq!(member.next_push().await["items"], json!([1]));
+    logic.stop().await;
+
+    // A logic node speaking plain HTTP/2 to the TLS listener never gets through.
+    let plain = TestLogic::start(&[gateway.rpc], Settings::default()).await;
+    plain
+        .wait_stats("the plain link failing", |s| s["gateways"][0]["last_error"].is_string())
+        .await;
+    assert_eq!(plain.post_form("/push/room", "room=secure&items=[2]").await.status, 503);
+    plain.stop().await;
+    gateway.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,206 @@
+//! A cluster for tests: gateways and logic nodes, either in this process (on port 0) or as real `herald`
+//! processes whose addresses are read from their "serving" log line.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use herald::config::Settings;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Client, FAILSAFE, PushApi, duration};
+
+fn loopback() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub ws: SocketAddr,
+    /// The internal listener: gRPC for logic, `/healthz`, `/stats`, `/metrics`.
+    pub rpc: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestGateway {
+    pub async fn start(settings: Settings) -> Self {
+        let settings = Settings {
+            ws_addr: loopback(),
+            rpc_addr: settings.rpc_addr.or(loopback()),
+            log: Some("warn".into()),
+            ..settings
+        };
+        let config = settings.resolve().expect("valid gateway settings");
+        let (ws, rpc) = herald::cluster::bind_gateway(&config).await.expect("bind");
+        let (ws_addr, rpc_addr) = (ws.local_addr().unwrap(), rpc.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(herald::cluster::run_gateway(config, ws, rpc, shutdown.clone()));
+        Self {
+            ws: ws_addr,
+            rpc: rpc_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn member(&self, room: &str) -> Client {
+        Client::member(self.ws, room).await
+    }
+
+    /// The plain-HTTP side of the internal listener.
+    pub fn internal(&self) -> PushApi {
+        PushApi(self.rpc)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(FAILSAFE, self.task)
+            .await
+            .expect("gateway stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A logic node running in this process.
+pub struct TestLogic {
+    pub api: PushApi,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestLogic {
+    /// Starts logic forwarding to `gateways` (unless `settings` names them), with a fast status poll.
+    pub async fn start(gateways: &[SocketAddr], settings: Settings) -> Self {
+        let settings = Settings {
+            api_addr: loopback(),
+            gateways: settings
+                .gateways
+                .or_else(|| Some(gateways.iter().map(ToString::to_string).collect())),
+            status_interval: settings.status_interval.or(duration("100ms")),
+            log: Some("warn".into()),
+            ..settings
+        };
+        let config = settings.resolve().expect("valid logic settings");
+        let api = herald::serve::bind_one(config.api_addr, "api_addr")
+            .await
+            .expect("bind");
+        let api_addr = api.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(herald::cluster::run_logic(config, api, shutdown.clone()));
+        Self {
+            api: PushApi(api_addr),
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(FAILSAFE, self.task)
+            .await
+            .expect("logic stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl std::ops::Deref for TestLogic {
+    type Target = PushApi;
+
+    fn deref(&self) -> &PushApi {
+        &self.api
+    }
+}
+
+impl PushApi {
+    /// This logic node's view of the gateway at `addr` in `/stats`.
+    pub async fn gateway_stats(&self, addr: SocketAddr) -> Value {
+        let stats = self.stats().await;
+        stats["gateways"]
+            .as_array()
+            .and_then(|gateways| gateways.iter().find(|g| g["addr"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no gateway {addr} in {stats}"))
+    }
+
+    /// Waits until logic's `/stats` satisfies `condition`; returns that snapshot.
+    pub async fn wait_stats(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        loop {
+            let stats = self.stats().await;
+            if condition(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited for {what}; last /stats: {stats}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every gateway's link is up.
+    pub async fn wait_all_up(&self) {
+        self.wait_stats("every gateway up", |s| s["gateways_up"] == s["gateways_total"])
+            .await;
+    }
+}
+
+/// A `herald` process (gateway or logic) with the addresses it logged.
+pub struct HeraldProcess {
+    pub child: Child,
+    /// `key=value` pairs of its "serving" log line (`ws`, `rpc`, `api`).
+    pub addrs: Vec<(String, SocketAddr)>,
+}
+
+impl HeraldProcess {
+    /// Runs `herald <args>` and waits for its "serving" line; the rest of its log is copied to the test's stderr.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn herald");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let serving = tokio::time::timeout(FAILSAFE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                eprintln!("[herald {}] {line}", args[0]);
+                if line.contains(" serving ") {
+                    return line;
+                }
+            }
+            panic!("herald {args:?} exited before serving");
+        })
+        .await
+        .expect("herald serves in time");
+        let addrs = serving
+            .split_whitespace()
+            .filter_map(|word| word.split_once('='))
+            .filter_map(|(key, value)| Some((key.to_owned(), value.parse().ok()?)))
+            .collect();
+        let name = args[0].to_owned();
+        // Keep reading, or a full pipe would block the process.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[herald {name}] {line}");
+            }
+        });
+        Self { child, addrs }
+    }
+
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no {key}= in the serving line: {:?}", self.addrs))
+    }
+}
