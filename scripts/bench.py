@@ -38,7 +38,18 @@ SCENARIOS = {
              "at most 100 items a frame, 30 s",
              ["fanout", "--conns", "10000", "--rate", "1000", "--items", "1", "--item-bytes", "100",
               "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
+    "cluster_10ms": ("cluster (logic + 2 gateways, 5,000 connections each): the 10 ms window scenario",
+                     ["fanout", "--cluster", "2", "--conns", "10000", "--rate", "10", "--items", "1",
+                      "--item-bytes", "100", "--secs", "30", "--merge-window", "10ms"]),
+    "cluster_seed": ("cluster (logic + 2 gateways, 5,000 connections each): the seed's rate",
+                     ["fanout", "--cluster", "2", "--conns", "10000", "--rate", "1000", "--items", "1",
+                      "--item-bytes", "100", "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
 }
+
+# (single-node scenario, cluster scenario) shown side by side.
+CLUSTER_PAIRS = [("window_10ms", "cluster_10ms"), ("seed", "cluster_seed")]
+CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "latency_p50_ms", "latency_p99_ms",
+                   "server_cpu_secs", "loadgen_cpu_secs"]
 
 # (scenario, figure, label, go-push, raw ceiling, target text, check)
 TARGETS = [
@@ -148,6 +159,18 @@ def render(results, benches):
             extra = f" ({fmt(result['items_lost'])} lost, {fmt(result['duplicates'])} duplicated)"
         lines.append(f"| {label} | {gopush} | {raw} | {target} | {shown(figure, value)}{extra} | "
                      f"{'yes' if ok else '**no**'} |")
+    pairs = [(single, cluster) for single, cluster in CLUSTER_PAIRS if single in results and cluster in results]
+    if pairs:
+        lines += ["", "## Cluster beside single node", "",
+                  "The same load through `herald logic` to two `herald gateway`s (`--cluster 2`: connections split",
+                  "between the gateways, server CPU summed over all three processes) and through `herald serve`.", ""]
+        header = "| figure | " + " | ".join(f"{single} | {cluster}" for single, cluster in pairs) + " |"
+        lines += [header, "|---|" + "---|---|" * len(pairs)]
+        for figure in CLUSTER_FIGURES:
+            cells = []
+            for single, cluster in pairs:
+                cells += [shown(figure, results[single].get(figure)), shown(figure, results[cluster].get(figure))]
+            lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", ""]
     for name, (title, args) in SCENARIOS.items():
         result = results.get(name)

@@ -62,9 +62,14 @@ pub struct Target {
     /// Merge max items of the herald the bench starts
     #[arg(long, default_value_t = 100)]
     pub merge_max_items: usize,
-    /// Further flags for the herald the bench starts (repeat: --server-arg=--shards --server-arg=8)
+    /// Further flags for the herald the bench starts, its gateways with --cluster (repeat: --server-arg=--shards
+    /// --server-arg=8)
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Start a cluster instead of `herald serve`: this many `herald gateway`s and one `herald logic` on loopback.
+    /// Connections are spread over the gateways, pushes go to logic, CPU and memory are summed over all of them
+    #[arg(long, conflicts_with = "ws", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cluster: Option<u16>,
     /// Worker processes for the connections [default: one per 15,000 connections]
     #[arg(long)]
     pub workers: Option<usize>,
@@ -137,12 +142,14 @@ pub fn run(scenario: Scenario) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A herald under test: started by the bench, or given.
+/// A herald under test: started by the bench (one `serve`, or gateways and a logic node), or given.
 struct Server {
-    ws: SocketAddr,
+    /// WebSocket listeners: one, or one per gateway. Workers are spread over them.
+    ws: Vec<SocketAddr>,
     api: Option<SocketAddr>,
-    pid: Option<u32>,
-    child: Option<Child>,
+    /// Every process of the server, whose CPU and memory are summed.
+    pids: Vec<u32>,
+    children: Vec<Child>,
 }
 
 impl Server {
@@ -154,62 +161,117 @@ impl Server {
                 }
             }
             return Ok(Self {
-                ws,
+                ws: vec![ws],
                 api: target.api,
-                pid: target.server_pid,
-                child: None,
+                pids: target.server_pid.into_iter().collect(),
+                children: Vec::new(),
             });
         }
-        let ws = free_port()?;
-        let api = free_port()?;
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "serve",
-                "--log",
-                "warn",
-                "--ws-addr",
-                &ws.to_string(),
-                "--api-addr",
-                &api.to_string(),
-            ])
-            .args([
-                "--merge-window",
-                &target.merge_window,
-                "--merge-max-items",
-                &target.merge_max_items.to_string(),
-            ])
-            .args(&target.server_args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting herald serve")?;
-        let pid = child.id();
-        let server = Self {
-            ws,
-            api: Some(api),
-            pid,
-            child: Some(child),
+        let merge = [
+            "--merge-window".to_owned(),
+            target.merge_window.clone(),
+            "--merge-max-items".to_owned(),
+            target.merge_max_items.to_string(),
+        ];
+        let mut server = Self {
+            ws: Vec::new(),
+            api: None,
+            pids: Vec::new(),
+            children: Vec::new(),
         };
+        let api = free_port()?;
+        match target.cluster {
+            None => {
+                let ws = free_port()?;
+                server.spawn(
+                    ["serve", "--ws-addr", &ws.to_string(), "--api-addr", &api.to_string()],
+                    merge.iter().chain(&target.server_args),
+                )?;
+                server.ws.push(ws);
+            }
+            Some(gateways) => {
+                let mut rpcs = Vec::new();
+                for _ in 0..gateways {
+                    let (ws, rpc) = (free_port()?, free_port()?);
+                    server.spawn(
+                        ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
+                        merge.iter().chain(&target.server_args),
+                    )?;
+                    server.ws.push(ws);
+                    rpcs.push(rpc);
+                }
+                // Logic's first connect should find every gateway listening.
+                for &rpc in &rpcs {
+                    wait_healthy(rpc).await?;
+                }
+                let rpcs: Vec<String> = rpcs.iter().map(ToString::to_string).collect();
+                server.spawn(
+                    ["logic", "--api-addr", &api.to_string(), "--gateways", &rpcs.join(",")],
+                    ["--status-interval".to_owned(), "200ms".to_owned()].iter(),
+                )?;
+            }
+        }
+        server.api = Some(api);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+        while !server.ready(api).await {
             if Instant::now() > deadline {
-                bail!("herald did not become healthy on {api}");
+                bail!("herald did not become ready on {api}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(server)
     }
 
+    /// Starts one herald process: `herald <args> --log warn <more>`.
+    fn spawn<'a>(&mut self, args: [&str; 5], more: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .args(["--log", "warn"])
+            .args(more)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting herald {}", args[0]))?;
+        self.pids.extend(child.id());
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Healthy, and in a cluster every gateway linked.
+    async fn ready(&self, api: SocketAddr) -> bool {
+        if !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+            return false;
+        }
+        let cluster = self.children.len() > 1;
+        if !cluster {
+            return true;
+        }
+        let Ok((200, body)) = publisher::get(api, "/stats").await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|stats| stats["gateways_up"].as_u64() == Some(self.ws.len() as u64))
+    }
+
+    /// CPU seconds of all the server's processes; `None` when a process is unknown or gone.
     fn cpu_secs(&self) -> Option<f64> {
-        self.pid.and_then(proc::cpu_secs)
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| proc::cpu_secs(pid)).sum()
     }
 
+    /// Resident memory of all the server's processes; `None` when a process is unknown or gone.
     fn rss_bytes(&self) -> Option<u64> {
-        self.pid.and_then(proc::rss_bytes)
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| proc::rss_bytes(pid)).sum()
     }
 
+    /// Stops the processes, logic before its gateways (in reverse order of start).
     async fn stop(mut self) {
-        if let (Some(child), Some(pid)) = (self.child.as_mut(), self.pid) {
+        for (child, pid) in self.children.iter_mut().zip(&self.pids).rev() {
             let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
             if tokio::time::timeout(Duration::from_secs(15), child.wait())
                 .await
@@ -219,6 +281,18 @@ impl Server {
             }
         }
     }
+}
+
+/// Waits until `/healthz` at `addr` answers 200.
+async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !matches!(publisher::get(addr, "/healthz").await, Ok((200, _))) {
+        if Instant::now() > deadline {
+            bail!("herald did not become healthy on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Reads `host:port`, or a `ws://`, `http://` URL naming one (its path is ignored: herald's paths are fixed).
@@ -259,12 +333,16 @@ struct Workers {
 
 impl Workers {
     async fn start(server: &Server, conns: usize, room: Option<&str>, workers: Option<usize>) -> anyhow::Result<Self> {
-        let count = workers.unwrap_or(conns.div_ceil(CONNS_PER_WORKER)).clamp(1, 250);
+        // At least one worker per WebSocket listener, so a cluster's gateways all get connections.
+        let count = workers
+            .unwrap_or(conns.div_ceil(CONNS_PER_WORKER))
+            .max(server.ws.len())
+            .clamp(1, 250);
         let mut procs = Vec::new();
         for index in 0..count {
             let share = conns / count + usize::from(index < conns % count);
             let plan = Plan {
-                target: server.ws,
+                target: server.ws[index % server.ws.len()],
                 conns: share,
                 room: room.map(str::to_owned),
                 index: index as u8,
@@ -526,18 +604,23 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
-/// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections.
+/// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections: herald serve's own
+/// figure, or the sum of a logic node's gateways' reports.
 async fn wait_for_members(api: SocketAddr, room: Option<&str>, members: usize) -> anyhow::Result<()> {
     let key = if room.is_some() { "memberships" } else { "connections" };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = publisher::get(api, "/stats").await?;
         let stats: serde_json::Value = serde_json::from_str(&body)?;
-        if stats[key].as_u64().unwrap_or(0) >= members as u64 {
+        let have = match stats["gateways"].as_array() {
+            Some(gateways) => gateways.iter().filter_map(|g| g["hub"][key].as_u64()).sum(),
+            None => stats[key].as_u64().unwrap_or(0),
+        };
+        if have >= members as u64 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {} of {members} {key} after 30 s", stats[key]);
+            bail!("only {have} of {members} {key} after 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

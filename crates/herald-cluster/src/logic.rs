@@ -97,7 +97,11 @@ impl ClusterBus {
         let header = SecretHeader::new(config.secret.as_ref())?;
         let mut links = Vec::new();
         let mut receivers = Vec::new();
-        for addr in &config.gateways {
+        for (index, addr) in config.gateways.iter().enumerate() {
+            if config.gateways[..index].contains(addr) {
+                // Two links to one gateway would deliver every push twice.
+                return Err(format!("gateways: `{addr}` is listed twice"));
+            }
             let (queue, receiver) = mpsc::channel(config.queue_pushes);
             links.push(Arc::new(Link {
                 addr: addr.clone(),
@@ -223,16 +227,10 @@ impl ClusterBus {
         }
         match too_many_items {
             // Every gateway refused it as too large: retrying cannot help.
-            Some(limit) if tally.refused > 0 && details.len() == answers.len() && all_too_large(&answers) => {
-                Err(Refused::TooManyItems { limit: limit as usize })
-            }
+            Some(limit) if all_too_large(&answers) => Err(Refused::TooManyItems { limit: limit as usize }),
             _ => Err(Refused::NoGateway {
                 retry_after_secs,
-                detail: if details.is_empty() {
-                    "no gateways configured".to_owned()
-                } else {
-                    details.join("; ")
-                },
+                detail: details.join("; "),
             }),
         }
     }

@@ -47,6 +47,32 @@ fn unknown_and_bad_keys_are_named() {
 }
 
 #[test]
+fn cluster_settings_are_checked_at_start() {
+    let stderr = refused(herald().args(["logic", "--api-addr", "127.0.0.1:0"]));
+    assert!(
+        stderr.contains("gateways: herald logic needs at least one gateway"),
+        "{stderr}"
+    );
+    let stderr = refused(herald().args(["logic", "--api-addr", "127.0.0.1:0", "--gateways", "gw-1"]));
+    assert!(stderr.contains("gateways: `gw-1` is not host:port"), "{stderr}");
+    let twice = [
+        "logic",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateways",
+        "127.0.0.1:7788,127.0.0.1:7788",
+    ];
+    let stderr = refused(herald().args(twice));
+    assert!(stderr.contains("listed twice"), "{stderr}");
+    let stderr = refused(herald().args(["gateway", "--rpc-tls-cert", "/nonexistent.pem"]));
+    assert!(stderr.contains("rpc_tls_key: needed with rpc_tls_cert"), "{stderr}");
+    let stderr = refused(herald().args(["gateway", "--rpc-tls-cert", "/nonexistent.pem", "--rpc-tls-key", "/k"]));
+    assert!(stderr.contains("rpc_tls_cert: reading /nonexistent.pem"), "{stderr}");
+    let stderr = refused(herald().args(["gateway", "--cluster-secret", "two words"]));
+    assert!(stderr.contains("cluster_secret: must be printable ASCII"), "{stderr}");
+}
+
+#[test]
 fn flags_beat_env_and_env_beats_the_file() {
     // The file's valid value is overridden by env's invalid one (so the error proves env won) ...
     let file = config_file("precedence", "merge_max_items = 5\nshards = 2\n");
