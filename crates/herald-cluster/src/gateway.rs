@@ -35,7 +35,7 @@ impl<R: Recipient> RpcService<R> {
 }
 
 /// Hands one received push to the hub and says what happened.
-fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> pb::Ack {
+pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> pb::Ack {
     let target = match push.target {
         Some(push::Target::Room(room)) if valid_room(&room) => Target::Room(room.into()),
         Some(push::Target::All(_)) => Target::All,
@@ -45,13 +45,13 @@ fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> pb::Ack {
     let result = match hub.push(&target, push.items) {
         Ok(accepted) => ack::Result::Accepted(pb::Accepted {
             items: accepted.items as u64,
-            recipients: accepted.recipients as u64,
+            recipients: accepted.recipients.unwrap_or(0) as u64,
         }),
         Err(Refused::QueueFull { retry_after_secs }) => {
             return refusal(refused::Reason::QueueFull, retry_after_secs, 0);
         }
         Err(Refused::TooManyItems { limit }) => return refusal(refused::Reason::TooManyItems, 0, limit as u64),
-        Err(Refused::ShuttingDown | Refused::NoGateway { .. }) => {
+        Err(Refused::ShuttingDown | Refused::Unavailable { .. }) => {
             return refusal(refused::Reason::ShuttingDown, 5, 0);
         }
     };

@@ -5,6 +5,8 @@
 //!   each with a bounded queue, its own reconnect loop, and the gateway's last reported status.
 //! - [`gateway`]: the gRPC service on the gateway, which hands each push to the local hub, and the internal
 //!   listener it runs on (with `/healthz`, `/stats`, `/metrics`).
+//! - [`nats`]: the same two tiers on NATS instead of gRPC: logic publishes per room, gateways subscribe to the
+//!   rooms they hold and announce themselves.
 //! - `auth`: the optional shared secret on the hop.
 //!
 //! The schema is `proto/herald_cluster.proto`. Items cross the hop as the bytes logic validated; the gateway never
@@ -13,6 +15,7 @@
 mod auth;
 pub mod gateway;
 pub mod logic;
+pub mod nats;
 
 /// Generated from `proto/herald_cluster.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::Streaming;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -79,7 +80,6 @@ pub struct ClusterBus {
     /// Each link's queue receiver, until [`ClusterBus::spawn`] hands it to the link's task.
     receivers: Mutex<Vec<mpsc::Receiver<Forward>>>,
     ack_timeout: Duration,
-    metrics: ClusterMetrics,
     /// Set on shutdown: pushes are refused from then on.
     closed: AtomicBool,
     /// Held while one push is offered to every link, so all gateways queue concurrent pushes in the same order.
@@ -108,7 +108,10 @@ impl ClusterBus {
                 endpoint: endpoint(addr, config)?,
                 header: header.clone(),
                 status_interval: config.status_interval,
+                connect_timeout: config.connect_timeout,
                 queue,
+                capacity: config.queue_pushes,
+                outstanding: AtomicUsize::new(0),
                 up: AtomicBool::new(false),
                 state: Mutex::new(LinkState::default()),
                 metrics: LinkMetrics::new(&metrics, addr),
@@ -119,7 +122,6 @@ impl ClusterBus {
             links,
             receivers: Mutex::new(receivers),
             ack_timeout: config.ack_timeout,
-            metrics,
             closed: AtomicBool::new(false),
             offering: Mutex::new(()),
         }))
@@ -171,7 +173,7 @@ impl ClusterBus {
         // Every link works in its own task, so waiting for them one after another costs no more than the slowest.
         for (link, reply) in waiting {
             let outcome = match tokio::time::timeout_at(deadline, reply).await {
-                Ok(Ok(Reply::Ack(ack))) => Outcome::from_ack(ack),
+                Ok(Ok(Reply::Ack(ack))) => Outcome::from_ack(&ack),
                 Ok(Ok(Reply::NotSent)) => Outcome::unreachable(),
                 Ok(Ok(Reply::Lost) | Err(_)) => {
                     Outcome::Unconfirmed("the connection broke before the gateway answered")
@@ -189,8 +191,8 @@ impl ClusterBus {
         let mut details = Vec::new();
         let mut retry_after_secs = 1;
         let mut too_many_items = None::<u64>;
+        // Each result was counted where it was decided (the link), even if this answer was never awaited.
         for (link, outcome) in &answers {
-            self.metrics.count(&link.addr, outcome.result_label());
             match outcome {
                 Outcome::Accepted { recipients: r } => {
                     tally.accepted += 1;
@@ -221,16 +223,16 @@ impl ClusterBus {
         if tally.accepted + tally.unconfirmed > 0 {
             return Ok(Accepted {
                 items,
-                recipients,
+                recipients: Some(recipients),
                 gateways: Some(tally),
             });
         }
         match too_many_items {
             // Every gateway refused it as too large: retrying cannot help.
             Some(limit) if all_too_large(&answers) => Err(Refused::TooManyItems { limit: limit as usize }),
-            _ => Err(Refused::NoGateway {
+            _ => Err(Refused::Unavailable {
                 retry_after_secs,
-                detail: details.join("; "),
+                detail: format!("no gateway took the push ({})", details.join("; ")),
             }),
         }
     }
@@ -324,8 +326,8 @@ impl Outcome {
         }
     }
 
-    fn from_ack(ack: pb::Ack) -> Self {
-        match ack.result {
+    fn from_ack(ack: &pb::Ack) -> Self {
+        match &ack.result {
             Some(ack::Result::Accepted(accepted)) => Self::Accepted {
                 recipients: accepted.recipients,
             },
@@ -359,13 +361,29 @@ impl Outcome {
     }
 }
 
+/// How one connection to a gateway ended.
+enum StreamEnd {
+    /// Logic is shutting down.
+    Stopping,
+    /// The connection failed, or never came up.
+    Failed {
+        error: String,
+        /// It had stayed up long enough to count as working (the backoff starts over).
+        healthy: bool,
+    },
+}
+
 /// Logic's connection to one gateway.
 struct Link {
     addr: String,
     endpoint: Endpoint,
     header: SecretHeader,
     status_interval: Duration,
+    connect_timeout: Duration,
     queue: mpsc::Sender<Forward>,
+    /// Most pushes outstanding (queued or in flight, not yet answered): `gateway_queue`.
+    capacity: usize,
+    outstanding: AtomicUsize,
     /// The `Deliver` stream is open: pushes are taken into the queue only then.
     up: AtomicBool,
     state: Mutex<LinkState>,
@@ -395,58 +413,61 @@ impl Link {
     /// Queues a push for this gateway, or says at once why it cannot.
     fn offer(&self, push: pb::Push) -> Result<oneshot::Receiver<Reply>, Outcome> {
         if !self.is_up() {
+            self.metrics.count("unreachable");
             return Err(Outcome::unreachable());
         }
-        let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Forward { push, reply }) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-                Ok(answer)
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Outcome::Refused {
+        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.count("queue_full");
+            return Err(Outcome::Refused {
                 reason: "queue_full",
                 retry_after: 1,
                 limit: None,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Outcome::unreachable()),
+            });
+        }
+        self.metrics.queue_depth.inc();
+        let (reply, answer) = oneshot::channel();
+        match self.queue.try_send(Forward { push, reply }) {
+            Ok(()) => Ok(answer),
+            // The channel holds `capacity` and `outstanding` never exceeds it: only a closed channel refuses.
+            Err(_) => {
+                self.release();
+                self.metrics.count("unreachable");
+                Err(Outcome::unreachable())
+            }
         }
     }
 
-    fn answer(&self, forward: Forward, reply: Reply) {
+    fn release(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.metrics.queue_depth.dec();
-        let _ = forward.reply.send(reply);
     }
 
-    fn answer_sent(&self, reply_to: oneshot::Sender<Reply>, reply: Reply) {
-        self.metrics.queue_depth.dec();
+    /// Answers one outstanding push and counts how it ended.
+    fn answer(&self, reply_to: oneshot::Sender<Reply>, reply: Reply) {
+        self.release();
+        self.metrics.count(match &reply {
+            Reply::Ack(ack) => Outcome::from_ack(ack).result_label(),
+            Reply::NotSent => "unreachable",
+            Reply::Lost => "unconfirmed",
+        });
+        // The caller may have stopped waiting (ack_timeout, or the HTTP client left); it was counted anyway.
         let _ = reply_to.send(reply);
     }
 
     /// Connects, streams, and reconnects with backoff, until `stop`.
     async fn run(self: Arc<Self>, mut queue: mpsc::Receiver<Forward>, stop: CancellationToken) {
         let mut failures = 0u32;
-        while !stop.is_cancelled() {
-            let result = tokio::select! {
-                result = self.connect_and_stream(&mut queue, &stop) => result,
-                () = stop.cancelled() => Ok(false),
+        loop {
+            let (error, healthy) = match self.connect_and_stream(&mut queue, &stop).await {
+                StreamEnd::Stopping => break,
+                StreamEnd::Failed { error, healthy } => (error, healthy),
             };
-            let error = match result {
-                Ok(false) => break,
-                Ok(true) => {
-                    failures = 0;
-                    "the gateway closed the stream".to_owned()
-                }
-                Err((error, was_up)) => {
-                    if was_up {
-                        failures = 0;
-                    }
-                    error
-                }
-            };
+            // A stream that stayed up a while starts the backoff over; one that keeps failing fast does not, so a
+            // gateway that accepts and drops every stream is not hammered.
+            failures = if healthy { 1 } else { failures.saturating_add(1) };
             self.set_down(error, false);
-            failures = failures.saturating_add(1);
-            let wait = backoff(failures);
-            let sleep = tokio::time::sleep(wait);
+            let sleep = tokio::time::sleep(backoff(failures));
             tokio::pin!(sleep);
             // While down, whatever is still queued (or arrives in a race with going down) is answered at once.
             loop {
@@ -454,78 +475,106 @@ impl Link {
                     () = &mut sleep => break,
                     () = stop.cancelled() => break,
                     forward = queue.recv() => match forward {
-                        Some(forward) => self.answer(forward, Reply::NotSent),
+                        Some(forward) => self.answer(forward.reply, Reply::NotSent),
                         None => return,
                     },
                 }
+            }
+            if stop.is_cancelled() {
+                break;
             }
         }
         self.set_down("logic is shutting down".to_owned(), true);
         queue.close();
         while let Some(forward) = queue.recv().await {
-            self.answer(forward, Reply::NotSent);
+            self.answer(forward.reply, Reply::NotSent);
         }
     }
 
-    /// One connection's life. `Ok(true)`: the gateway ended the stream; `Ok(false)`: logic is stopping;
-    /// `Err((why, whether the stream had been up))`.
+    /// Opens the connection and the `Deliver` stream, within `connect_timeout` (tonic's own connect timeout covers
+    /// TCP only, not TLS or the stream's response headers).
+    async fn open(&self) -> Result<(Client, mpsc::Sender<pb::Push>, Streaming<pb::Ack>), String> {
+        let open = async {
+            let channel = self
+                .endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {}", error_chain(&e)))?;
+            let mut client: Client = GatewayClient::with_interceptor(channel, self.header.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let (pushes, outgoing) = mpsc::channel::<pb::Push>(MAX_IN_FLIGHT);
+            let acks = client
+                .deliver(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+                .await
+                .map_err(|status| describe(&status))?
+                .into_inner();
+            Ok((client, pushes, acks))
+        };
+        tokio::time::timeout(self.connect_timeout, open)
+            .await
+            .unwrap_or_else(|_| Err(format!("no stream within {:?}", self.connect_timeout)))
+    }
+
+    /// One connection's life, to its end; every push taken from the queue is answered before this returns.
     async fn connect_and_stream(
         self: &Arc<Self>,
         queue: &mut mpsc::Receiver<Forward>,
         stop: &CancellationToken,
-    ) -> Result<bool, (String, bool)> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| (format!("connect: {}", error_chain(&e)), false))?;
-        let mut client: Client = GatewayClient::with_interceptor(channel, self.header.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let (pushes, outgoing) = mpsc::channel::<pb::Push>(MAX_IN_FLIGHT);
-        let mut acks = client
-            .deliver(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-            .await
-            .map_err(|status| (describe(&status), false))?
-            .into_inner();
+    ) -> StreamEnd {
+        let opened = tokio::select! {
+            opened = self.open() => opened,
+            () = stop.cancelled() => return StreamEnd::Stopping,
+        };
+        let (client, pushes, mut acks) = match opened {
+            Ok(opened) => opened,
+            Err(error) => return StreamEnd::Failed { error, healthy: false },
+        };
 
         // Status is fetched beside the stream, on the same HTTP/2 connection.
         let status_stop = stop.child_token();
         let _stop_status = status_stop.clone().drop_guard();
-        tokio::spawn(Arc::clone(self).poll_status(client.clone(), status_stop));
+        tokio::spawn(Arc::clone(self).poll_status(client, status_stop));
         self.set_up();
+        let up_since = Instant::now();
 
         let mut in_flight: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
-        let result = loop {
+        let end = loop {
             tokio::select! {
                 biased;
                 ack = acks.message() => match ack {
                     Ok(Some(ack)) => match in_flight.pop_front() {
-                        Some(reply) => self.answer_sent(reply, Reply::Ack(ack)),
-                        None => break Err(("the gateway sent an ack for no push".to_owned(), true)),
+                        Some(reply) => self.answer(reply, Reply::Ack(ack)),
+                        None => break Some("the gateway sent an ack for no push".to_owned()),
                     },
-                    Ok(None) => break Ok(true),
-                    Err(status) => break Err((describe(&status), true)),
+                    Ok(None) => break Some("the gateway closed the stream".to_owned()),
+                    Err(status) => break Some(describe(&status)),
                 },
                 forward = queue.recv(), if in_flight.len() < MAX_IN_FLIGHT => match forward {
                     Some(Forward { push, reply }) => {
                         // Room is guaranteed: the channel holds MAX_IN_FLIGHT and every push in it is in flight.
                         if pushes.try_send(push).is_err() {
-                            self.answer_sent(reply, Reply::NotSent);
-                            break Err(("the stream to the gateway closed".to_owned(), true));
+                            self.answer(reply, Reply::NotSent);
+                            break Some("the stream to the gateway closed".to_owned());
                         }
                         in_flight.push_back(reply);
                     }
-                    None => break Ok(false),
+                    None => break None,
                 },
-                () = stop.cancelled() => break Ok(false),
+                () = stop.cancelled() => break None,
             }
         };
         self.up.store(false, Ordering::Release);
         for reply in in_flight {
-            self.answer_sent(reply, Reply::Lost);
+            self.answer(reply, Reply::Lost);
         }
-        result
+        match end {
+            None => StreamEnd::Stopping,
+            Some(error) => StreamEnd::Failed {
+                error,
+                healthy: up_since.elapsed() >= RECONNECT_MAX,
+            },
+        }
     }
 
     fn set_up(&self) {
@@ -572,7 +621,15 @@ impl Link {
                 self.status_interval.max(Duration::from_secs(1)),
                 client.status(pb::StatusRequest {}),
             );
-            match call.await {
+            let answer = tokio::select! {
+                answer = call => answer,
+                () = stop.cancelled() => return,
+            };
+            // An answer that arrives as the link goes down must not bring a down gateway's figures back.
+            if !self.is_up() {
+                return;
+            }
+            match answer {
                 Ok(Ok(status)) => {
                     let status = status.into_inner();
                     self.metrics.connections.set(status.connections as i64);
@@ -607,7 +664,7 @@ impl Link {
 
 /// The wait before reconnect attempt `failures` (1-based): doubling from [`RECONNECT_MIN`] up to [`RECONNECT_MAX`],
 /// jittered to between half and all of it so that logic nodes restarted together do not reconnect in step.
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     let full = RECONNECT_MIN.saturating_mul(1 << exponent).min(RECONNECT_MAX);
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
@@ -697,20 +754,12 @@ impl ClusterMetrics {
         );
         metrics
     }
-
-    fn count(&self, gateway: &str, result: &'static str) {
-        let labels = ForwardLabels {
-            gateway: gateway.to_owned(),
-            result,
-        };
-        // Take the counter out of the family before touching it, so the family's lock is never held long.
-        let counter = self.forwards.get_or_create(&labels).clone();
-        counter.inc();
-    }
 }
 
 /// One gateway's handles into [`ClusterMetrics`], taken once.
 struct LinkMetrics {
+    gateway: String,
+    forwards: Family<ForwardLabels, Counter>,
     up: Gauge,
     connections: Gauge,
     rooms: Gauge,
@@ -719,11 +768,22 @@ struct LinkMetrics {
 }
 
 impl LinkMetrics {
+    /// Counts one push's result for this gateway.
+    fn count(&self, result: &'static str) {
+        let labels = ForwardLabels {
+            gateway: self.gateway.clone(),
+            result,
+        };
+        self.forwards.get_or_create(&labels).inc();
+    }
+
     fn new(metrics: &ClusterMetrics, addr: &str) -> Self {
         let label = GatewayLabel {
             gateway: addr.to_owned(),
         };
         Self {
+            gateway: addr.to_owned(),
+            forwards: metrics.forwards.clone(),
             up: metrics.up.get_or_create(&label).clone(),
             connections: metrics.connections.get_or_create(&label).clone(),
             rooms: metrics.rooms.get_or_create(&label).clone(),

@@ -29,13 +29,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
 use herald_protocol::push::push_frame;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +81,18 @@ pub struct Hub<R> {
     metrics: HubMetrics,
     /// Tasks one large fan-out is split over (the number of cores).
     parallelism: usize,
+    /// Where changes of interest in rooms go, when someone asked ([`Hub::watch_interest`]).
+    interest: OnceLock<mpsc::UnboundedSender<Interest>>,
+}
+
+/// A room gained its first member here, or lost its last one: what a gateway on a message bus subscribes and
+/// unsubscribes by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interest {
+    /// The room.
+    pub room: Arc<str>,
+    /// True when the room has members now, false when it has none left.
+    pub wanted: bool,
 }
 
 struct Shard<R> {
@@ -147,6 +160,7 @@ impl<R: Recipient> Hub<R> {
             closed: AtomicBool::new(false),
             metrics,
             parallelism: std::thread::available_parallelism().map_or(1, usize::from),
+            interest: OnceLock::new(),
         })
     }
 
@@ -165,6 +179,42 @@ impl<R: Recipient> Hub<R> {
 
     fn conn_shard(&self, id: u64) -> &Shard<R> {
         &self.shards[id as usize % self.shards.len()]
+    }
+
+    /// Reports every change of interest from now on: a room's first member joining, its last leaving. The events
+    /// of one room come in the order they happened (they are sent under the room's shard lock); the channel is
+    /// unbounded because joins and leaves are bounded by the connections' own messages. At most one watcher.
+    pub fn watch_interest(&self) -> Option<mpsc::UnboundedReceiver<Interest>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.interest.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// Rooms that have members now (for a watcher that starts late or resubscribes).
+    pub fn rooms_with_members(&self) -> Vec<Arc<str>> {
+        let mut rooms = Vec::new();
+        for shard in self.shards.iter() {
+            let state = shard.state.lock();
+            rooms.extend(
+                state
+                    .rooms
+                    .iter()
+                    .filter(|(_, room)| !room.members.is_empty())
+                    .map(|(name, _)| Arc::clone(name)),
+            );
+        }
+        rooms
+    }
+
+    /// Called under the room's shard lock, so one room's events are sent in the order they happened.
+    fn interest_changed(&self, room: &str, wanted: bool) {
+        if let Some(watcher) = self.interest.get() {
+            // A watcher gone (shutting down) has nothing left to subscribe.
+            let _ = watcher.send(Interest {
+                room: Arc::from(room),
+                wanted,
+            });
+        }
     }
 
     /// Adds a new connection (it will receive broadcasts).
@@ -187,8 +237,13 @@ impl<R: Recipient> Hub<R> {
     /// Adds a connection to a room; false if it was a member already.
     pub fn join(&self, room: &str, conn: &Arc<R>) -> bool {
         let mut state = self.room_shard(room).state.lock();
-        let joined = match state.rooms.get_mut(room) {
-            Some(existing) => existing.members.insert(conn),
+        // `first`: the room had no member before this one.
+        let (joined, first) = match state.rooms.get_mut(room) {
+            Some(existing) => {
+                let first = existing.members.is_empty();
+                let joined = existing.members.insert(conn);
+                (joined, joined && first)
+            }
             None => {
                 let mut created = Room {
                     members: Members::default(),
@@ -197,11 +252,14 @@ impl<R: Recipient> Hub<R> {
                 created.members.insert(conn);
                 state.rooms.insert(Arc::from(room), created);
                 self.metrics.rooms.inc();
-                true
+                (true, true)
             }
         };
         if joined {
             self.metrics.memberships.inc();
+        }
+        if first {
+            self.interest_changed(room, true);
         }
         joined
     }
@@ -213,6 +271,7 @@ impl<R: Recipient> Hub<R> {
             return false;
         };
         let left = existing.members.remove(id);
+        let last = left && existing.members.is_empty();
         // A room with items still waiting stays until its worker flushes it (and then drops it).
         if existing.members.is_empty() && existing.batch.is_empty() {
             state.rooms.remove(room);
@@ -220,6 +279,9 @@ impl<R: Recipient> Hub<R> {
         }
         if left {
             self.metrics.memberships.dec();
+        }
+        if last {
+            self.interest_changed(room, false);
         }
         left
     }
@@ -242,7 +304,7 @@ impl<R: Recipient> Hub<R> {
             self.metrics.items_unrouted.inc_by(count as u64);
             return Ok(Accepted {
                 items: count,
-                recipients: 0,
+                recipients: Some(0),
                 gateways: None,
             });
         };
@@ -264,7 +326,7 @@ impl<R: Recipient> Hub<R> {
         self.metrics.pending_items.inc_by(count as i64);
         Ok(Accepted {
             items: count,
-            recipients,
+            recipients: Some(recipients),
             gateways: None,
         })
     }
@@ -288,7 +350,7 @@ impl<R: Recipient> Hub<R> {
         self.metrics.pending_items.inc_by(count as i64);
         Ok(Accepted {
             items: count,
-            recipients: self.connections(),
+            recipients: Some(self.connections()),
             gateways: None,
         })
     }

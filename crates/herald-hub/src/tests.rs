@@ -90,7 +90,7 @@ async fn a_room_push_reaches_its_members_only() {
         accepted,
         Accepted {
             items: 1,
-            recipients: 2,
+            recipients: Some(2),
             gateways: None,
         }
     );
@@ -150,7 +150,7 @@ async fn broadcasts_reach_every_connection_and_merge_too() {
     for conn in &conns {
         hub.register(conn);
     }
-    assert_eq!(hub.push(&Target::All, items(&["1"])).unwrap().recipients, 10);
+    assert_eq!(hub.push(&Target::All, items(&["1"])).unwrap().recipients, Some(10));
     settle().await;
     hub.push(&Target::All, items(&["2"])).unwrap();
     hub.push(&Target::All, items(&["3"])).unwrap();
@@ -193,7 +193,7 @@ async fn a_room_without_members_reports_zero_recipients() {
         hub.push(&room("empty"), items(&["1"])).unwrap(),
         Accepted {
             items: 1,
-            recipients: 0,
+            recipients: Some(0),
             gateways: None,
         }
     );
@@ -304,4 +304,37 @@ async fn a_large_fan_out_split_over_tasks_keeps_each_connection_in_order() {
         }
         assert_eq!(conn.items().concat(), pushed, "connection {}", conn.id);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn interest_follows_the_first_and_last_member() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let mut interest = hub.watch_interest().expect("first watcher");
+    assert!(hub.watch_interest().is_none(), "one watcher only");
+    let (a, b) = (Recorder::new(1), Recorder::new(2));
+    let event = |room: &str, wanted| Interest {
+        room: Arc::from(room),
+        wanted,
+    };
+
+    hub.join("r", &a);
+    hub.join("r", &b);
+    hub.join("r", &b);
+    hub.join("s", &b);
+    assert_eq!(interest.try_recv().unwrap(), event("r", true));
+    assert_eq!(interest.try_recv().unwrap(), event("s", true));
+    assert!(interest.try_recv().is_err(), "a second member changes nothing");
+    assert_eq!(hub.rooms_with_members().len(), 2);
+
+    hub.leave("r", 1);
+    assert!(interest.try_recv().is_err(), "a member is left");
+    // Items waiting keep the room alive past its last member; interest still ends with the last member.
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    hub.push(&room("r"), items(&["2"])).unwrap();
+    hub.unregister(2, ["r", "s"]);
+    assert_eq!(interest.try_recv().unwrap(), event("r", false));
+    assert_eq!(interest.try_recv().unwrap(), event("s", false));
+    hub.join("r", &a);
+    assert_eq!(interest.try_recv().unwrap(), event("r", true));
+    assert_eq!(hub.rooms_with_members(), vec![Arc::<str>::from("r")]);
 }

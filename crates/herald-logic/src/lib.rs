@@ -156,7 +156,7 @@ fn unavailable(refused: &Refused) -> Response {
     let retry_after = match refused {
         Refused::QueueFull { retry_after_secs } => *retry_after_secs,
         Refused::ShuttingDown => 5,
-        Refused::NoGateway { retry_after_secs, .. } => *retry_after_secs,
+        Refused::Unavailable { retry_after_secs, .. } => *retry_after_secs,
         Refused::TooManyItems { .. } => return error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
     };
     let mut response = (

@@ -24,8 +24,9 @@ pub enum Target {
 pub struct Accepted {
     /// Items accepted for delivery.
     pub items: usize,
-    /// Connections that were members of the target when the push was taken (every connection for `All`).
-    pub recipients: usize,
+    /// Connections that were members of the target when the push was taken (every connection for `All`); `None`
+    /// when the bus cannot know (NATS: logic publishes without hearing from the gateways).
+    pub recipients: Option<usize>,
     /// In a cluster: what each gateway answered. Absent for the in-process bus.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateways: Option<GatewayTally>,
@@ -60,12 +61,12 @@ pub enum Refused {
         /// The most items one push may carry.
         limit: usize,
     },
-    /// In a cluster: no gateway took the push (each one unreachable, full or refusing).
-    #[error("no gateway took the push ({detail})")]
-    NoGateway {
+    /// In a cluster: what delivers the push cannot be reached (no gateway took it, or NATS is down).
+    #[error("{detail}")]
+    Unavailable {
         /// Suggested delay before retrying, in seconds.
         retry_after_secs: u32,
-        /// What each gateway answered, for the operator reading the 503.
+        /// What went wrong (each gateway's answer, NATS's state), for the operator reading the 503.
         detail: String,
     },
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use herald_cluster::Secret;
 use herald_cluster::gateway::ServerTls;
 use herald_cluster::logic::ClusterConfig;
+use herald_cluster::nats::NatsConfig;
 use herald_gateway::GatewayConfig;
 use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
@@ -125,6 +126,12 @@ pub struct Settings {
     /// logic: how often each gateway's status is fetched [default: 1s]
     #[arg(long, env = "HERALD_STATUS_INTERVAL", help_heading = "Cluster")]
     pub status_interval: Option<DurationValue>,
+    /// serve, gateway and logic: run on NATS (`nats://host:port`, several comma-separated) instead of in memory or gRPC
+    #[arg(long, env = "HERALD_BUS", help_heading = "Cluster")]
+    pub bus: Option<String>,
+    /// serve and gateway: open the WebSocket listener with SO_REUSEPORT, so several processes share the port
+    #[arg(long, env = "HERALD_REUSE_PORT", num_args = 0..=1, default_missing_value = "true", help_heading = "Cluster")]
+    pub reuse_port: Option<bool>,
 }
 
 fn read_file(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -154,6 +161,10 @@ pub struct Config {
     pub rpc_tls: Option<ServerTls>,
     /// Logic's links to its gateways (the secret is the gateway's too).
     pub cluster: ClusterConfig,
+    /// Run on NATS instead of in memory (serve) or gRPC (gateway, logic).
+    pub nats: Option<NatsConfig>,
+    /// Open the WebSocket listener with SO_REUSEPORT.
+    pub reuse_port: bool,
 }
 
 macro_rules! overlay {
@@ -175,7 +186,7 @@ impl Settings {
             ws_addr, api_addr, merge_window, merge_max_items, shards, queue_items, max_connections,
             max_rooms_per_connection, max_message_bytes, outbox_frames, max_body_bytes, handshake_timeout,
             heartbeat_timeout, write_timeout, shutdown_grace, log, rpc_addr, gateways, cluster_secret, rpc_tls_cert,
-            rpc_tls_key, rpc_tls_ca, gateway_queue, ack_timeout, status_interval)
+            rpc_tls_key, rpc_tls_ca, gateway_queue, ack_timeout, status_interval, bus, reuse_port)
     }
 
     /// Fills defaults and validates.
@@ -229,6 +240,13 @@ impl Settings {
                 },
                 tls_ca_pem: self.rpc_tls_ca.map(|path| read_file("rpc_tls_ca", &path)).transpose()?,
             },
+            nats: self.bus.map(|url| NatsConfig {
+                url,
+                announce_interval: Duration::from_secs(1),
+                gateway_ttl: Duration::from_secs(3),
+                publish_timeout: duration(self.ack_timeout, 5_000),
+            }),
+            reuse_port: self.reuse_port.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -271,6 +289,19 @@ impl Config {
             && !secret.as_str().bytes().all(|b| b.is_ascii_graphic())
         {
             bail!("cluster_secret: must be printable ASCII without spaces");
+        }
+        if let Some(nats) = &self.nats {
+            for url in nats.url.split(',') {
+                if !url.trim().starts_with("nats://") && !url.trim().starts_with("tls://") {
+                    bail!(
+                        "bus: `{}` is not nats://HOST:PORT (several are separated by commas)",
+                        url.trim()
+                    );
+                }
+            }
+            if !self.cluster.gateways.is_empty() {
+                bail!("gateways: not used with bus (on NATS, logic finds the gateways by their announcements)");
+            }
         }
         if self.api.max_body_bytes > herald_cluster::MAX_MESSAGE_BYTES / 2 {
             bail!(

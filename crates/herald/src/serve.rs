@@ -14,20 +14,45 @@ use herald_gateway::metrics::GatewayMetrics;
 use herald_gateway::session::Session;
 use herald_hub::{Hub, HubMetrics};
 use herald_logic::ApiMetrics;
+use herald_protocol::bus::Bus;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::NatsNode;
 use crate::config::Config;
 
 /// Binds both listeners from the configuration; the error names the address that failed.
 pub async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let ws = bind_one(config.ws_addr, "ws_addr").await?;
+    let ws = bind_ws(config)?;
     let api = bind_one(config.api_addr, "api_addr").await?;
     Ok((ws, api))
 }
+
+/// Binds the WebSocket listener, with SO_REUSEPORT when `reuse_port` is set (the kernel then spreads new
+/// connections over every process listening on the port).
+pub fn bind_ws(config: &Config) -> anyhow::Result<TcpListener> {
+    let addr = config.ws_addr;
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if config.reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().with_context(|| format!("ws_addr: cannot listen on {addr}"))
+}
+
+/// Pending connections the kernel queues for the WebSocket listener (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds one listener; the error names the setting.
 pub async fn bind_one(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
@@ -41,9 +66,21 @@ pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: Ca
     let (ws_addr, api_addr) = (ws.local_addr()?, api.local_addr()?);
     let mut registry = Registry::default();
     let node = GatewayNode::start(&config, ws, &mut registry);
+    // On NATS, pushes go out through NATS and come back to this hub (and every other) by subscription.
+    let nats = match &config.nats {
+        Some(nats) => Some(NatsNode::connect(nats, "herald-serve", &mut registry).await?),
+        None => None,
+    };
+    let bus: Arc<dyn Bus> = match &nats {
+        Some(nats) => {
+            nats.feed_gateway(&node.hub, ws_addr, api_addr)?;
+            nats.logic_bus()
+        }
+        None => node.hub.clone(),
+    };
     let api_metrics = ApiMetrics::register(&mut registry);
     let router = herald_logic::router(
-        node.hub.clone(),
+        bus,
         Arc::new(registry),
         api_metrics,
         config.api,
@@ -51,10 +88,16 @@ pub async fn run(config: Config, ws: TcpListener, api: TcpListener, shutdown: Ca
     );
     let api_server = HttpServer::start(api, router);
 
-    tracing::info!(ws = %ws_addr, api = %api_addr, "herald serving");
+    tracing::info!(ws = %ws_addr, api = %api_addr, bus = config.nats.as_ref().map_or("memory", |n| n.url.as_str()), "herald serving");
     shutdown.cancelled().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    if let Some(nats) = &nats {
+        nats.close_bus();
+    }
     node.drain(config.shutdown_grace).await;
+    if let Some(nats) = nats {
+        nats.stop().await;
+    }
     api_server.stop("push API").await
 }
 

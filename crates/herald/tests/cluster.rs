@@ -108,20 +108,39 @@ async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
     logic.wait_all_up().await;
     let mut clients = [one.member("seq").await, two.member("seq").await];
 
-    // One sender, each push sent as soon as the previous one was answered: logic keeps their order on each gateway.
-    const PUSHES: usize = 300;
+    // Three senders at once: every gateway must see the pushes in one and the same order, and each sender's
+    // pushes in the order it sent them.
+    const SENDERS: usize = 3;
+    const PUSHES: usize = 100;
     let api = logic.api.0;
-    let sender = tokio::spawn(async move {
-        for n in 0..PUSHES {
-            PushApi(api).push_room("seq", &format!("[{n}]")).await;
-        }
-    });
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            tokio::spawn(async move {
+                for n in 0..PUSHES {
+                    PushApi(api)
+                        .push_room("seq", &format!(r#"[{{"s":{sender},"n":{n}}}]"#))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
     for client in &mut clients {
-        let items = receive_items(client, PUSHES).await;
-        let expected: Vec<Value> = (0..PUSHES).map(|n| json!(n)).collect();
-        assert_eq!(items, expected);
+        let items = receive_items(client, SENDERS * PUSHES).await;
+        for sender in 0..SENDERS {
+            let order: Vec<u64> = items
+                .iter()
+                .filter(|item| item["s"] == sender)
+                .map(|item| item["n"].as_u64().unwrap())
+                .collect();
+            assert_eq!(order, (0..PUSHES as u64).collect::<Vec<_>>(), "sender {sender}");
+        }
+        seen.push(items);
     }
-    sender.await.unwrap();
+    assert_eq!(seen[0], seen[1], "both gateways saw the same order");
+    for sender in senders {
+        sender.await.unwrap();
+    }
     logic.stop().await;
     one.stop().await;
     two.stop().await;
@@ -161,6 +180,13 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
         listener.local_addr().unwrap()
     };
     let logic = TestLogic::start(&[unused], Settings::default()).await;
+    logic
+        .wait_stats("a failed connect", |s| {
+            s["gateways"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connect"))
+        })
+        .await;
     let response = logic.post_form("/push/all", "items=[1]").await;
     assert_eq!(response.status, 503, "{}", response.body);
     let error = response.json()["error"].as_str().unwrap().to_owned();
@@ -169,6 +195,7 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
         "{error}"
     );
     let unreachable = format!(r#"herald_cluster_forwards_total{{gateway="{unused}",result="unreachable"}}"#);
+    assert!(error.contains("Connection refused"), "{error}");
     assert_eq!(logic.metric(&unreachable).await, 1.0);
     assert_eq!(
         logic
@@ -302,4 +329,81 @@ async fn the_hop_can_run_over_tls() {
     plain.stop().await;
     gateway.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A gateway that stops answering (SIGSTOP: its kernel still takes the bytes) costs the other gateway nothing but
+/// the wait for its acks: pushes are answered unconfirmed for it after `ack_timeout`, then refused at once when its
+/// queue is full, and everything it was sent is delivered when it resumes.
+#[tokio::test]
+async fn a_stalled_gateway_fills_its_own_queue_only() {
+    let gateway_args = [
+        "gateway",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--merge-window",
+        "5ms",
+    ];
+    let stalled = HeraldProcess::start(&gateway_args).await;
+    let healthy = HeraldProcess::start(&gateway_args).await;
+    let stalled_rpc = stalled.addr("rpc").to_string();
+    let gateways = format!("{stalled_rpc},{}", healthy.addr("rpc"));
+    let logic = HeraldProcess::start(&[
+        "logic",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateways",
+        &gateways,
+        "--gateway-queue",
+        "2",
+        "--ack-timeout",
+        "300ms",
+    ])
+    .await;
+    let api = PushApi(logic.addr("api"));
+    api.wait_all_up().await;
+    let mut asleep = Client::member(stalled.addr("ws"), "r").await;
+    let mut awake = Client::member(healthy.addr("ws"), "r").await;
+
+    let pid = stalled.child.id().unwrap().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let tally = |answer: &Value| answer["gateways"].clone();
+    for n in 1..=2 {
+        let answer = api.push_room("r", &format!("[{n}]")).await;
+        assert_eq!(
+            tally(&answer),
+            json!({"accepted": 1, "refused": 0, "unconfirmed": 1}),
+            "{answer}"
+        );
+    }
+    // Two pushes outstanding fill its queue: the next is refused for it at once, and taken by the other.
+    let answer = api.push_room("r", "[3]").await;
+    assert_eq!(
+        tally(&answer),
+        json!({"accepted": 1, "refused": 1, "unconfirmed": 0}),
+        "{answer}"
+    );
+    let full = format!(r#"herald_cluster_forwards_total{{gateway="{stalled_rpc}",result="queue_full"}}"#);
+    assert_eq!(api.metric(&full).await, 1.0);
+    assert_eq!(receive_items(&mut awake, 3).await, vec![json!(1), json!(2), json!(3)]);
+
+    // Resumed, it delivers what it was sent (not what it refused), and takes pushes again.
+    signal("-CONT");
+    assert_eq!(receive_items(&mut asleep, 2).await, vec![json!(1), json!(2)]);
+    let accepted = format!(r#"herald_cluster_forwards_total{{gateway="{stalled_rpc}",result="accepted"}}"#);
+    api.wait_metric(&accepted, 2.0).await;
+    let answer = api.push_room("r", "[4]").await;
+    assert_eq!(
+        tally(&answer),
+        json!({"accepted": 2, "refused": 0, "unconfirmed": 0}),
+        "{answer}"
+    );
+    assert_eq!(asleep.next_push().await["items"], json!([4]));
+    assert_eq!(awake.next_push().await["items"], json!([4]));
+    drop((logic, stalled, healthy));
 }

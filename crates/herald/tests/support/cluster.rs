@@ -29,7 +29,7 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(settings: Settings) -> Self {
         let settings = Settings {
-            ws_addr: loopback(),
+            ws_addr: settings.ws_addr.or(loopback()),
             rpc_addr: settings.rpc_addr.or(loopback()),
             log: Some("warn".into()),
             ..settings
@@ -202,5 +202,102 @@ impl HeraldProcess {
             .find(|(k, _)| k == key)
             .map(|(_, addr)| *addr)
             .unwrap_or_else(|| panic!("no {key}= in the serving line: {:?}", self.addrs))
+    }
+}
+
+/// A `nats-server` of the test's own, on a free loopback port, stopped when dropped.
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl NatsServer {
+    /// The binary: `HERALD_NATS_SERVER`, else `nats-server` on the PATH, else Debian's /usr/sbin/nats-server
+    /// (scripts/test installs the package when none is there).
+    fn binary() -> String {
+        if let Ok(path) = std::env::var("HERALD_NATS_SERVER") {
+            return path;
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file()))
+            .unwrap_or(false);
+        if on_path {
+            "nats-server".to_owned()
+        } else {
+            "/usr/sbin/nats-server".to_owned()
+        }
+    }
+
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts on `port` (again, after [`NatsServer::kill`]: the same address clients reconnect to).
+    pub async fn start_on(port: u16) -> Self {
+        let child = Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server (scripts/test installs it)");
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not listen on {port}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Settings that put a herald on this server.
+    pub fn bus(&self) -> Settings {
+        Settings {
+            bus: Some(self.url()),
+            ..Settings::default()
+        }
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone; returns its port.
+    pub async fn kill(mut self) -> u16 {
+        self.child.kill().await.unwrap();
+        self.port
+    }
+}
+
+impl PushApi {
+    /// A sample of `GET /metrics`, or 0 when the sample does not exist (yet).
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        let text = self.http("GET", "/metrics", None, b"").await.body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
+    /// Waits until `sample` equals `value`.
+    pub async fn wait_metric_eq(&self, sample: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        loop {
+            let now = self.metric_or_zero(sample).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
