@@ -44,10 +44,22 @@ SCENARIOS = {
     "cluster_seed": ("cluster (logic + 2 gateways, 5,000 connections each): the seed's rate",
                      ["fanout", "--cluster", "2", "--conns", "10000", "--rate", "1000", "--items", "1",
                       "--item-bytes", "100", "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
+    "nats_10ms": ("NATS (nats-server + logic + 2 gateways sharing one port): the 10 ms window scenario",
+                  ["fanout", "--nats", "2", "--conns", "10000", "--rate", "10", "--items", "1",
+                   "--item-bytes", "100", "--secs", "30", "--merge-window", "10ms"]),
+    "nats_seed": ("NATS (nats-server + logic + 2 gateways sharing one port): the seed's rate",
+                  ["fanout", "--nats", "2", "--conns", "10000", "--rate", "1000", "--items", "1",
+                   "--item-bytes", "100", "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
+    "nats_8_idle": ("many processes: 8 gateways sharing one port behind NATS, 150,000 idle connections",
+                    ["connections", "--nats", "8", "--conns", "150000", "--secs", "3"]),
+    "nats_8_fanout": ("many processes: 8 gateways sharing one port behind NATS, 150,000 connections in one room, "
+                      "one push every 2 s, 1 s window, 20 s",
+                      ["fanout", "--nats", "8", "--conns", "150000", "--rate", "0.5", "--items", "1",
+                       "--item-bytes", "100", "--secs", "20", "--merge-window", "1s"]),
 }
 
-# (single-node scenario, cluster scenario) shown side by side.
-CLUSTER_PAIRS = [("window_10ms", "cluster_10ms"), ("seed", "cluster_seed")]
+# (single node, gRPC cluster, NATS) scenarios shown side by side.
+CLUSTER_PAIRS = [("window_10ms", "cluster_10ms", "nats_10ms"), ("seed", "cluster_seed", "nats_seed")]
 CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "latency_p50_ms", "latency_p99_ms",
                    "server_cpu_secs", "loadgen_cpu_secs"]
 
@@ -159,17 +171,18 @@ def render(results, benches):
             extra = f" ({fmt(result['items_lost'])} lost, {fmt(result['duplicates'])} duplicated)"
         lines.append(f"| {label} | {gopush} | {raw} | {target} | {shown(figure, value)}{extra} | "
                      f"{'yes' if ok else '**no**'} |")
-    pairs = [(single, cluster) for single, cluster in CLUSTER_PAIRS if single in results and cluster in results]
-    if pairs:
-        lines += ["", "## Cluster beside single node", "",
-                  "The same load through `herald logic` to two `herald gateway`s (`--cluster 2`: connections split",
-                  "between the gateways, server CPU summed over all three processes) and through `herald serve`.", ""]
-        header = "| figure | " + " | ".join(f"{single} | {cluster}" for single, cluster in pairs) + " |"
-        lines += [header, "|---|" + "---|---|" * len(pairs)]
+    groups = [[name for name in group if name in results] for group in CLUSTER_PAIRS]
+    groups = [group for group in groups if len(group) > 1]
+    if groups:
+        lines += ["", "## Cluster and NATS beside single node", "",
+                  "The same load through `herald serve`; through `herald logic` to two `herald gateway`s over gRPC",
+                  "(`--cluster 2`: connections split between the gateways); and on NATS (`--nats 2`: a nats-server,",
+                  "logic and two gateways sharing the WebSocket port). Server CPU is summed over all those processes.",
+                  ""]
+        header = "| figure | " + " | ".join(" | ".join(group) for group in groups) + " |"
+        lines += [header, "|---|" + "".join("---|" * len(group) for group in groups)]
         for figure in CLUSTER_FIGURES:
-            cells = []
-            for single, cluster in pairs:
-                cells += [shown(figure, results[single].get(figure)), shown(figure, results[cluster].get(figure))]
+            cells = [shown(figure, results[name].get(figure)) for group in groups for name in group]
             lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", ""]
     for name, (title, args) in SCENARIOS.items():

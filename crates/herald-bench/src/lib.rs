@@ -70,6 +70,11 @@ pub struct Target {
     /// Connections are spread over the gateways, pushes go to logic, CPU and memory are summed over all of them
     #[arg(long, conflicts_with = "ws", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub cluster: Option<u16>,
+    /// Start herald on NATS instead: a nats-server of its own, this many `herald gateway --bus ... --reuse-port`
+    /// sharing one WebSocket port, and one `herald logic --bus ...`. CPU and memory are summed over all of them,
+    /// nats-server included
+    #[arg(long, conflicts_with_all = ["ws", "cluster"], value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nats: Option<u16>,
     /// Worker processes for the connections [default: one per 15,000 connections]
     #[arg(long)]
     pub workers: Option<usize>,
@@ -146,6 +151,8 @@ pub fn run(scenario: Scenario) -> anyhow::Result<()> {
 struct Server {
     /// WebSocket listeners: one, or one per gateway. Workers are spread over them.
     ws: Vec<SocketAddr>,
+    /// Gateways logic must see before the run starts (a cluster or NATS), checked in its `/stats`.
+    gateways: Option<usize>,
     api: Option<SocketAddr>,
     /// Every process of the server, whose CPU and memory are summed.
     pids: Vec<u32>,
@@ -165,6 +172,7 @@ impl Server {
                 api: target.api,
                 pids: target.server_pid.into_iter().collect(),
                 children: Vec::new(),
+                gateways: None,
             });
         }
         let merge = [
@@ -178,10 +186,32 @@ impl Server {
             api: None,
             pids: Vec::new(),
             children: Vec::new(),
+            gateways: None,
         };
         let api = free_port()?;
-        match target.cluster {
-            None => {
+        match (target.cluster, target.nats) {
+            (_, Some(gateways)) => {
+                let url = server.start_nats().await?;
+                let ws = free_port()?;
+                for _ in 0..gateways {
+                    let rpc = free_port()?;
+                    server.spawn(
+                        ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
+                        ["--bus".to_owned(), url.clone(), "--reuse-port".to_owned()]
+                            .iter()
+                            .chain(&merge)
+                            .chain(&target.server_args),
+                    )?;
+                    wait_healthy(rpc).await?;
+                }
+                server.spawn(
+                    ["logic", "--api-addr", &api.to_string(), "--bus", &url],
+                    std::iter::empty(),
+                )?;
+                server.ws.push(ws);
+                server.gateways = Some(gateways.into());
+            }
+            (None, None) => {
                 let ws = free_port()?;
                 server.spawn(
                     ["serve", "--ws-addr", &ws.to_string(), "--api-addr", &api.to_string()],
@@ -189,7 +219,8 @@ impl Server {
                 )?;
                 server.ws.push(ws);
             }
-            Some(gateways) => {
+            (Some(gateways), None) => {
+                server.gateways = Some(gateways.into());
                 let mut rpcs = Vec::new();
                 for _ in 0..gateways {
                     let (ws, rpc) = (free_port()?, free_port()?);
@@ -237,20 +268,54 @@ impl Server {
         Ok(())
     }
 
-    /// Healthy, and in a cluster every gateway linked.
+    /// Starts a nats-server of the bench's own on a free loopback port; returns its URL.
+    async fn start_nats(&mut self) -> anyhow::Result<String> {
+        let addr = free_port()?;
+        let binary = std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| {
+            let on_path = std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file()));
+            if on_path {
+                "nats-server"
+            } else {
+                "/usr/sbin/nats-server"
+            }
+            .to_owned()
+        });
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &addr.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary} (install Debian's nats-server)"))?;
+        self.pids.extend(child.id());
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(format!("nats://{addr}"))
+    }
+
+    /// Healthy, and every gateway known to logic (linked over gRPC, or announced on NATS).
     async fn ready(&self, api: SocketAddr) -> bool {
         if !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
             return false;
         }
-        let cluster = self.children.len() > 1;
-        if !cluster {
+        let Some(gateways) = self.gateways else {
             return true;
-        }
+        };
         let Ok((200, body)) = publisher::get(api, "/stats").await else {
             return false;
         };
-        serde_json::from_str::<serde_json::Value>(&body)
-            .is_ok_and(|stats| stats["gateways_up"].as_u64() == Some(self.ws.len() as u64))
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|stats| {
+            let known = stats["gateways_up"].as_u64().or(stats["gateways_live"].as_u64());
+            known == Some(gateways as u64)
+        })
     }
 
     /// CPU seconds of all the server's processes; `None` when a process is unknown or gone.
@@ -543,6 +608,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
         items: args.items,
         item_bytes: args.item_bytes,
         duration: Duration::from_secs_f64(args.secs),
+        members: conns as u64,
     };
     let bar = progress((args.rate * args.secs).round() as u64, "publishing");
     let published = publisher::run(&plan, &bar).await?;
@@ -613,6 +679,13 @@ async fn wait_for_members(api: SocketAddr, room: Option<&str>, members: usize) -
         let (_, body) = publisher::get(api, "/stats").await?;
         let stats: serde_json::Value = serde_json::from_str(&body)?;
         let have = match stats["gateways"].as_array() {
+            // On NATS: each connection joined one room, and a gateway's members count only once it has confirmed
+            // its subscription (before that, pushes would not reach them).
+            Some(gateways) if stats["bus"] == "nats" => gateways
+                .iter()
+                .filter(|g| room.is_none() || g["subscriptions"].as_u64().unwrap_or(0) > 0)
+                .filter_map(|g| g["connections"].as_u64())
+                .sum(),
             Some(gateways) => gateways.iter().filter_map(|g| g["hub"][key].as_u64()).sum(),
             None => stats[key].as_u64().unwrap_or(0),
         };

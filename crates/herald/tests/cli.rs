@@ -70,6 +70,20 @@ fn cluster_settings_are_checked_at_start() {
     assert!(stderr.contains("rpc_tls_cert: reading /nonexistent.pem"), "{stderr}");
     let stderr = refused(herald().args(["gateway", "--cluster-secret", "two words"]));
     assert!(stderr.contains("cluster_secret: must be printable ASCII"), "{stderr}");
+    let stderr = refused(herald().args(["serve", "--bus", "http://127.0.0.1:4222"]));
+    assert!(
+        stderr.contains("bus: `http://127.0.0.1:4222` is not nats://HOST:PORT"),
+        "{stderr}"
+    );
+    let both = [
+        "logic",
+        "--bus",
+        "nats://127.0.0.1:4222",
+        "--gateways",
+        "127.0.0.1:7788",
+    ];
+    let stderr = refused(herald().args(both));
+    assert!(stderr.contains("gateways: not used with bus"), "{stderr}");
 }
 
 #[test]
