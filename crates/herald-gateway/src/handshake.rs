@@ -44,7 +44,8 @@ pub const OVER_LIMIT: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1
                               Connection: close\r\n\r\nconnection limit hit\n";
 
 /// Reads and classifies one request head. `None` when the peer closed or broke the connection first.
-pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
+/// `upgrade_at_root`: `/` upgrades instead of serving the page (the conformance echo server only).
+pub async fn read_request(stream: &mut TcpStream, upgrade_at_root: bool) -> Option<Request> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut chunk = [0u8; 1024];
@@ -57,7 +58,7 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
-                return Some(classify(&request, &buf[head_len..]));
+                return Some(classify(&request, &buf[head_len..], upgrade_at_root));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
@@ -68,13 +69,14 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     }
 }
 
-fn classify(request: &httparse::Request<'_, '_>, rest: &[u8]) -> Request {
+fn classify(request: &httparse::Request<'_, '_>, rest: &[u8], upgrade_at_root: bool) -> Request {
     if request.method != Some("GET") {
         return Request::Refuse(METHOD_NOT_ALLOWED);
     }
     let path = request.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path);
     match path {
+        "/" if upgrade_at_root => {}
         "/" | "/index.html" => return Request::Page,
         "/connect" => {}
         _ => return Request::Refuse(NOT_FOUND),
@@ -144,7 +146,7 @@ mod tests {
             httparse::Status::Complete(n) => n,
             httparse::Status::Partial => panic!("partial"),
         };
-        classify(&request, &raw.as_bytes()[head_len..])
+        classify(&request, &raw.as_bytes()[head_len..], false)
     }
 
     const UPGRADE: &str = "GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\

@@ -59,6 +59,8 @@ pub struct Gateway {
     metrics: GatewayMetrics,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// Conformance mode (see [`Gateway::new_echo`]): upgrade at `/` and echo every message.
+    echo: bool,
 }
 
 /// The longest a connection refused at the limit is kept while its 503 goes out.
@@ -76,6 +78,23 @@ impl Gateway {
             metrics,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             next_id: AtomicU64::new(1),
+            echo: false,
+        })
+    }
+
+    /// A gateway that speaks no herald protocol: it upgrades at `/` and echoes every text and binary message, so
+    /// the Autobahn conformance suite can exercise herald's own WebSocket layer (handshake, framing,
+    /// fragmentation, UTF-8, close handshake, pings) through `examples/ws_echo.rs`. No flag, setting or
+    /// subcommand of herald reaches it.
+    #[doc(hidden)]
+    pub fn new_echo(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            hub,
+            config,
+            metrics,
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            next_id: AtomicU64::new(1),
+            echo: true,
         })
     }
 
@@ -129,7 +148,11 @@ impl Gateway {
         let Some(permit) = permit else {
             return self.refuse_over_limit(stream).await;
         };
-        let request = tokio::time::timeout(self.config.handshake_timeout, handshake::read_request(&mut stream)).await;
+        let request = tokio::time::timeout(
+            self.config.handshake_timeout,
+            handshake::read_request(&mut stream, self.echo),
+        )
+        .await;
         let (response, outcome, upgrade) = match request {
             Err(_elapsed) => return self.metrics.handshake(Handshake::Timeout),
             Ok(None) => return,

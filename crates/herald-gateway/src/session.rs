@@ -457,6 +457,15 @@ impl MessageCtx<'_> {
         match message {
             Message::Close(code) => Flow::PeerClosed(code),
             _ if self.closing => Flow::Continue,
+            // The conformance echo server (Gateway::new_echo): every message goes back as it came.
+            Message::Text(text) if self.session.gateway.echo => {
+                self.session.deliver(&ws::frame(OpCode::Text, text.as_bytes()));
+                Flow::Continue
+            }
+            Message::Binary(data) if self.session.gateway.echo => {
+                self.session.deliver(&ws::frame(OpCode::Binary, data));
+                Flow::Continue
+            }
             Message::Text(text) => self.on_text(text),
             Message::Binary(_) => self.bad(
                 BadInput::Binary,

@@ -214,6 +214,9 @@ pub enum Message<'a> {
 pub struct Assembler {
     fragments: Vec<u8>,
     fragmented: Option<OpCode>,
+    /// Bytes of a fragmented text message known to be valid UTF-8 so far: each fragment is checked as it arrives
+    /// (a character may still be cut at the end), so invalid text fails at its first bad fragment, not at the last.
+    utf8_valid: usize,
 }
 
 impl Assembler {
@@ -235,6 +238,8 @@ impl Assembler {
             OpCode::Text | OpCode::Binary => {
                 self.fragmented = Some(header.opcode);
                 self.fragments.extend_from_slice(payload);
+                self.utf8_valid = 0;
+                self.check_text_so_far()?;
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -246,6 +251,7 @@ impl Assembler {
                 }
                 self.fragments.extend_from_slice(payload);
                 if !header.fin {
+                    self.check_text_so_far()?;
                     return Ok(None);
                 }
                 self.fragmented = None;
@@ -253,6 +259,19 @@ impl Assembler {
                 whole(opcode, &self.fragments).map(Some)
             }
         }
+    }
+
+    /// Checks the new bytes of a fragmented text message; an incomplete character at the end may yet be completed.
+    fn check_text_so_far(&mut self) -> Result<(), FrameError> {
+        if self.fragmented != Some(OpCode::Text) {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.fragments[self.utf8_valid..]) {
+            Ok(_) => self.utf8_valid = self.fragments.len(),
+            Err(e) if e.error_len().is_none() => self.utf8_valid += e.valid_up_to(),
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        }
+        Ok(())
     }
 
     /// Frees the bytes of a completed fragmented message; call after handling what [`Self::on_frame`] returned.
@@ -445,6 +464,29 @@ mod tests {
         let mut asm = Assembler::default();
         feed(&mut asm, 0x01, &[b'a'; 10]).unwrap();
         assert_eq!(feed(&mut asm, 0x80, &[b'a'; 10]), Err(FrameError::TooBig { limit: 16 }));
+    }
+
+    #[test]
+    fn text_fragments_fail_at_the_first_invalid_one() {
+        // "é" (C3 A9) cut between two fragments is fine; the message is whole at the end.
+        let mut asm = Assembler::default();
+        assert_eq!(feed(&mut asm, 0x01, &[b'a', 0xC3]), Ok(None));
+        assert_eq!(feed(&mut asm, 0x00, &[0xA9, b'b']), Ok(None));
+        assert_eq!(feed(&mut asm, 0x80, b"c"), Ok(Some(Message::Text("aébc"))));
+        // An invalid byte fails its own fragment, before the message is complete.
+        let mut asm = Assembler::default();
+        assert_eq!(feed(&mut asm, 0x01, b"ok"), Ok(None));
+        assert_eq!(feed(&mut asm, 0x00, &[0xFF]), Err(FrameError::InvalidUtf8));
+        let mut asm = Assembler::default();
+        assert_eq!(feed(&mut asm, 0x01, &[0xC3, b'x']), Err(FrameError::InvalidUtf8));
+        // A character still cut when the message ends is invalid.
+        let mut asm = Assembler::default();
+        assert_eq!(feed(&mut asm, 0x01, &[0xE2, 0x82]), Ok(None));
+        assert_eq!(feed(&mut asm, 0x80, &[]), Err(FrameError::InvalidUtf8));
+        // Binary fragments are not text.
+        let mut asm = Assembler::default();
+        assert_eq!(feed(&mut asm, 0x02, &[0xFF]), Ok(None));
+        assert_eq!(feed(&mut asm, 0x80, &[0xFE]), Ok(Some(Message::Binary(&[0xFF, 0xFE]))));
     }
 
     #[test]
