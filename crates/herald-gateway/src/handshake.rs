@@ -54,18 +54,22 @@ pub async fn read_request(stream: &mut TcpStream, upgrade_at_root: bool) -> Opti
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                return Some(classify(&request, &buf[head_len..], upgrade_at_root));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                return Some(Request::Refuse(TOO_LARGE));
-            }
-            Err(_) => return Some(Request::Refuse(BAD_REQUEST)),
+        if let Some(request) = parse_head(&buf, upgrade_at_root) {
+            return Some(request);
         }
+    }
+}
+
+/// Classifies what has arrived of a request so far; `None` while its head is incomplete and within the limit.
+/// Bytes after the head (a client that sent its first frame at once) stay with the upgrade.
+pub fn parse_head(buf: &[u8], upgrade_at_root: bool) -> Option<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => Some(classify(&request, &buf[head_len..], upgrade_at_root)),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => None,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => Some(Request::Refuse(TOO_LARGE)),
+        Err(_) => Some(Request::Refuse(BAD_REQUEST)),
     }
 }
 
