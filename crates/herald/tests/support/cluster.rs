@@ -161,8 +161,22 @@ pub struct HeraldProcess {
 impl HeraldProcess {
     /// Runs `herald <args>` and waits for its "serving" line; the rest of its log is copied to the test's stderr.
     pub async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(args)
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_herald")).args(args), args).await
+    }
+
+    /// As [`HeraldProcess::start`], with the process's soft limit of open files lowered to `limit`.
+    pub async fn start_with_fd_limit(limit: u32, args: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_herald"))
+            .args(args);
+        Self::spawn(&mut command, args).await
+    }
+
+    async fn spawn(command: &mut Command, args: &[&str]) -> Self {
+        let mut child = command
             .env("HERALD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -339,6 +339,11 @@ impl RawClient {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
+        Self::after_handshake(stream).await
+    }
+
+    /// Reads the server's answer to a handshake request already sent on `stream`; panics unless it is 101.
+    pub async fn after_handshake(mut stream: TcpStream) -> Self {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];

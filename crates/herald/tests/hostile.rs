@@ -1,0 +1,214 @@
+//! Hostile clients at scale: a slow consumer among a thousand readers, join/leave storms, one-byte writes, and a
+//! process out of file descriptors. Each test checks that only the offender is affected and that herald recovers.
+
+mod support;
+
+use std::time::Duration;
+
+use herald::config::Settings;
+use serde_json::json;
+use support::cluster::HeraldProcess;
+use support::{Client, PushApi, RawClient, TestServer, duration};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A member of `room` that never reads (and has a tiny receive buffer, so its socket fills fast).
+async fn never_reading_member(server: &TestServer, room: &str) -> RawClient {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = RawClient::handshake(socket.connect(server.ws).await.unwrap(), server.ws).await;
+    let join = format!(r#"{{"type":"JOIN","id":1,"data":{{"room":"{room}"}}}}"#);
+    client.send_frame(0x81, join.as_bytes(), true).await;
+    let (_, ack) = client.read_frame().await.unwrap();
+    assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
+    client
+}
+
+/// A client that never reads fills its socket and then its outbox with a heavy room's traffic and is evicted
+/// (4000), while a thousand clients of another room, pushed to all along, get every item in order, and the heavy
+/// room's other member gets everything too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_evicted_while_a_thousand_others_get_everything() {
+    let server = TestServer::start(Settings {
+        merge_window: duration("0"),
+        outbox_frames: Some(16),
+        write_timeout: duration("1s"),
+        ..Settings::default()
+    })
+    .await;
+    const READERS: usize = 1000;
+    let mut crowd = Vec::new();
+    for _ in 0..READERS {
+        crowd.push(server.member("crowd").await);
+    }
+    let mut heavy_reader = server.member("heavy").await;
+    let _slow = never_reading_member(&server, "heavy").await;
+
+    // Readers read all along, until the last item (-1).
+    let crowd: Vec<_> = crowd
+        .into_iter()
+        .map(|mut reader| {
+            tokio::spawn(async move {
+                let mut items = Vec::new();
+                loop {
+                    // Pushes that wait together go out in one frame: read every item of it.
+                    let data = reader.next_push().await;
+                    for item in data["items"].as_array().unwrap() {
+                        let n = item.as_i64().unwrap();
+                        if n < 0 {
+                            return items;
+                        }
+                        items.push(n);
+                    }
+                }
+            })
+        })
+        .collect();
+    let heavy = tokio::spawn(async move {
+        let mut count = 0;
+        loop {
+            for item in heavy_reader.next_push().await["items"].as_array().unwrap() {
+                if item["n"].as_i64().unwrap() < 0 {
+                    return count;
+                }
+                count += 1;
+            }
+        }
+    });
+
+    // 8 MB for the heavy room: more than the slow one's socket (at most 4 MB here) and outbox (16 frames) hold.
+    // Its connection is then closed as a slow consumer once its close frame has had write_timeout to get out.
+    let pad = "x".repeat(100_000);
+    let slow_closed = r#"herald_closes_total{reason="slow_consumer"}"#;
+    let (mut light, mut heavy_pushes) = (0i64, 0);
+    let deadline = tokio::time::Instant::now() + support::FAILSAFE;
+    while server.metric_or_zero(slow_closed).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow consumer was never evicted"
+        );
+        if heavy_pushes < 80 {
+            server
+                .push_room("heavy", &format!(r#"[{{"n":{heavy_pushes},"pad":"{pad}"}}]"#))
+                .await;
+            heavy_pushes += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.push_room("crowd", &format!("[{light}]")).await;
+        light += 1;
+    }
+    server.push_room("crowd", "[-1]").await;
+    server.push_room("heavy", r#"[{"n":-1}]"#).await;
+    for reader in crowd {
+        assert_eq!(
+            reader.await.unwrap(),
+            (0..light).collect::<Vec<_>>(),
+            "every item, in order"
+        );
+    }
+    assert_eq!(heavy.await.unwrap(), heavy_pushes);
+    assert!(
+        server
+            .metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#)
+            .await
+            >= 1.0
+    );
+    assert_eq!(server.metric(slow_closed).await, 1.0, "only the slow one");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_joins_and_leaves_in_a_tight_loop_leave_nothing_behind() {
+    let server = TestServer::with_window("0").await;
+    let mut storm = server.client().await;
+    // Pipelined without waiting (no ids: go-push clients expect no answer), as fast as the socket takes them.
+    for n in 0..10_000 {
+        let room = format!("room-{}", n % 100);
+        storm
+            .send_text(&format!(r#"{{"type":"JOIN","data":{{"room":"{room}"}}}}"#))
+            .await;
+        storm
+            .send_text(&format!(r#"{{"type":"LEAVE","data":{{"room":"{room}"}}}}"#))
+            .await;
+    }
+    storm.join("last").await;
+    let stats = server.stats().await;
+    assert_eq!(
+        (stats["rooms"].clone(), stats["memberships"].clone()),
+        (json!(1), json!(1)),
+        "{stats}"
+    );
+    server.push_room("last", "[1]").await;
+    assert_eq!(storm.next_push().await["items"], json!([1]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_writing_one_byte_at_a_time_is_understood() {
+    let server = TestServer::with_window("0").await;
+    let stream = TcpStream::connect(server.ws).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut stream = stream;
+    let request = format!(
+        "GET /connect HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.ws
+    );
+    let join = support::encode_client_frame(0x81, br#"{"type":"JOIN","id":7,"data":{"room":"drip"}}"#, true);
+    // The handshake, then a JOIN right behind it, each byte its own TCP segment.
+    for byte in request.as_bytes().iter().chain(&join) {
+        stream.write_all(&[*byte]).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let mut client = RawClient::after_handshake(stream).await;
+    let (_, ack) = client.read_frame().await.unwrap();
+    assert_eq!(ack, br#"{"type":"ACK","id":7}"#);
+    server.push_room("drip", "[1]").await;
+    let (opcode, push) = client.read_frame().await.unwrap();
+    assert_eq!(opcode, 0x1);
+    let push: serde_json::Value = serde_json::from_slice(&push).unwrap();
+    assert_eq!(push["data"]["items"], json!([1]));
+    server.stop().await;
+}
+
+/// Out of file descriptors (the soft limit lowered to 48 for this process), `accept` fails with EMFILE: herald
+/// counts it, backs off, keeps the connections it has, and accepts again once descriptors are free.
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let mut herald = HeraldProcess::start_with_fd_limit(
+        48,
+        &[
+            "serve",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--handshake-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let (ws, api) = (herald.addr("ws"), PushApi(herald.addr("api")));
+    let mut member = Client::member(ws, "r").await;
+
+    // Far more connections than descriptors: the kernel queues them; herald takes what it can.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(TcpStream::connect(ws).await.unwrap());
+    }
+    // The accept loop hits EMFILE; the API listener cannot accept either until descriptors are freed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(flood);
+    api.wait_metric("herald_accept_errors_total", 1.0).await;
+    assert!(herald.child.try_wait().unwrap().is_none(), "herald is still running");
+
+    // The member it had was never disturbed, and new connections work again.
+    api.push_room("r", "[1]").await;
+    assert_eq!(member.next_push().await["items"], json!([1]));
+    let mut newcomer = Client::member(ws, "r").await;
+    api.push_room("r", "[2]").await;
+    assert_eq!(newcomer.next_push().await["items"], json!([2]));
+    assert_eq!(member.next_push().await["items"], json!([2]));
+}
