@@ -56,7 +56,14 @@ SCENARIOS = {
                       "one push every 2 s, 1 s window, 20 s",
                       ["fanout", "--nats", "8", "--conns", "150000", "--rate", "0.5", "--items", "1",
                        "--item-bytes", "100", "--secs", "20", "--merge-window", "1s"]),
+    "churn": ("churn: 10,000 connections stay in one room while 2,000 connections a second join and leave "
+              "(each held 50 ms, dropped with a reset), 10 pushes/s, 10 ms window, 30 s",
+              ["churn", "--conns", "10000", "--churn", "2000", "--hold-ms", "50", "--rate", "10", "--secs", "30",
+               "--merge-window", "10ms"]),
 }
+
+# Memory after a churn storm must come back to within this much of the memory before it.
+CHURN_RSS_MARGIN_PCT = 10
 
 # (single node, gRPC cluster, NATS) scenarios shown side by side.
 CLUSTER_PAIRS = [("window_10ms", "cluster_10ms", "nats_10ms"), ("seed", "cluster_seed", "nats_seed")]
@@ -152,8 +159,9 @@ def shown(figure, value):
 
 def render(results, benches):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [START, "", f"Measured {now} on {machine()}, commit `{commit()}`; server and load generator share the",
-             "machine. Regenerate with `scripts/bench.py`.", "", "## Targets", "",
+    lines = [START, "", f"Rendered {now} on {machine()}, commit `{commit()}`; server and load generator share the",
+             "machine. Regenerate with `scripts/bench.py` (`--only NAME` reruns some scenarios and keeps the others'",
+             "last results; each run below says when and at which commit it was measured).", "", "## Targets", "",
              "| scenario | go-push | raw ceiling | target | herald | met |", "|---|---|---|---|---|---|"]
     for scenario, figure, label, gopush, raw, target, check in TARGETS:
         result = results.get(scenario)
@@ -184,14 +192,30 @@ def render(results, benches):
         for figure in CLUSTER_FIGURES:
             cells = [shown(figure, results[name].get(figure)) for group in groups for name in group]
             lines.append(f"| {figure} | " + " | ".join(cells) + " |")
+    churn = results.get("churn")
+    if churn:
+        growth = churn["server_rss_after_vs_before_pct"]
+        held = growth is not None and growth <= CHURN_RSS_MARGIN_PCT
+        lines += ["", "## Churn", "",
+                  f"{fmt(churn['churn_cycles'])} connections joined and left ({fmt(churn['churn_per_sec'])}/s, "
+                  f"{fmt(churn['churn_errors'])} errors) while {fmt(churn['connections'])} stayed: they got "
+                  f"{fmt(churn['items_received'])} of {fmt(churn['items_expected'])} items "
+                  f"({fmt(churn['items_lost'])} lost, {fmt(churn['duplicates'])} duplicated, "
+                  f"{fmt(churn['sequence_gaps'])} gaps), p99 {shown('latency_p99_ms', churn['latency_p99_ms'])}. "
+                  f"Server RSS {churn['server_rss_before_bytes'] / 1e6:.1f} MB before, "
+                  f"{churn['server_rss_peak_bytes'] / 1e6:.1f} MB at the peak, "
+                  f"{churn['server_rss_after_bytes'] / 1e6:.1f} MB 3 s after ({growth:+.1f}%): "
+                  f"{'within' if held else '**outside**'} the {CHURN_RSS_MARGIN_PCT}% margin."]
     lines += ["", "## Runs", ""]
     for name, (title, args) in SCENARIOS.items():
         result = results.get(name)
         if result is None:
             continue
-        lines += [f"### {title}", "", "```", "herald bench " + " ".join(args), "```", "",
-                  "| figure | value |", "|---|---|"]
-        lines += [f"| {k} | {fmt(v)} |" for k, v in result.items() if k != "scenario"]
+        lines += [f"### {title}", "", "```", "herald bench " + " ".join(args), "```", ""]
+        if "_measured" in result:
+            lines += [f"Measured {result['_measured']}.", ""]
+        lines += ["| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in result.items() if k != "scenario" and not k.startswith("_")]
         lines.append("")
     if benches:
         lines += ["## Criterion", "", "```", " ".join(CRITERION), "```", "",
@@ -220,10 +244,16 @@ def main():
         with open(saved) as f:
             results = json.load(f)
     else:
+        # With --only, the other scenarios keep their last results.
         results = {}
+        if opts.only and os.path.exists(saved):
+            with open(saved) as f:
+                results = json.load(f)
         for name in opts.only or SCENARIOS:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results[name] = run(SCENARIOS[name][1])
+            measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            results[name]["_measured"] = f"{measured} at commit `{commit()}`"
         with open(saved, "w") as f:
             json.dump(results, f)
     benches = [] if opts.no_criterion else criterion()

@@ -38,6 +38,9 @@ pub enum Scenario {
     Connections(ConnectionsArgs),
     /// Push at a fixed rate to N connections, report throughput, latency, loss and CPU.
     Fanout(FanoutArgs),
+    /// Connect/disconnect storms while pushes flow: errors, latency of the connections that stay, and memory
+    /// before, during and after.
+    Churn(ChurnArgs),
 }
 
 /// Where the load goes, and how herald is started when the bench starts it.
@@ -126,17 +129,45 @@ pub struct FanoutArgs {
     pub target: Target,
 }
 
+/// `herald bench churn`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChurnArgs {
+    /// Connections that stay for the whole run; each must get every item once, in order
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connections opened, joined and dropped per second during the run
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn: f64,
+    /// How long each churning connection stays, in milliseconds (dropped with a reset)
+    #[arg(long, default_value_t = 50)]
+    pub hold_ms: u64,
+    /// Pushes per second to the room, during the churn
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds of churn and pushes
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Room every connection joins
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
 /// Runs a scenario and prints its result.
 pub fn run(scenario: Scenario) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let json = match &scenario {
         Scenario::Connections(args) => args.target.json,
         Scenario::Fanout(args) => args.target.json,
+        Scenario::Churn(args) => args.target.json,
     };
     let result = runtime.block_on(async {
         match scenario {
             Scenario::Connections(args) => connections(args).await,
             Scenario::Fanout(args) => fanout(args).await,
+            Scenario::Churn(args) => churn(args).await,
         }
     })?;
     if json {
@@ -412,22 +443,29 @@ impl Workers {
                 room: room.map(str::to_owned),
                 index: index as u8,
                 ping_every_ms: 20_000,
+                churn_per_sec: 0.0,
+                churn_hold_ms: 0,
+                churn_secs: 0.0,
             };
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("bench-worker")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting a bench worker")?;
-            let mut stdin = child.stdin.take().expect("piped");
-            stdin
-                .write_all(format!("{}\n", serde_json::to_string(&plan)?).as_bytes())
-                .await?;
-            let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-            procs.push((child, stdin, lines));
+            procs.push(spawn_worker(&plan).await?);
         }
         Ok(Self { procs })
+    }
+
+    /// Adds a worker that holds no connection and churns on its `churn` command; waits until it is ready.
+    async fn add_churner(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        let mut worker = spawn_worker(plan).await?;
+        worker.2.next_line().await?.context("the churn worker exited")?;
+        self.procs.push(worker);
+        Ok(())
+    }
+
+    /// Sends `command` to the last worker added and waits for its answer.
+    async fn command_last(&mut self, command: &str) -> anyhow::Result<()> {
+        let (_, stdin, lines) = self.procs.last_mut().context("no worker")?;
+        stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        lines.next_line().await?.context("a bench worker exited")?;
+        Ok(())
     }
 
     async fn next_events(&mut self) -> anyhow::Result<Vec<Event>> {
@@ -467,6 +505,21 @@ impl Workers {
         Ok(total)
     }
 
+    /// Waits until `expected` items have arrived, or nothing more arrives for 5 s.
+    async fn drain(&mut self, expected: u64) -> anyhow::Result<()> {
+        let mut received = self.items().await?;
+        let mut last_change = Instant::now();
+        while received < expected && last_change.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.items().await?;
+            if now != received {
+                received = now;
+                last_change = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     async fn items(&mut self) -> anyhow::Result<u64> {
         Ok(self
             .command("status")
@@ -492,6 +545,22 @@ impl Workers {
             })
             .collect())
     }
+}
+
+async fn spawn_worker(plan: &Plan) -> anyhow::Result<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("bench-worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a bench worker")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(format!("{}\n", serde_json::to_string(plan)?).as_bytes())
+        .await?;
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Ok((child, stdin, lines))
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -609,22 +678,13 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
         item_bytes: args.item_bytes,
         duration: Duration::from_secs_f64(args.secs),
         members: conns as u64,
+        fixed_members: false,
     };
     let bar = progress((args.rate * args.secs).round() as u64, "publishing");
     let published = publisher::run(&plan, &bar).await?;
     bar.finish_and_clear();
 
-    // Drain: wait until everything expected arrived, or nothing more arrives for a while.
-    let mut received = workers.items().await?;
-    let mut last_change = Instant::now();
-    while received < published.expected_items && last_change.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = workers.items().await?;
-        if now != received {
-            received = now;
-            last_change = Instant::now();
-        }
-    }
+    workers.drain(published.expected_items).await?;
     let server_cpu = match (cpu_before, server.cpu_secs()) {
         (Some(b), Some(a)) => serde_json::json!(a - b),
         _ => serde_json::Value::Null,
@@ -632,8 +692,23 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let reports = workers.finish().await?;
     server.stop().await;
 
+    let mut out = Outcome {
+        scenario: "fanout",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    put_delivery(&mut out, &reports, &published);
+    out.put("server_cpu_secs", server_cpu);
+    out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
+    Ok(out)
+}
+
+/// Puts what the receivers saw of `published`: pushes, items expected, received, lost, gaps, duplicates,
+/// throughput and latency percentiles.
+fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Published) {
     let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
-    for report in &reports {
+    for report in reports {
         for &(value, count) in &report.latency_us {
             latency.record_n(value, count).expect("recorded values fit");
         }
@@ -642,13 +717,6 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let (items, frames) = (sum(|r| r.items), sum(|r| r.frames));
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     let secs = published.elapsed.as_secs_f64();
-
-    let mut out = Outcome {
-        scenario: "fanout",
-        ..Outcome::default()
-    };
-    out.put("connections", conns);
-    out.put("connect_errors", errors);
     out.put("pushes_sent", published.sent);
     out.put("pushes_refused", published.refused);
     out.put("publish_secs", secs);
@@ -665,9 +733,116 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     out.put("latency_p99_ms", ms(0.99));
     out.put("latency_p999_ms", ms(0.999));
     out.put("latency_max_ms", latency.max() as f64 / 1000.0);
+}
+
+async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {
+    let server = Server::start_or_attach(&args.target).await?;
+    let api = server.api.context("churn needs the push API: pass --api with --ws")?;
+    let room = Some(args.room.as_str());
+    let mut workers = Workers::start(&server, args.conns, room, args.target.workers).await?;
+    let bar = progress(args.conns as u64, "connecting");
+    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
+    bar.finish_and_clear();
+    wait_for_members(api, room, conns).await?;
+    workers
+        .add_churner(&Plan {
+            target: server.ws[0],
+            conns: 0,
+            room: Some(args.room.clone()),
+            index: 0,
+            ping_every_ms: 20_000,
+            churn_per_sec: args.churn,
+            churn_hold_ms: args.hold_ms,
+            churn_secs: args.secs,
+        })
+        .await?;
+    // Settled, before the storm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = server.rss_bytes();
+    let cpu_before = server.cpu_secs();
+
+    // Memory during the storm: sampled every 250 ms, the peak kept.
+    let pids = server.pids.clone();
+    let sampling = CancellationFlag::default();
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut peak = 0u64;
+            while !sampling.is_set() {
+                let rss: Option<u64> = pids.iter().map(|&pid| proc::rss_bytes(pid)).sum();
+                peak = peak.max(rss.unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            peak
+        }
+    });
+    workers.command_last("churn").await?;
+    let plan = publisher::Plan {
+        api,
+        room: Some(args.room.clone()),
+        rate: args.rate,
+        items: 1,
+        item_bytes: 100,
+        duration: Duration::from_secs_f64(args.secs),
+        members: conns as u64,
+        fixed_members: true,
+    };
+    let bar = progress((args.rate * args.secs).round() as u64, "publishing");
+    let published = publisher::run(&plan, &bar).await?;
+    bar.finish_and_clear();
+    workers.drain(published.expected_items).await?;
+    sampling.set();
+    let rss_peak = sampler.await?;
+    // After the storm: churning connections closed and their memory given back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = server.rss_bytes();
+    let server_cpu = match (cpu_before, server.cpu_secs()) {
+        (Some(b), Some(a)) => serde_json::json!(a - b),
+        _ => serde_json::Value::Null,
+    };
+    let reports = workers.finish().await?;
+    server.stop().await;
+
+    let cycles: u64 = reports.iter().map(|r| r.churn_cycles).sum();
+    let mut out = Outcome {
+        scenario: "churn",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    out.put("churn_asked_per_sec", args.churn);
+    out.put("churn_cycles", cycles);
+    out.put("churn_per_sec", cycles as f64 / published.elapsed.as_secs_f64());
+    out.put("churn_errors", reports.iter().map(|r| r.churn_errors).sum::<u64>());
+    put_delivery(&mut out, &reports, &published);
+    let bytes = |value: Option<u64>| value.map_or(serde_json::Value::Null, Into::into);
+    out.put("server_rss_before_bytes", bytes(rss_before));
+    out.put("server_rss_peak_bytes", rss_peak);
+    out.put("server_rss_after_bytes", bytes(rss_after));
+    out.put(
+        "server_rss_after_vs_before_pct",
+        match (rss_before, rss_after) {
+            (Some(b), Some(a)) if b > 0 => serde_json::json!((a as f64 - b as f64) * 100.0 / b as f64),
+            _ => serde_json::Value::Null,
+        },
+    );
     out.put("server_cpu_secs", server_cpu);
     out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
     Ok(out)
+}
+
+/// A flag one task sets and another polls.
+#[derive(Clone, Default)]
+struct CancellationFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancellationFlag {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections: herald serve's own

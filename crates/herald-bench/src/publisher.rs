@@ -30,6 +30,8 @@ pub struct Plan {
     /// Connections that should get each push, for a server that answers `recipients: null` (herald on NATS
     /// cannot know them); herald's own count is used otherwise.
     pub members: u64,
+    /// Expect `members` whatever herald counts (churn: connections that come and go are not checked).
+    pub fixed_members: bool,
 }
 
 /// What was published.
@@ -81,6 +83,7 @@ pub async fn run(plan: &Plan, progress: &ProgressBar) -> anyhow::Result<Publishe
             200 => {
                 let answer: serde_json::Value = serde_json::from_str(&answer)?;
                 let recipients = match &answer["recipients"] {
+                    _ if plan.fixed_members => plan.members,
                     serde_json::Value::Null => plan.members,
                     counted => counted.as_u64().unwrap_or(0),
                 };

@@ -47,6 +47,16 @@ pub struct Plan {
     pub index: u8,
     /// Interval between a connection's PINGs.
     pub ping_every_ms: u64,
+    /// Churn, on the `churn` command: connections opened (and joined) per second, each dropped after `churn_hold_ms`
+    /// with a reset, for `churn_secs`. Zero: no churn.
+    #[serde(default)]
+    pub churn_per_sec: f64,
+    /// How long a churning connection stays.
+    #[serde(default)]
+    pub churn_hold_ms: u64,
+    /// How long the churn lasts.
+    #[serde(default)]
+    pub churn_secs: f64,
 }
 
 /// What a worker reports.
@@ -90,6 +100,12 @@ pub struct Report {
     pub latency_us: Vec<(u64, u64)>,
     /// CPU seconds this worker used.
     pub cpu_secs: f64,
+    /// Churning connections opened, joined and dropped.
+    #[serde(default)]
+    pub churn_cycles: u64,
+    /// Churning connections that failed to connect or were refused.
+    #[serde(default)]
+    pub churn_errors: u64,
 }
 
 struct Shared {
@@ -140,6 +156,12 @@ pub fn main() -> anyhow::Result<()> {
                     let items = shared.totals.lock().unwrap().items;
                     emit(&Event::Status { items });
                 }
+                "churn" => {
+                    tokio::spawn(churn(plan.clone(), Arc::clone(&shared)));
+                    emit(&Event::Status {
+                        items: shared.totals.lock().unwrap().items,
+                    });
+                }
                 _ => break,
             }
         }
@@ -179,7 +201,7 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
         let (shared, stop) = (Arc::clone(shared), stop.clone());
         let ping_every = Duration::from_millis(plan.ping_every_ms);
         tokio::spawn(async move {
-            let opened = open(SocketAddrV4::new(source, port), target, join.as_deref()).await;
+            let opened = open(SocketAddrV4::new(source, port), target, join.as_deref(), false).await;
             drop(permit);
             let _ = done_tx.send(opened.is_ok());
             drop(done_tx);
@@ -202,12 +224,21 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
 
 /// Connects from `source` (or the same address one port block up, if that port is taken), completes the
 /// WebSocket handshake and joins the room.
-async fn open(source: SocketAddrV4, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
+async fn open(
+    source: SocketAddrV4,
+    target: SocketAddr,
+    join: Option<&[u8]>,
+    reset_on_close: bool,
+) -> io::Result<TcpStream> {
     let mut attempt = 0;
     let socket = loop {
         let socket = TcpSocket::new_v4()?;
         // A port left in TIME_WAIT by an earlier run may be bound again.
         socket.set_reuseaddr(true)?;
+        if reset_on_close {
+            // Through socket2: tokio deprecates its setter because a non-zero linger blocks on drop; zero never does.
+            socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO))?;
+        }
         let port = source.port() + attempt * CONNS_PER_SOURCE as u16;
         match socket.bind(SocketAddr::V4(SocketAddrV4::new(*source.ip(), port))) {
             Ok(()) => break socket,
@@ -238,6 +269,49 @@ async fn open(source: SocketAddrV4, target: SocketAddr, join: Option<&[u8]>) -> 
         stream.write_all(join).await?;
     }
     Ok(stream)
+}
+
+/// Opens, joins and drops connections at `plan.churn_per_sec` for `plan.churn_secs`, from 127.2.INDEX.N with
+/// kernel-chosen ports; each is dropped with a reset (linger 0) so no port waits in TIME_WAIT.
+async fn churn(plan: Plan, shared: Arc<Shared>) {
+    if plan.churn_per_sec <= 0.0 {
+        return;
+    }
+    let join = plan.room.as_deref().map(join_frame);
+    let every = Duration::from_secs_f64(1.0 / plan.churn_per_sec);
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(plan.churn_secs);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut n: u32 = 0;
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            // More churners in flight than allowed: the server is slower than the asked rate; count it.
+            shared.totals.lock().unwrap().churn_errors += 1;
+            continue;
+        };
+        n = n.wrapping_add(1);
+        let source = Ipv4Addr::new(127, 2, plan.index, 1 + (n % 200) as u8);
+        let (target, join, shared) = (plan.target, join.clone(), Arc::clone(&shared));
+        let hold = Duration::from_millis(plan.churn_hold_ms);
+        tokio::spawn(async move {
+            match open_churning(source, target, join.as_deref()).await {
+                Ok(stream) => {
+                    shared.totals.lock().unwrap().churn_cycles += 1;
+                    tokio::time::sleep(hold).await;
+                    drop(stream);
+                }
+                Err(_) => shared.totals.lock().unwrap().churn_errors += 1,
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn open_churning(source: Ipv4Addr, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
+    // Port 0: the kernel picks one of this source address's ports. Linger 0: closing resets the connection.
+    open(SocketAddrV4::new(source, 0), target, join, true).await
 }
 
 async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, ping_every: Duration) {
