@@ -72,14 +72,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 impl Gateway {
     /// Creates the gateway around a hub.
     pub fn new(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
-        Arc::new(Self {
-            hub,
-            config,
-            metrics,
-            permits: Arc::new(Semaphore::new(config.max_connections)),
-            next_id: AtomicU64::new(1),
-            echo: false,
-        })
+        Self::build(hub, config, metrics, false)
     }
 
     /// A gateway that speaks no herald protocol: it upgrades at `/` and echoes every text and binary message, so
@@ -88,13 +81,17 @@ impl Gateway {
     /// subcommand of herald reaches it.
     #[doc(hidden)]
     pub fn new_echo(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
+        Self::build(hub, config, metrics, true)
+    }
+
+    fn build(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics, echo: bool) -> Arc<Self> {
         Arc::new(Self {
             hub,
             config,
             metrics,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             next_id: AtomicU64::new(1),
-            echo: true,
+            echo,
         })
     }
 

@@ -10,16 +10,6 @@ use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, TestGateway, TestLogic};
 use support::{Client, PushApi, duration};
 
-/// Reads PUSH frames until `count` items have arrived; returns them in arrival order.
-async fn receive_items(client: &mut Client, count: usize) -> Vec<Value> {
-    let mut items = Vec::new();
-    while items.len() < count {
-        let data = client.next_push().await;
-        items.extend(data["items"].as_array().unwrap().iter().cloned());
-    }
-    items
-}
-
 fn secret(text: &str) -> Settings {
     Settings {
         cluster_secret: Some(text.into()),
@@ -126,7 +116,7 @@ async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
         .collect();
     let mut seen = Vec::new();
     for client in &mut clients {
-        let items = receive_items(client, SENDERS * PUSHES).await;
+        let items = client.items(SENDERS * PUSHES).await;
         for sender in 0..SENDERS {
             let order: Vec<u64> = items
                 .iter()
@@ -246,10 +236,10 @@ async fn a_cluster_of_processes_survives_a_killed_gateway() {
         answers
     });
     // Kill the gateway once the stream is under way (a frame may carry several items: keep all of them).
-    let mut seen = receive_items(&mut watcher, 100).await;
+    let mut seen = watcher.items(100).await;
     doomed.child.start_kill().unwrap();
     doomed.child.wait().await.unwrap();
-    let rest = receive_items(&mut watcher, PUSHES - seen.len()).await;
+    let rest = watcher.items(PUSHES - seen.len()).await;
     seen.extend(rest);
     assert_eq!(seen, (0..PUSHES).map(|n| json!(n)).collect::<Vec<_>>());
     for answer in sender.await.unwrap() {
@@ -390,11 +380,11 @@ async fn a_stalled_gateway_fills_its_own_queue_only() {
     );
     let full = format!(r#"herald_cluster_forwards_total{{gateway="{stalled_rpc}",result="queue_full"}}"#);
     assert_eq!(api.metric(&full).await, 1.0);
-    assert_eq!(receive_items(&mut awake, 3).await, vec![json!(1), json!(2), json!(3)]);
+    assert_eq!(awake.items(3).await, vec![json!(1), json!(2), json!(3)]);
 
     // Resumed, it delivers what it was sent (not what it refused), and takes pushes again.
     signal("-CONT");
-    assert_eq!(receive_items(&mut asleep, 2).await, vec![json!(1), json!(2)]);
+    assert_eq!(asleep.items(2).await, vec![json!(1), json!(2)]);
     let accepted = format!(r#"herald_cluster_forwards_total{{gateway="{stalled_rpc}",result="accepted"}}"#);
     api.wait_metric(&accepted, 2.0).await;
     let answer = api.push_room("r", "[4]").await;

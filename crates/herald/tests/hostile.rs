@@ -10,19 +10,7 @@ use serde_json::json;
 use support::cluster::HeraldProcess;
 use support::{Client, PushApi, RawClient, TestServer, duration};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A member of `room` that never reads (and has a tiny receive buffer, so its socket fills fast).
-async fn never_reading_member(server: &TestServer, room: &str) -> RawClient {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = RawClient::handshake(socket.connect(server.ws).await.unwrap(), server.ws).await;
-    let join = format!(r#"{{"type":"JOIN","id":1,"data":{{"room":"{room}"}}}}"#);
-    client.send_frame(0x81, join.as_bytes(), true).await;
-    let (_, ack) = client.read_frame().await.unwrap();
-    assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
-    client
-}
+use tokio::net::TcpStream;
 
 /// A client that never reads fills its socket and then its outbox with a heavy room's traffic and is evicted
 /// (4000), while a thousand clients of another room, pushed to all along, get every item in order, and the heavy
@@ -42,7 +30,7 @@ async fn a_client_that_never_reads_is_evicted_while_a_thousand_others_get_everyt
         crowd.push(server.member("crowd").await);
     }
     let mut heavy_reader = server.member("heavy").await;
-    let _slow = never_reading_member(&server, "heavy").await;
+    let _slow = support::never_reading_member(server.ws, "heavy").await;
 
     // Readers read all along, until the last item (-1).
     let crowd: Vec<_> = crowd

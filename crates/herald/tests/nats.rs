@@ -10,16 +10,6 @@ use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, NatsServer, TestGateway, TestLogic};
 use support::{Client, PushApi, TestServer, duration};
 
-/// Reads PUSH frames until `count` items have arrived; returns them in arrival order.
-async fn receive_items(client: &mut Client, count: usize) -> Vec<Value> {
-    let mut items = Vec::new();
-    while items.len() < count {
-        let data = client.next_push().await;
-        items.extend(data["items"].as_array().unwrap().iter().cloned());
-    }
-    items
-}
-
 fn with_window(nats: &NatsServer, window: &str) -> Settings {
     Settings {
         merge_window: duration(window),
@@ -63,10 +53,7 @@ async fn a_gateway_receives_only_the_rooms_it_holds() {
         // On NATS logic cannot know the recipients: it says so rather than guess.
         assert_eq!(answer, json!({"items": 1, "recipients": null}));
     }
-    assert_eq!(
-        receive_items(&mut member, 5).await,
-        (0..5).map(|n| json!(n)).collect::<Vec<_>>()
-    );
+    assert_eq!(member.items(5).await, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
     assert_eq!(holder.internal().metric(ROOM_MESSAGES).await, 5.0);
     // The bystander has members, but none in that room: not one of its messages reached it.
     assert_eq!(bystander.internal().metric_or_zero(ROOM_MESSAGES).await, 0.0);
@@ -136,7 +123,7 @@ async fn three_gateways_and_two_logic_nodes_need_no_configuration() {
         })
         .collect();
     for client in &mut clients {
-        let items = receive_items(client, 2 * PUSHES).await;
+        let items = client.items(2 * PUSHES).await;
         for node in 0..2 {
             let order: Vec<u64> = items
                 .iter()
@@ -249,7 +236,7 @@ async fn delivery_resumes_after_nats_restarts() {
     // A probe push published before the one that got through may still arrive first: skip those.
     let mut items = Vec::new();
     while items.len() < 20 {
-        let more = receive_items(&mut member, 1).await;
+        let more = member.items(1).await;
         items.extend(more.into_iter().filter(|item| item.as_u64().is_some_and(|n| n < 1000)));
     }
     assert_eq!(items, (0..20).map(|n| json!(n)).collect::<Vec<_>>());

@@ -6,7 +6,7 @@ mod support;
 use herald::config::Settings;
 use support::{RawClient, TestServer, duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Sends `frame` on a fresh connection and returns the close code herald answers with, checking that another
 /// connection in the same room is untouched and that the input was counted as `kind`.
@@ -116,17 +116,6 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
 }
 
 /// A member of `room` that will never read again; a tiny receive buffer makes the kernel hold little for it.
-async fn non_reading_member(server: &TestServer, room: &str) -> RawClient {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = RawClient::handshake(socket.connect(server.ws).await.unwrap(), server.ws).await;
-    let join = format!(r#"{{"type":"JOIN","id":1,"data":{{"room":"{room}"}}}}"#);
-    client.send_frame(0x81, join.as_bytes(), true).await;
-    let (_, ack) = client.read_frame().await.unwrap();
-    assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     let settings = Settings {
@@ -140,7 +129,7 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     for _ in 0..3 {
         readers.push(server.member("feed").await);
     }
-    let mut slow = non_reading_member(&server, "feed").await;
+    let mut slow = support::never_reading_member(server.ws, "feed").await;
 
     let pushes = 120;
     let pad = "x".repeat(100_000);
@@ -191,7 +180,7 @@ async fn a_write_stalled_past_the_write_timeout_evicts_the_connection() {
         ..Settings::default()
     };
     let server = TestServer::start(settings).await;
-    let _stalled = non_reading_member(&server, "s").await;
+    let _stalled = support::never_reading_member(server.ws, "s").await;
     let pad = "y".repeat(100_000);
     for n in 0..60 {
         server.push_room("s", &format!(r#"[{{"n":{n},"pad":"{pad}"}}]"#)).await;

@@ -227,6 +227,16 @@ impl Client {
         json["data"].clone()
     }
 
+    /// Reads PUSH frames until `count` items have arrived (a frame may carry several); returns them in order.
+    pub async fn items(&mut self, count: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        while items.len() < count {
+            let data = self.next_push().await;
+            items.extend(data["items"].as_array().unwrap().iter().cloned());
+        }
+        items
+    }
+
     /// Sends a request with a fresh id and returns the reply with that id.
     pub async fn request(&mut self, kind: &str, room: &str) -> Value {
         let id = self.next_id;
@@ -253,6 +263,18 @@ impl Client {
             }
         }
     }
+}
+
+/// A member of `room` on `ws` that never reads, with a tiny receive buffer so its socket fills fast.
+pub async fn never_reading_member(ws: SocketAddr, room: &str) -> RawClient {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = RawClient::handshake(socket.connect(ws).await.unwrap(), ws).await;
+    let join = format!(r#"{{"type":"JOIN","id":1,"data":{{"room":"{room}"}}}}"#);
+    client.send_frame(0x81, join.as_bytes(), true).await;
+    let (_, ack) = client.read_frame().await.unwrap();
+    assert_eq!(ack, br#"{"type":"ACK","id":1}"#);
+    client
 }
 
 /// A response from [`http`].
