@@ -758,8 +758,8 @@ impl ClusterMetrics {
 
 /// One gateway's handles into [`ClusterMetrics`], taken once.
 struct LinkMetrics {
-    gateway: String,
-    forwards: Family<ForwardLabels, Counter>,
+    /// One counter per result, taken from the family once: counting a push allocates nothing.
+    forwards: Vec<(&'static str, Counter)>,
     up: Gauge,
     connections: Gauge,
     rooms: Gauge,
@@ -767,23 +767,39 @@ struct LinkMetrics {
     disconnects: Counter,
 }
 
+/// Every result a forwarded push can have (the `result` label of `herald_cluster_forwards_total`).
+const FORWARD_RESULTS: [&str; 8] = [
+    "accepted",
+    "unreachable",
+    "queue_full",
+    "unconfirmed",
+    "gateway_queue_full",
+    "gateway_shutting_down",
+    "gateway_too_many_items",
+    "gateway_refused",
+];
+
 impl LinkMetrics {
     /// Counts one push's result for this gateway.
     fn count(&self, result: &'static str) {
-        let labels = ForwardLabels {
-            gateway: self.gateway.clone(),
-            result,
-        };
-        self.forwards.get_or_create(&labels).inc();
+        if let Some((_, counter)) = self.forwards.iter().find(|(name, _)| *name == result) {
+            counter.inc();
+        }
     }
 
     fn new(metrics: &ClusterMetrics, addr: &str) -> Self {
         let label = GatewayLabel {
             gateway: addr.to_owned(),
         };
+        let forward = |result: &'static str| {
+            let labels = ForwardLabels {
+                gateway: addr.to_owned(),
+                result,
+            };
+            (result, metrics.forwards.get_or_create(&labels).clone())
+        };
         Self {
-            gateway: addr.to_owned(),
-            forwards: metrics.forwards.clone(),
+            forwards: FORWARD_RESULTS.into_iter().map(forward).collect(),
             up: metrics.up.get_or_create(&label).clone(),
             connections: metrics.connections.get_or_create(&label).clone(),
             rooms: metrics.rooms.get_or_create(&label).clone(),
@@ -796,6 +812,28 @@ impl LinkMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_result_label_has_a_counter() {
+        let outcomes = [
+            Outcome::unreachable(),
+            Outcome::Accepted { recipients: 0 },
+            Outcome::Unconfirmed("test"),
+        ];
+        for outcome in outcomes {
+            assert!(FORWARD_RESULTS.contains(&outcome.result_label()));
+        }
+        for reason in 0..=4 {
+            let ack = pb::Ack {
+                result: Some(ack::Result::Refused(pb::Refused {
+                    reason,
+                    retry_after_secs: 1,
+                    limit: 1,
+                })),
+            };
+            assert!(FORWARD_RESULTS.contains(&Outcome::from_ack(&ack).result_label()));
+        }
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
