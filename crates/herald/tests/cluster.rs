@@ -397,3 +397,27 @@ async fn a_stalled_gateway_fills_its_own_queue_only() {
     assert_eq!(awake.next_push().await["items"], json!([4]));
     drop((logic, stalled, healthy));
 }
+
+#[tokio::test]
+async fn a_push_every_gateway_finds_too_large_is_413_not_503() {
+    let small = Settings {
+        queue_items: Some(3),
+        ..Settings::default()
+    };
+    let (one, two) = (TestGateway::start(small.clone()).await, TestGateway::start(small).await);
+    let logic = TestLogic::start(&[one.rpc, two.rpc], Settings::default()).await;
+    logic.wait_all_up().await;
+    let response = logic.post_form("/push/all", "items=[1,2,3,4]").await;
+    assert_eq!(response.status, 413, "{}", response.body);
+    assert_eq!(response.json()["field"], "items");
+    let too_many = format!(
+        r#"herald_cluster_forwards_total{{gateway="{}",result="gateway_too_many_items"}}"#,
+        one.rpc
+    );
+    assert_eq!(logic.metric(&too_many).await, 1.0);
+    // Within the limit it goes through.
+    assert_eq!(logic.push_all("[1,2,3]").await["gateways"]["accepted"], 2);
+    logic.stop().await;
+    one.stop().await;
+    two.stop().await;
+}
