@@ -117,14 +117,7 @@ async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
     let mut seen = Vec::new();
     for client in &mut clients {
         let items = client.items(SENDERS * PUSHES).await;
-        for sender in 0..SENDERS {
-            let order: Vec<u64> = items
-                .iter()
-                .filter(|item| item["s"] == sender)
-                .map(|item| item["n"].as_u64().unwrap())
-                .collect();
-            assert_eq!(order, (0..PUSHES as u64).collect::<Vec<_>>(), "sender {sender}");
-        }
+        support::assert_each_in_order(&items, "s", SENDERS, PUSHES);
         seen.push(items);
     }
     assert_eq!(seen[0], seen[1], "both gateways saw the same order");
@@ -196,28 +189,39 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
     logic.stop().await;
 }
 
+/// Two `herald gateway` processes (`--merge-window 5ms`) and a `herald logic` forwarding to both (with
+/// `logic_args`), every link up.
+async fn process_cluster(logic_args: &[&str]) -> (HeraldProcess, HeraldProcess, HeraldProcess, PushApi) {
+    let gateway = [
+        "gateway",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--merge-window",
+        "5ms",
+    ];
+    let first = HeraldProcess::start(&gateway).await;
+    let second = HeraldProcess::start(&gateway).await;
+    let gateways = format!("{},{}", first.addr("rpc"), second.addr("rpc"));
+    let args = [
+        &["logic", "--api-addr", "127.0.0.1:0", "--gateways", &gateways][..],
+        logic_args,
+    ]
+    .concat();
+    let logic = HeraldProcess::start(&args).await;
+    let api = PushApi(logic.addr("api"));
+    api.wait_all_up().await;
+    (first, second, logic, api)
+}
+
 /// Real processes: two gateways and a logic node. One gateway is killed in the middle of a stream of pushes; the
 /// other's clients receive every item, logic reports the failure, and a restarted gateway on the same internal
 /// address receives pushes again without logic being restarted.
 #[tokio::test]
 async fn a_cluster_of_processes_survives_a_killed_gateway() {
-    let gateway_args = ["gateway", "--ws-addr", "127.0.0.1:0", "--merge-window", "5ms"];
-    let mut doomed = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", "127.0.0.1:0"]].concat()).await;
-    let survivor = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", "127.0.0.1:0"]].concat()).await;
+    let (mut doomed, survivor, logic, api) = process_cluster(&["--status-interval", "100ms"]).await;
     let doomed_rpc = doomed.addr("rpc").to_string();
-    let gateways = format!("{doomed_rpc},{}", survivor.addr("rpc"));
-    let logic = HeraldProcess::start(&[
-        "logic",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--gateways",
-        &gateways,
-        "--status-interval",
-        "100ms",
-    ])
-    .await;
-    let api = PushApi(logic.addr("api"));
-    api.wait_all_up().await;
 
     let mut watcher = Client::member(survivor.addr("ws"), "feed").await;
     let mut casualty = Client::member(doomed.addr("ws"), "feed").await;
@@ -272,7 +276,16 @@ async fn a_cluster_of_processes_survives_a_killed_gateway() {
     );
 
     // Restart it on the same internal address; logic reconnects by itself.
-    let reborn = HeraldProcess::start(&[&gateway_args[..], &["--rpc-addr", &doomed_rpc]].concat()).await;
+    let reborn = HeraldProcess::start(&[
+        "gateway",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--rpc-addr",
+        &doomed_rpc,
+        "--merge-window",
+        "5ms",
+    ])
+    .await;
     api.wait_all_up().await;
     let mut newcomer = Client::member(reborn.addr("ws"), "feed").await;
     let answer = api.push_room("feed", r#"["after"]"#).await;
@@ -326,33 +339,8 @@ async fn the_hop_can_run_over_tls() {
 /// queue is full, and everything it was sent is delivered when it resumes.
 #[tokio::test]
 async fn a_stalled_gateway_fills_its_own_queue_only() {
-    let gateway_args = [
-        "gateway",
-        "--ws-addr",
-        "127.0.0.1:0",
-        "--rpc-addr",
-        "127.0.0.1:0",
-        "--merge-window",
-        "5ms",
-    ];
-    let stalled = HeraldProcess::start(&gateway_args).await;
-    let healthy = HeraldProcess::start(&gateway_args).await;
+    let (stalled, healthy, logic, api) = process_cluster(&["--gateway-queue", "2", "--ack-timeout", "300ms"]).await;
     let stalled_rpc = stalled.addr("rpc").to_string();
-    let gateways = format!("{stalled_rpc},{}", healthy.addr("rpc"));
-    let logic = HeraldProcess::start(&[
-        "logic",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--gateways",
-        &gateways,
-        "--gateway-queue",
-        "2",
-        "--ack-timeout",
-        "300ms",
-    ])
-    .await;
-    let api = PushApi(logic.addr("api"));
-    api.wait_all_up().await;
     let mut asleep = Client::member(stalled.addr("ws"), "r").await;
     let mut awake = Client::member(healthy.addr("ws"), "r").await;
 

@@ -124,14 +124,7 @@ async fn three_gateways_and_two_logic_nodes_need_no_configuration() {
         .collect();
     for client in &mut clients {
         let items = client.items(2 * PUSHES).await;
-        for node in 0..2 {
-            let order: Vec<u64> = items
-                .iter()
-                .filter(|item| item["node"] == node)
-                .map(|item| item["n"].as_u64().unwrap())
-                .collect();
-            assert_eq!(order, (0..PUSHES as u64).collect::<Vec<_>>(), "node {node}");
-        }
+        support::assert_each_in_order(&items, "node", 2, PUSHES);
     }
     for sender in senders {
         sender.await.unwrap();

@@ -265,6 +265,19 @@ impl Client {
     }
 }
 
+/// Asserts that the items carrying `key: source` are `{"n": 0..count}` in order, for every source in `0..sources`
+/// (items pushed concurrently by several senders: each sender's order must hold).
+pub fn assert_each_in_order(items: &[Value], key: &str, sources: usize, count: usize) {
+    for source in 0..sources {
+        let order: Vec<u64> = items
+            .iter()
+            .filter(|item| item[key] == source)
+            .map(|item| item["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(order, (0..count as u64).collect::<Vec<_>>(), "{key} {source}");
+    }
+}
+
 /// A member of `room` on `ws` that never reads, with a tiny receive buffer so its socket fills fast.
 pub async fn never_reading_member(ws: SocketAddr, room: &str) -> RawClient {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
