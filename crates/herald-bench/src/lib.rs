@@ -16,6 +16,7 @@ pub mod scan;
 pub mod worker;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -547,8 +548,23 @@ impl Workers {
     }
 }
 
+/// Where `chrt` (util-linux) is, if anywhere.
+const CHRT: &str = "/usr/bin/chrt";
+
 async fn spawn_worker(plan: &Plan) -> anyhow::Result<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)> {
-    let mut child = Command::new(std::env::current_exe()?)
+    // Workers run as SCHED_BATCH when the system can: a batch task does not preempt the running task when a frame
+    // wakes it. The workers stand in for clients on other machines, which never take the server's CPU; without
+    // this, every frame the server writes can hand its core to the woken worker mid fan-out, and the figures
+    // measure the two processes' scheduling as much as the server. Workers still get their fair share of CPU.
+    let exe = std::env::current_exe()?;
+    let mut command = if Path::new(CHRT).is_file() {
+        let mut command = Command::new(CHRT);
+        command.args(["--batch", "0"]).arg(exe);
+        command
+    } else {
+        Command::new(exe)
+    };
+    let mut child = command
         .arg("bench-worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
