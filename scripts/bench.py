@@ -18,12 +18,15 @@ import json
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERALD = os.path.join(ROOT, "target", "release", "herald")
+RAW_FANOUT = os.path.join(ROOT, "target", "release", "examples", "raw_fanout")
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
 # name -> (title, herald bench arguments)
@@ -66,6 +69,21 @@ SCENARIOS = {
               ["churn", "--conns", "10000", "--churn", "2000", "--hold-ms", "50", "--rate", "10", "--secs", "30",
                "--merge-window", "10ms"]),
 }
+
+# The floor: the same load against crates/herald-bench/examples/raw_fanout (handshake, then one frame per window
+# written to every socket from one thread, nothing read, nothing else). A scenario named here runs alternately with
+# its floor (herald, floor, herald, ...), so both are measured with this client in the same minutes.
+# herald scenario -> (floor name, window ms, max items per frame)
+FLOORS = {
+    "window_1s": ("floor_1s", 1000, 100),
+    "window_10ms": ("floor_10ms", 10, 100),
+}
+FLOOR_OF = {floor: scenario for scenario, (floor, *_) in FLOORS.items()}
+for _scenario, (_floor, _window, _items) in FLOORS.items():
+    _title, _args = SCENARIOS[_scenario]
+    _flags = [a for i, a in enumerate(_args) if not (a.startswith("--merge") or (i and _args[i - 1].startswith("--merge")))]
+    SCENARIOS[_floor] = (f"raw floor: {_title}", _flags)
+FLOOR_FIGURES = ["server_cpu_secs", "latency_p50_ms", "latency_p99_ms", "items_lost"]
 
 # Memory after a churn storm must come back to within this much of the memory before it.
 CHURN_RSS_MARGIN_PCT = 10
@@ -119,6 +137,25 @@ def run(args):
     out = subprocess.run([HERALD, "bench", *args, "--json"], check=True, capture_output=True, text=True,
                          timeout=600).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_floor(name):
+    """Runs a floor scenario: raw_fanout on free ports, `herald bench` attached to it."""
+    _, window_ms, max_items = FLOORS[FLOOR_OF[name]]
+    ws, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    raw = subprocess.Popen([RAW_FANOUT, ws, api, str(window_ms), str(max_items)])
+    try:
+        time.sleep(0.5)
+        return run(SCENARIOS[name][1] + ["--ws", ws, "--api", api, "--server-pid", str(raw.pid)])
+    finally:
+        raw.kill()
+        raw.wait()
 
 
 # Figures where the worst run counts, not the median: anything lost, refused or broken.
@@ -227,6 +264,24 @@ def render(results, benches):
         for figure in CLUSTER_FIGURES:
             cells = [shown(figure, results[name].get(figure)) for group in groups for name in group]
             lines.append(f"| {figure} | " + " | ".join(cells) + " |")
+    floors = [(floor, scenario) for scenario, (floor, *_) in FLOORS.items() if floor in results and scenario in results]
+    if floors:
+        lines += ["", "## herald beside the raw floor", "",
+                  "The raw floor is `crates/herald-bench/examples/raw_fanout`: it completes the handshake, never reads a",
+                  "connection again (PINGs go unanswered), and once per window writes one frame of what was pushed to",
+                  "every socket from one thread. Its runs alternate with herald's (same client, same machine, same",
+                  "minutes); the difference is what herald's hub, merging, outbox, heartbeats and protocol cost on top",
+                  "of the kernel's share.", "",
+                  "| scenario | figure | raw floor | herald | herald − floor |", "|---|---|---|---|---|"]
+        for floor, scenario in floors:
+            for figure in FLOOR_FIGURES:
+                low, high = results[floor].get(figure), results[scenario].get(figure)
+                if low is None or high is None:
+                    continue
+                diff = high - low
+                delta = f"{diff:+,}" if isinstance(diff, int) else (
+                    f"{diff:+.2f} s ({diff / low:+.0%})" if figure.endswith("_secs") and low else f"{diff:+,.1f} ms")
+                lines.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | {delta} |")
     churn = results.get("churn")
     if churn:
         growth = churn["server_rss_after_vs_before_pct"]
@@ -246,7 +301,12 @@ def render(results, benches):
         result = results.get(name)
         if result is None:
             continue
-        lines += [f"### {title}", "", "```", "herald bench " + " ".join(args), "```", ""]
+        command = ["herald bench " + " ".join(args)]
+        if name in FLOOR_OF:
+            _, window_ms, max_items = FLOORS[FLOOR_OF[name]]
+            command = [f"target/release/examples/raw_fanout WS_ADDR API_ADDR {window_ms} {max_items} &",
+                       command[0] + " --ws WS_ADDR --api API_ADDR --server-pid $!"]
+        lines += [f"### {title}", "", "```", *command, "```", ""]
         if "_measured" in result:
             lines += [f"Measured {result['_measured']}.", ""]
         if result.get("_runs", 1) > 1:
@@ -276,15 +336,19 @@ def render(results, benches):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--only", nargs="*", choices=[n for n in SCENARIOS if n not in FLOOR_OF],
+                        help="run only these scenarios (a scenario with a floor runs it too)")
     parser.add_argument("--dry-run", action="store_true", help="print instead of rewriting BENCHMARKS.md")
-    parser.add_argument("--no-criterion", action="store_true", help="skip the criterion benches")
+    parser.add_argument("--no-criterion", action="store_true",
+                        help="skip the criterion benches (their last results are shown again)")
     parser.add_argument("--repeats", type=int, default=3, metavar="N",
                         help="runs of each scenario that has a target row (default 3; the others run once)")
     parser.add_argument("--reuse", action="store_true",
                         help="render the scenario results of the last run (target/bench-results.json) again")
     opts = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "herald"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "herald-bench", "--example", "raw_fanout"], cwd=ROOT,
+                   check=True)
     saved = os.path.join(ROOT, "target", "bench-results.json")
     if opts.reuse:
         with open(saved) as f:
@@ -296,18 +360,29 @@ def main():
             with open(saved) as f:
                 results = json.load(f)
         targeted = {scenario for scenario, *_ in TARGETS}
-        for name in opts.only or SCENARIOS:
+        for name in opts.only or [n for n in SCENARIOS if n not in FLOOR_OF]:
             repeats = max(1, opts.repeats) if name in targeted else 1
-            runs = []
+            floor = FLOORS.get(name, (None,))[0]
+            runs, floor_runs = [], []
             for attempt in range(repeats):
                 print(f"running {name} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
                 runs.append(run(SCENARIOS[name][1]))
-            results[name] = combine(runs)
+                if floor:
+                    print(f"running {floor} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                    floor_runs.append(run_floor(floor))
             measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            results[name]["_measured"] = f"{measured} at commit `{commit()}`"
+            for key, key_runs in [(name, runs), (floor, floor_runs)]:
+                if key_runs:
+                    results[key] = combine(key_runs)
+                    results[key]["_measured"] = f"{measured} at commit `{commit()}`"
         with open(saved, "w") as f:
             json.dump(results, f)
-    benches = [] if opts.no_criterion else criterion()
+    if opts.no_criterion:
+        benches = results.get("_criterion", [])  # the last criterion run's, so the section stays
+    else:
+        benches = results["_criterion"] = criterion()
+        with open(saved, "w") as f:
+            json.dump(results, f)
     block = render(results, benches)
     if opts.dry_run:
         print(block)

@@ -1,0 +1,164 @@
+//! The raw fan-out floor: what this machine costs to write each frame to every socket, with nothing else.
+//!
+//! A calibration instrument for `herald bench fanout`, not a server: it completes the WebSocket handshake, never
+//! reads a connection again (JOINs and PINGs stay unanswered in the kernel), puts every connection in the one room,
+//! takes pushes on a bare HTTP/1.1 push API, and once per window writes one frame of what was pushed (at most
+//! `--max-items` items, as herald encodes it) to every socket from a single thread. What herald spends beyond this
+//! on the same scenario, measured in the same minute with the same client, is herald's own cost.
+//!
+//! ```text
+//! cargo run --release -p herald-bench --example raw_fanout -- 127.0.0.1:17777 127.0.0.1:17799 1000 100 &
+//! herald bench fanout --ws 127.0.0.1:17777 --api 127.0.0.1:17799 --server-pid $! --conns 10000 --rate 10 --secs 30
+//! ```
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_gateway::handshake::{accept_key, switching_protocols};
+use herald_protocol::push::push_frame;
+
+#[derive(Default)]
+struct Shared {
+    conns: Mutex<Vec<TcpStream>>,
+    /// The connection count, apart from the list: the push API must not wait while a flush holds the list.
+    connected: AtomicUsize,
+    pending: Mutex<Vec<Bytes>>,
+    /// Frames a socket did not take whole (never expected on loopback at these rates; reported, not retried).
+    short_writes: Mutex<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [ws, api, window_ms, max_items] = args.as_slice() else {
+        anyhow::bail!("usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS");
+    };
+    let window = Duration::from_millis(window_ms.parse()?);
+    let max_items: usize = max_items.parse()?;
+    let shared = Arc::new(Shared::default());
+    let ws = TcpListener::bind(ws)?;
+    let api = TcpListener::bind(api)?;
+    let accepting = Arc::clone(&shared);
+    std::thread::spawn(move || {
+        for stream in ws.incoming().flatten() {
+            if let Ok(stream) = upgrade(stream) {
+                accepting.conns.lock().unwrap().push(stream);
+                accepting.connected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let serving = Arc::clone(&shared);
+    std::thread::spawn(move || {
+        for stream in api.incoming().flatten() {
+            let serving = Arc::clone(&serving);
+            std::thread::spawn(move || {
+                let _ = serve_api(stream, &serving);
+            });
+        }
+    });
+    let mut next = Instant::now() + window;
+    loop {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += window;
+        let items = std::mem::take(&mut *shared.pending.lock().unwrap());
+        let frames: Vec<Bytes> = items.chunks(max_items).map(|c| push_frame(Some("bench"), c)).collect();
+        let conns = shared.conns.lock().unwrap();
+        let mut short = 0;
+        for frame in &frames {
+            for mut conn in conns.iter() {
+                if !matches!(conn.write(frame), Ok(n) if n == frame.len()) {
+                    short += 1;
+                }
+            }
+        }
+        drop(conns);
+        if short > 0 {
+            *shared.short_writes.lock().unwrap() += short;
+            eprintln!(
+                "raw_fanout: {} short writes so far",
+                shared.short_writes.lock().unwrap()
+            );
+        }
+    }
+}
+
+/// Reads the handshake request and answers 101; the socket is then non-blocking and never read again.
+fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 || head.len() > 8192 {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let key = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key"))
+        })
+        .map(|(_, v)| v.trim().to_owned())
+        .ok_or(io::ErrorKind::InvalidData)?;
+    stream.write_all(switching_protocols(&accept_key(&key)).as_bytes())?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+/// A keep-alive HTTP/1.1 connection: `POST /push/...` with a JSON body takes its items; `GET /stats` tells the
+/// bench how many connections are in.
+fn serve_api(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        items: Vec<&'a serde_json::value::RawValue>,
+    }
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let conns = shared.connected.load(Ordering::Relaxed);
+        let answer = if request_line.starts_with("GET /stats") {
+            format!(r#"{{"connections":{conns},"memberships":{conns}}}"#)
+        } else {
+            let items = serde_json::from_slice::<Body>(&body)?.items;
+            let count = items.len();
+            shared
+                .pending
+                .lock()
+                .unwrap()
+                .extend(items.into_iter().map(|i| Bytes::copy_from_slice(i.get().as_bytes())));
+            format!(r#"{{"items":{count},"recipients":{conns}}}"#)
+        };
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+    }
+}
