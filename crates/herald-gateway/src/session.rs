@@ -73,7 +73,7 @@ impl Recipient for Session {
         if outbox.frames.is_empty() {
             // The fast path: straight to the socket, nothing queued, nobody woken. The send goes around tokio's
             // readiness tracking (one cache line less per recipient in a large fan-out): a WouldBlock here leaves
-            // tokio believing the socket writable, so the flush below finds out with its own try_write and waits.
+            // tokio believing the socket writable, so `Session::flush` finds out with its own try_write and waits.
             let written = match socket2::SockRef::from(&self.stream).send(frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => n,
