@@ -7,8 +7,9 @@
 //! on the same scenario, measured in the same minute with the same client, is herald's own cost.
 //!
 //! ```text
-//! cargo run --release -p herald-bench --example raw_fanout -- 127.0.0.1:17777 127.0.0.1:17799 1000 100 &
-//! herald bench fanout --ws 127.0.0.1:17777 --api 127.0.0.1:17799 --server-pid $! --conns 10000 --rate 10 --secs 30
+//! cargo build --release -p herald --example raw_fanout -p herald-bench
+//! target/release/examples/raw_fanout 127.0.0.1:17777 127.0.0.1:17799 1000 100 &   # not `cargo run`: $! must be it
+//! target/release/herald bench fanout --ws 127.0.0.1:17777 --api 127.0.0.1:17799 --server-pid $! --conns 10000 --rate 10 --secs 30
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
