@@ -20,6 +20,7 @@ use herald_protocol::client::{self, Command, RequestError};
 use herald_protocol::ws::{self, Assembler, FrameError, Message, OpCode, close, decode_header, unmask};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
@@ -305,7 +306,10 @@ impl Conn {
                 if let (true, Some(progress)) = (queued, last_progress) {
                     deadline = deadline.min(progress + config.write_timeout);
                 }
-                if timer.deadline() != deadline {
+                // Every PING moves the heartbeat deadline later; re-arming the timer for each one would touch the
+                // timer wheel (and its lock) once per ping. A later deadline is left for the timer to find: it
+                // fires early, finds the peer alive, and is re-armed here once per heartbeat timeout at most.
+                if deadline < timer.deadline() || timer.is_elapsed() {
                     timer.as_mut().reset(deadline);
                 }
             }
@@ -353,12 +357,15 @@ impl Conn {
     fn read_available(&mut self) -> bool {
         let mut buf = [0u8; 4096];
         for _ in 0..READS_PER_WAKE {
-            match self.session.stream.try_read(&mut buf) {
+            match self.read_once(&mut buf) {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.last_seen = Instant::now();
                     if !self.input_done {
                         self.ingest(&mut buf[..n]);
+                    }
+                    if n < buf.len() {
+                        return true;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -366,6 +373,27 @@ impl Conn {
             }
         }
         true
+    }
+
+    /// One `recv` into `buf`. A short read means the receive queue was empty at that moment, so tokio is told the
+    /// socket is no longer readable right away, instead of learning it from a second `recv` that returns
+    /// WouldBlock: most wakes (a PING, a JOIN) then cost one system call, not two. tokio clears the readiness
+    /// only if no new event arrived since it was read, and never clears read-closed, so neither data that lands
+    /// after the `recv` nor a FIN queued behind the data is missed.
+    fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = &self.session.stream;
+        let mut read = 0;
+        let result = stream.try_io(Interest::READABLE, || {
+            read = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
+            if read > 0 && read < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(read)
+        });
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+            other => other,
+        }
     }
 
     /// Takes bytes from the socket: completes frames, handles messages, keeps an unfinished frame.

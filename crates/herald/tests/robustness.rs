@@ -99,7 +99,7 @@ async fn a_silent_connection_is_closed_at_the_heartbeat_timeout() {
 }
 
 #[tokio::test]
-async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
+async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout_and_silence_then_ends_it() {
     let settings = Settings {
         heartbeat_timeout: duration("500ms"),
         ..Settings::default()
@@ -112,6 +112,9 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout() {
         assert_eq!(client.next_json().await["type"], "PONG");
     }
     assert_eq!(server.metric(r#"herald_closes_total{reason="heartbeat"}"#).await, 0.0);
+    // Each ping moved the deadline later without re-arming the timer; silence now must still end the connection.
+    let (code, reason) = client.closed().await;
+    assert_eq!((code, reason.as_str()), (4001, "heartbeat timeout"));
     server.stop().await;
 }
 
