@@ -379,7 +379,9 @@ impl Conn {
     /// socket is no longer readable right away, instead of learning it from a second `recv` that returns
     /// WouldBlock: most wakes (a PING, a JOIN) then cost one system call, not two. tokio clears the readiness
     /// only if no new event arrived since it was read, and never clears read-closed, so neither data that lands
-    /// after the `recv` nor a FIN queued behind the data is missed.
+    /// after the `recv` nor a FIN queued behind the data is missed. (TCP's `recv` stops short of the queued data
+    /// only at an urgent mark, which WebSocket clients never send; a peer that does delays only its own bytes,
+    /// until its next segment or its heartbeat timeout.)
     fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
         let stream = &self.session.stream;
         let mut read = 0;
