@@ -77,6 +77,7 @@ SCENARIOS = {
 FLOORS = {
     "window_1s": ("floor_1s", 1000, 100),
     "window_10ms": ("floor_10ms", 10, 100),
+    "seed": ("floor_seed", 1000, 100),
 }
 FLOOR_OF = {floor: scenario for scenario, (floor, *_) in FLOORS.items()}
 for _scenario, (_floor, _window, _items) in FLOORS.items():

@@ -135,7 +135,7 @@ pub async fn run_logic(config: Config, api: TcpListener, shutdown: CancellationT
     let stopping = CancellationToken::new();
     let api_metrics = ApiMetrics::register(&mut registry);
     let router = herald_logic::router(bus, Arc::new(registry), api_metrics, config.api, stopping.clone());
-    let server = HttpServer::start(api, router);
+    let server = HttpServer::start(api, router, config.api_threads)?;
 
     match &config.nats {
         Some(settings) => tracing::info!(api = %api_addr, bus = %settings.url, "herald logic serving"),

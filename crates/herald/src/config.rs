@@ -52,6 +52,9 @@ pub struct Settings {
     /// Push-API listener, private by default [default: 127.0.0.1:7799]
     #[arg(long, env = "HERALD_API_ADDR")]
     pub api_addr: Option<SocketAddr>,
+    /// Threads serving the push API, each with its own event loop [default: 1]
+    #[arg(long, env = "HERALD_API_THREADS")]
+    pub api_threads: Option<usize>,
     /// At most one frame per room per window; `0` turns merging off [default: 1s]
     #[arg(long, env = "HERALD_MERGE_WINDOW")]
     pub merge_window: Option<DurationValue>,
@@ -145,6 +148,8 @@ pub struct Config {
     pub ws_addr: SocketAddr,
     /// Push-API listener address.
     pub api_addr: SocketAddr,
+    /// Threads serving the push API.
+    pub api_threads: usize,
     /// Fan-out engine settings.
     pub hub: HubConfig,
     /// WebSocket-side limits.
@@ -167,6 +172,9 @@ pub struct Config {
     pub reuse_port: bool,
 }
 
+/// More push-API threads than this is a typo, not a deployment.
+const MAX_API_THREADS: usize = 256;
+
 macro_rules! overlay {
     ($high:expr, $low:expr; $($field:ident),* $(,)?) => {
         Settings { $($field: $high.$field.or($low.$field)),* }
@@ -183,7 +191,7 @@ impl Settings {
     /// These settings, with `lower` filling what these leave unset.
     pub fn over(self, lower: Settings) -> Settings {
         overlay!(self, lower;
-            ws_addr, api_addr, merge_window, merge_max_items, shards, queue_items, max_connections,
+            ws_addr, api_addr, api_threads, merge_window, merge_max_items, shards, queue_items, max_connections,
             max_rooms_per_connection, max_message_bytes, outbox_frames, max_body_bytes, handshake_timeout,
             heartbeat_timeout, write_timeout, shutdown_grace, log, rpc_addr, gateways, cluster_secret, rpc_tls_cert,
             rpc_tls_key, rpc_tls_ca, gateway_queue, ack_timeout, status_interval, bus, reuse_port)
@@ -196,6 +204,7 @@ impl Settings {
         let config = Config {
             ws_addr: self.ws_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7777))),
             api_addr: self.api_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7799))),
+            api_threads: self.api_threads.unwrap_or(1),
             hub: HubConfig {
                 shards: self.shards.unwrap_or(16),
                 merge: MergePolicy {
@@ -267,6 +276,13 @@ impl Config {
             }
             Ok(())
         };
+        at_least("api_threads", self.api_threads, 1)?;
+        if self.api_threads > MAX_API_THREADS {
+            bail!(
+                "api_threads: must be at most {MAX_API_THREADS}, got {}",
+                self.api_threads
+            );
+        }
         at_least("merge_max_items", self.hub.merge.max_items, 1)?;
         at_least("shards", self.hub.shards, 1)?;
         if self.hub.shards > 4096 {
@@ -379,6 +395,15 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(zero.to_string().starts_with("merge_max_items:"), "{zero}");
+        for threads in [0, MAX_API_THREADS + 1] {
+            let error = Settings {
+                api_threads: Some(threads),
+                ..Settings::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(error.to_string().starts_with("api_threads:"), "{error}");
+        }
         let no_heartbeat = Settings {
             heartbeat_timeout: Some("0".parse().unwrap()),
             ..Settings::default()

@@ -146,3 +146,25 @@ async fn health_stats_and_metrics_tell_the_state() {
     assert_eq!(server.metric("herald_memberships").await, 1.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn several_api_threads_take_concurrent_pushes_and_stop_together() {
+    let server = TestServer::start(Settings {
+        api_threads: Some(4),
+        merge_window: duration("0"),
+        ..Settings::default()
+    })
+    .await;
+    let mut client = server.member("lobby").await;
+    // Each push on its own connection, all at once: the connections spread over the threads' accept loops.
+    let bodies: Vec<String> = (0..40).map(|n| format!("[{n}]")).collect();
+    let pushes = bodies.iter().map(|items| server.push_room("lobby", items));
+    for answer in futures_util::future::join_all(pushes).await {
+        assert_eq!(answer["recipients"], 1, "{answer}");
+    }
+    let mut items: Vec<i64> = client.items(40).await.iter().map(|v| v.as_i64().unwrap()).collect();
+    items.sort_unstable();
+    assert_eq!(items, (0..40).collect::<Vec<_>>());
+    // Every thread ends on shutdown; `stop` fails the test if one does not.
+    server.stop().await;
+}
