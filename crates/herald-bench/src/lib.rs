@@ -551,6 +551,20 @@ impl Workers {
 /// Where `chrt` (util-linux) is, if anywhere.
 const CHRT: &str = "/usr/bin/chrt";
 
+/// Moves this process, every thread of it, to SCHED_BATCH, as the workers are from their start. Called once the
+/// servers are running (they must not inherit it) and before publishing: the publisher stands in for a business
+/// service on another machine, but here each answer it gets wakes it on the server's core, and a normal task
+/// preempts the server there, about once per push. Best effort: without `chrt`, the bench runs as it is.
+pub(crate) async fn run_as_batch() {
+    if Path::new(CHRT).is_file() {
+        let pid = std::process::id().to_string();
+        let _ = Command::new(CHRT)
+            .args(["--all-tasks", "--batch", "--pid", "0", &pid])
+            .status()
+            .await;
+    }
+}
+
 async fn spawn_worker(plan: &Plan) -> anyhow::Result<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)> {
     // Workers run as SCHED_BATCH when the system can: a batch task does not preempt the running task when a frame
     // wakes it. The workers stand in for clients on other machines, which never take the server's CPU; without
