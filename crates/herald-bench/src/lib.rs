@@ -21,7 +21,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -737,10 +736,15 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
 /// Puts what the receivers saw of `published`: pushes, items expected, received, lost, gaps, duplicates,
 /// throughput and latency percentiles.
 fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Published) {
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
+    let (mut latency, mut read_latency) = (worker::latency_histogram(), worker::latency_histogram());
     for report in reports {
-        for &(value, count) in &report.latency_us {
-            latency.record_n(value, count).expect("recorded values fit");
+        for (histogram, recorded) in [
+            (&mut latency, &report.latency_us),
+            (&mut read_latency, &report.read_latency_us),
+        ] {
+            for &(value, count) in recorded {
+                histogram.record_n(value, count).expect("recorded values fit");
+            }
         }
     }
     let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
@@ -763,6 +767,17 @@ fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Pu
     out.put("latency_p99_ms", ms(0.99));
     out.put("latency_p999_ms", ms(0.999));
     out.put("latency_max_ms", latency.max() as f64 / 1000.0);
+    // The same items timed when the load generator read them: its own queue included (see worker.rs).
+    out.put(
+        "read_latency_p50_ms",
+        read_latency.value_at_quantile(0.5) as f64 / 1000.0,
+    );
+    out.put(
+        "read_latency_p99_ms",
+        read_latency.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    // Reads the kernel gave no receive timestamp for: their latency is the read's (0 on Linux).
+    out.put("latency_untimed_reads", sum(|r| r.untimed_reads));
 }
 
 async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {

@@ -7,16 +7,24 @@
 //!
 //! Per connection the worker keeps a task, its socket and a [`Scanner`] (a few hundred bytes); reads go into one
 //! buffer shared by the whole process.
+//!
+//! Latency is taken twice per item. `latency` ends when the frame reached the client's socket: the kernel's
+//! receive timestamp (SO_TIMESTAMPNS) of the last segment a read returned, so never early. That is what a client
+//! on its own machine sees; here hundreds of clients share one thread and two cores with the server, and the time a
+//! frame then waits for this thread to read it is the load generator's queue, not herald's. `read_latency` ends
+//! when this thread read it, queue included, and is reported beside it.
 
 use std::cell::RefCell;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IoSliceMut, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -96,8 +104,14 @@ pub struct Report {
     pub duplicates: u64,
     /// Connections the server closed before the end.
     pub closed_early: u64,
-    /// Latency histogram as (microseconds, count) pairs.
+    /// Latency to the client's socket, as (microseconds, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
+    /// Latency to this worker's read of it, as (microseconds, count) pairs.
+    #[serde(default)]
+    pub read_latency_us: Vec<(u64, u64)>,
+    /// Reads of items that carried no receive timestamp (their arrival was taken as the read).
+    #[serde(default)]
+    pub untimed_reads: u64,
     /// CPU seconds this worker used.
     pub cpu_secs: f64,
     /// Churning connections opened, joined and dropped.
@@ -109,12 +123,33 @@ pub struct Report {
 }
 
 struct Shared {
-    latency: Mutex<Histogram<u64>>,
+    latency: Mutex<Latency>,
     totals: Mutex<Report>,
+}
+
+/// The two latency histograms (see the module's doc).
+struct Latency {
+    arrived: Histogram<u64>,
+    read: Histogram<u64>,
+}
+
+/// A histogram of 1 µs to 120 s, 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// A histogram's recorded values as (value, count) pairs.
+fn recorded(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    histogram
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
 }
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CARRY + READ_BUFFER]);
+    /// Room for the receive timestamp's control message.
+    static CONTROL: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec));
 }
 
 /// Runs a worker: reads the plan and commands from stdin, answers on stdout.
@@ -136,7 +171,10 @@ pub fn main() -> anyhow::Result<()> {
     });
     runtime.block_on(async move {
         let shared = Arc::new(Shared {
-            latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")),
+            latency: Mutex::new(Latency {
+                arrived: latency_histogram(),
+                read: latency_histogram(),
+            }),
             totals: Mutex::new(Report::default()),
         });
         let (stop_tx, stop) = watch::channel(false);
@@ -173,10 +211,8 @@ pub fn main() -> anyhow::Result<()> {
         }
         let mut report = std::mem::take(&mut *shared.totals.lock().unwrap());
         let latency = shared.latency.lock().unwrap();
-        report.latency_us = latency
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
-            .collect();
+        report.latency_us = recorded(&latency.arrived);
+        report.read_latency_us = recorded(&latency.read);
         report.cpu_secs = proc::self_cpu_secs().unwrap_or(0.0);
         emit(&Event::Done(report));
     });
@@ -248,6 +284,7 @@ async fn open(
     };
     let mut stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
+    setsockopt(&stream, sockopt::ReceiveTimestampns, &true)?;
     let request = format!(
         "GET /connect HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -352,27 +389,50 @@ fn add(report: &mut Report, tally: &Tally) {
 /// Reads what the socket holds and scans it; false when the server closed the connection.
 fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) -> bool {
     READ_BUF.with_borrow_mut(|buf| {
-        loop {
-            let n = match stream.try_read(&mut buf[CARRY..]) {
-                Ok(0) => return false,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => return false,
-            };
-            let now = now_us();
-            let before = scanner.tally.items;
-            let start = scanner.prepare(buf);
-            let mut latency = shared.latency.lock().unwrap();
-            scanner.scan(&buf[start..CARRY + n], |sent| {
-                let _ = latency.record(now.saturating_sub(sent).max(1));
-            });
-            drop(latency);
-            let new_items = scanner.tally.items - before;
-            if new_items > 0 {
-                shared.totals.lock().unwrap().items += new_items;
+        CONTROL.with_borrow_mut(|control| {
+            loop {
+                let (n, arrived) =
+                    match stream.try_io(Interest::READABLE, || receive(stream, &mut buf[CARRY..], control)) {
+                        Ok((0, _)) => return false,
+                        Ok(read) => read,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                        Err(_) => return false,
+                    };
+                let now = now_us();
+                let before = scanner.tally.items;
+                let start = scanner.prepare(buf);
+                let mut latency = shared.latency.lock().unwrap();
+                let arrived_us = arrived.unwrap_or(now);
+                scanner.scan(&buf[start..CARRY + n], |sent| {
+                    let _ = latency.arrived.record(arrived_us.saturating_sub(sent).max(1));
+                    let _ = latency.read.record(now.saturating_sub(sent).max(1));
+                });
+                drop(latency);
+                let new_items = scanner.tally.items - before;
+                if new_items > 0 {
+                    let mut totals = shared.totals.lock().unwrap();
+                    totals.items += new_items;
+                    totals.untimed_reads += u64::from(arrived.is_none());
+                }
             }
-        }
+        })
     })
+}
+
+/// One `recvmsg` into `buf`: the bytes read, and when the last of them reached the socket (µs since the epoch), if
+/// the kernel said.
+fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(control), MsgFlags::empty())?;
+    let arrived = message.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::ScmTimestampns(at) => {
+                Some(at.tv_sec() as u64 * 1_000_000 + at.tv_nsec() as u64 / 1_000)
+            }
+            _ => None,
+        })
+    });
+    Ok((message.bytes, arrived))
 }
 
 /// Microseconds since the Unix epoch (the clock publisher and workers share on one machine).

@@ -42,6 +42,10 @@ fn bench_scenarios_run_and_account_for_every_item() {
         (Some(0), Some(0))
     );
     assert!(fanout["latency_p99_ms"].as_f64().unwrap() > 0.0);
+    // Latency ends when a frame reached the client's socket (the kernel's receive timestamp), never after the
+    // load generator read it.
+    assert_eq!(fanout["latency_untimed_reads"], 0, "{fanout}");
+    assert!(fanout["read_latency_p99_ms"].as_f64().unwrap() >= fanout["latency_p99_ms"].as_f64().unwrap());
     assert!(fanout["server_cpu_secs"].is_number() && fanout["loadgen_cpu_secs"].is_number());
 
     let broadcast = bench(&[
