@@ -182,15 +182,20 @@ impl HttpServer {
         let listener = listener.into_std()?;
         let mut done = Vec::with_capacity(threads);
         for index in 0..threads {
-            let listener = listener.try_clone()?;
             let (router, stopped) = (router.clone(), stop.clone());
             let (finished, receiver) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name(format!("herald-api-{index}"))
-                .spawn(move || {
-                    let _ = finished.send(serve_api_thread(listener, router, stopped));
-                })
-                .context("starting a push-API thread")?;
+            let started = listener.try_clone().and_then(|listener| {
+                std::thread::Builder::new()
+                    .name(format!("herald-api-{index}"))
+                    .spawn(move || {
+                        let _ = finished.send(serve_api_thread(listener, router, stopped));
+                    })
+            });
+            if let Err(error) = started {
+                // The threads already serving stop too: herald does not run with part of its push API.
+                stop.cancel();
+                return Err(error).context("starting a push-API thread");
+            }
             done.push(receiver);
         }
         Ok(Self { stop, threads: done })
