@@ -670,6 +670,7 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     out.put("connections", conns);
     out.put("connect_errors", errors);
     out.put("closed_early", closed_early);
+    put_heartbeats(&mut out, &reports);
     out.put("connect_secs", secs);
     out.put("connects_per_sec", conns as f64 / secs.max(1e-9));
     out.put(
@@ -733,6 +734,13 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// Puts the clients' heartbeats: PINGs sent and PONGs received. Answering them is part of the server's CPU (the
+/// raw floor leaves them unanswered); a PONG missing beyond the PINGs still in flight at the end is a server bug.
+fn put_heartbeats(out: &mut Outcome, reports: &[Report]) {
+    out.put("pings_sent", reports.iter().map(|r| r.pings_sent).sum::<u64>());
+    out.put("pongs_received", reports.iter().map(|r| r.pongs_received).sum::<u64>());
+}
+
 /// Puts what the receivers saw of `published`: pushes, items expected, received, lost, gaps, duplicates,
 /// throughput and latency percentiles.
 fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Published) {
@@ -760,6 +768,7 @@ fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Pu
     out.put("sequence_gaps", sum(|r| r.gaps));
     out.put("duplicates", sum(|r| r.duplicates));
     out.put("closed_early", sum(|r| r.closed_early));
+    put_heartbeats(out, reports);
     out.put("items_per_sec", items as f64 / secs);
     out.put("frames_per_sec", frames as f64 / secs);
     out.put("items_per_frame", items as f64 / (frames.max(1)) as f64);

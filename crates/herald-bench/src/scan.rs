@@ -1,8 +1,8 @@
 //! Finding bench items in the byte stream of a connection without parsing frames or JSON.
 //!
 //! Every item the publisher sends is `{"t":<send time, µs since the epoch>,"s":<sequence>,"p":"<padding>"}`, and
-//! every frame starts with `{"type":"PUSH"`. The scanner looks for those markers with `memmem`, so reading a
-//! frame costs about as much as a `memchr` over it. Markers split across two reads are caught by carrying the
+//! every frame starts with `{"type":"PUSH"` (or, answering a PING, `{"type":"PONG"`). The scanner looks for
+//! those markers with `memmem`, so reading a frame costs about as much as a `memchr` over it. Markers split across two reads are caught by carrying the
 //! unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per connection).
 
 use memchr::memmem;
@@ -13,6 +13,11 @@ pub const CARRY: usize = 48;
 const ITEM: &[u8] = br#"{"t":"#;
 const SEQ: &[u8] = br#","s":"#;
 const FRAME: &[u8] = br#"{"type":"PUSH""#;
+const PONG: &[u8] = br#"{"type":"PONG""#;
+/// What both frame markers start with, so that one pass finds either.
+const FRAME_OR_PONG: &[u8] = br#"{"type":"P"#;
+const MARKER_LEN: usize = FRAME.len();
+const _: () = assert!(PONG.len() == MARKER_LEN);
 /// An item without a sequence number (not sent by the bench publisher): counted, not checked for order.
 const NO_SEQ: u64 = u64::MAX;
 
@@ -23,6 +28,8 @@ pub struct Tally {
     pub items: u64,
     /// PUSH frames received.
     pub frames: u64,
+    /// PONG frames received (answers to the connection's PINGs).
+    pub pongs: u64,
     /// Items whose sequence number skipped ahead (the items in between were lost).
     pub gaps: u64,
     /// Items at or below a sequence number already seen (duplicated or reordered).
@@ -69,16 +76,25 @@ impl Scanner {
                 None => break, // cut off by the end of this read: rescanned from the carry next time
             }
         }
-        self.tally.frames += memmem::find_iter(&window[self.frames_from(window)..], FRAME).count() as u64;
+        let from = self.markers_from(window);
+        for found in memmem::find_iter(&window[from..], FRAME_OR_PONG) {
+            // A marker cut off by the end of this read is counted from the carry next time.
+            let marker = &window[from + found..];
+            if marker.starts_with(FRAME) {
+                self.tally.frames += 1;
+            } else if marker.starts_with(PONG) {
+                self.tally.pongs += 1;
+            }
+        }
         let keep_from = consumed.max(window.len().saturating_sub(CARRY));
         self.carry_len = window.len() - keep_from;
         self.carry[..self.carry_len].copy_from_slice(&window[keep_from..]);
     }
 
-    /// Where frame markers may start without counting one twice: a frame marker lying wholly in the carry was
-    /// counted in the previous read.
-    fn frames_from(&self, window: &[u8]) -> usize {
-        self.carry_len.saturating_sub(FRAME.len() - 1).min(window.len())
+    /// Where frame markers may start without counting one twice: a marker lying wholly in the carry was counted
+    /// in the previous read.
+    fn markers_from(&self, window: &[u8]) -> usize {
+        self.carry_len.saturating_sub(MARKER_LEN - 1).min(window.len())
     }
 
     fn count(&mut self, seq: u64) {
@@ -164,14 +180,17 @@ mod tests {
     }
 
     #[test]
-    fn finds_every_item_and_frame_however_the_stream_is_cut() {
+    fn finds_every_item_frame_and_pong_however_the_stream_is_cut() {
+        let pong = b"\x81\x19{\"type\":\"PONG\",\"data\":{}}";
         let mut stream = frame(&[item(1_700_000_000_000_001, 0, 100), item(1_700_000_000_000_002, 1, 60)]);
+        stream.extend_from_slice(pong);
         stream.extend(frame(&[item(1_700_000_000_000_003, 2, 100)]));
-        for piece in [1, 2, 3, 7, 13, 64, 4096] {
+        stream.extend_from_slice(pong);
+        for piece in [1, 2, 3, 7, 13, 14, 15, 64, 4096] {
             let (tally, times) = feed(&stream, piece);
             assert_eq!(
-                (tally.items, tally.frames, tally.gaps, tally.duplicates),
-                (3, 2, 0, 0),
+                (tally.items, tally.frames, tally.pongs, tally.gaps, tally.duplicates),
+                (3, 2, 2, 0, 0),
                 "piece {piece}"
             );
             assert_eq!(

@@ -104,6 +104,12 @@ pub struct Report {
     pub duplicates: u64,
     /// Connections the server closed before the end.
     pub closed_early: u64,
+    /// PINGs sent (each connection sends one every `ping_every_ms`, the first at a random point of the first).
+    #[serde(default)]
+    pub pings_sent: u64,
+    /// PONGs received.
+    #[serde(default)]
+    pub pongs_received: u64,
     /// Latency to the client's socket, as (microseconds, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
     /// Latency to this worker's read of it, as (microseconds, count) pairs.
@@ -359,6 +365,7 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
     let timer = tokio::time::sleep(first);
     tokio::pin!(timer);
     let mut closed_early = false;
+    let mut pings_sent = 0u64;
     loop {
         tokio::select! {
             ready = stream.readable() => {
@@ -368,7 +375,11 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
                 }
             }
             () = &mut timer => {
-                let _ = stream.try_write(&ping);
+                // A PING the socket does not take whole is not retried (nor counted): 31 bytes on a connection
+                // that reads and is read, it is always taken here.
+                if matches!(stream.try_write(&ping), Ok(n) if n == ping.len()) {
+                    pings_sent += 1;
+                }
                 timer.as_mut().reset(tokio::time::Instant::now() + ping_every);
             }
             _ = stop.changed() => break,
@@ -377,11 +388,13 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
     let mut totals = shared.totals.lock().unwrap();
     add(&mut totals, &scanner.tally);
     totals.closed_early += u64::from(closed_early);
+    totals.pings_sent += pings_sent;
 }
 
 /// Adds a finished connection's tally (its items were added as they arrived, for `status`).
 fn add(report: &mut Report, tally: &Tally) {
     report.frames += tally.frames;
+    report.pongs_received += tally.pongs;
     report.gaps += tally.gaps;
     report.duplicates += tally.duplicates;
 }
