@@ -289,12 +289,12 @@ def render(results, benches):
                   "connection again (PINGs go unanswered), and writes what was pushed to every socket from one thread,",
                   "in frames of at most 100 items: whole frames as soon as 100 items wait, the rest once per window.",
                   "Its runs alternate with herald's (same client, same machine, same minutes); the difference is what",
-                  "herald's hub, merging, outbox, heartbeats and protocol cost on top of the kernel's share. Latency is",
-                  "compared where a push waits no longer in the floor than in herald: light traffic (the floor ticks",
-                  "every millisecond, so its CPU is not compared), the 10 ms window (a push waits up to 10 ms for the",
-                  "floor's tick; herald sends a lone push at once) and the seed's rate (both send a frame as soon as",
-                  "100 items wait). Behind the 1 s window's tick a push waits up to a second, so latency is not",
-                  "compared there.", "",
+                  "herald's hub, merging, outbox, heartbeats and protocol cost on top of the kernel's share.",
+                  "Latency is compared where a push waits no longer in the floor than in herald: light traffic (the",
+                  "floor ticks every millisecond, so its CPU is not compared), the 10 ms window (a push waits up to",
+                  "10 ms for the floor's tick; herald sends a lone push at once) and the seed's rate (both send a frame",
+                  "as soon as 100 items wait). Behind the 1 s window's tick a push waits up to a second, so latency is",
+                  "not compared there.", "",
                   "| scenario | figure | raw floor | herald | herald − floor |", "|---|---|---|---|---|"]
         for floor, scenario in floors:
             for figure in FLOORS[scenario][3]:

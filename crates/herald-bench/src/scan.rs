@@ -2,8 +2,9 @@
 //!
 //! Every item the publisher sends is `{"t":<send time, µs since the epoch>,"s":<sequence>,"p":"<padding>"}`, and
 //! every frame starts with `{"type":"PUSH"` (or, answering a PING, `{"type":"PONG"`). The scanner looks for
-//! those markers with `memmem`, so reading a frame costs about as much as a `memchr` over it. Markers split across two reads are caught by carrying the
-//! unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per connection).
+//! those markers with `memmem`, so reading a frame costs about as much as a `memchr` over it. Markers split across
+//! two reads are caught by carrying the unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per
+//! connection).
 
 use memchr::memmem;
 
