@@ -366,7 +366,9 @@ def render(results, benches):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=[n for n in SCENARIOS if n not in FLOOR_OF],
-                        help="run only these scenarios (a scenario with a floor runs it too)")
+                        help="run only these scenarios (a scenario with a floor runs it too); the others keep their "
+                             "last results from target/bench-results.json, so run the whole script once first on a "
+                             "new checkout")
     parser.add_argument("--dry-run", action="store_true", help="print instead of rewriting BENCHMARKS.md")
     parser.add_argument("--no-criterion", action="store_true",
                         help="skip the criterion benches (their last results are shown again)")
