@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use herald::config::{Config, ServeArgs};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// herald: a WebSocket message-push server, wire-compatible with go-push.
@@ -65,17 +66,20 @@ where
         .build()?
         .block_on(async {
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            // The handlers are installed here, before the server starts, not in the task that waits for them: a
+            // SIGTERM sent as soon as herald says it is serving must drain it, not kill it (the default action)
+            // because that task had not run yet.
+            let interrupt = signal(SignalKind::interrupt())?;
+            let terminate = signal(SignalKind::terminate())?;
+            tokio::spawn(cancel_on_signal(interrupt, terminate, shutdown.clone()));
             server(config, shutdown).await
         })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+async fn cancel_on_signal(mut interrupt: Signal, mut terminate: Signal, shutdown: CancellationToken) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     shutdown.cancel();
