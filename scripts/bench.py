@@ -87,12 +87,18 @@ FLOORS = {
     "window_10ms": ("floor_10ms", 10, 100, CPU_FIGURES + ["latency_p99_ms"]),
     "seed": ("floor_seed", 1000, 100, ["items_per_sec"] + CPU_FIGURES + ["latency_p99_ms"]),
 }
+# A second floor that also answers every PING with a PONG (`raw_fanout --answer-pings`: one event loop reads the
+# connections), as any server of this protocol must. Run beside the scenarios named here, where the clients'
+# heartbeats are a large share of the work: herald's cost beyond it is herald's own.
+PING_FLOORS = {"window_1s": "floor_1s_pings"}
 FLOOR_OF = {floor: scenario for scenario, (floor, *_) in FLOORS.items()}
-for _scenario, (_floor, *_) in FLOORS.items():
+FLOOR_OF.update({floor: scenario for scenario, floor in PING_FLOORS.items()})
+for _floor, _scenario in FLOOR_OF.items():
     _title, _args = SCENARIOS[_scenario]
     _flags = [a for i, a in enumerate(_args)
               if not (a.startswith("--merge") or (i and _args[i - 1].startswith("--merge")))]
-    SCENARIOS[_floor] = (f"raw floor: {_title}", _flags)
+    _what = "raw floor answering PINGs" if _floor in PING_FLOORS.values() else "raw floor"
+    SCENARIOS[_floor] = (f"{_what}: {_title}", _flags)
 
 # Memory after a churn storm must come back to within this much of the memory before it.
 CHURN_RSS_MARGIN_PCT = 10
@@ -154,11 +160,16 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def floor_args(name):
+    """raw_fanout's arguments after its two addresses, for a floor scenario."""
+    _, window_ms, max_items, _ = FLOORS[FLOOR_OF[name]]
+    return [str(window_ms), str(max_items)] + (["--answer-pings"] if name in PING_FLOORS.values() else [])
+
+
 def run_floor(name):
     """Runs a floor scenario: raw_fanout on free ports, `herald bench` attached to it."""
-    _, window_ms, max_items, _ = FLOORS[FLOOR_OF[name]]
     ws, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    raw = subprocess.Popen([RAW_FANOUT, ws, api, str(window_ms), str(max_items)])
+    raw = subprocess.Popen([RAW_FANOUT, ws, api, *floor_args(name)])
     try:
         time.sleep(0.5)
         return run(SCENARIOS[name][1] + ["--ws", ws, "--api", api, "--server-pid", str(raw.pid)])
@@ -311,6 +322,22 @@ def render(results, benches):
                 else:
                     delta = f"{diff:+,.1f} ms"
                 lines.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | {delta} |")
+        pinged = [(floor, scenario) for scenario, floor in PING_FLOORS.items()
+                  if floor in results and scenario in results]
+        if pinged:
+            lines += ["", "The same with the floor answering every PING (`--answer-pings`: one event loop reads every",
+                      "connection and sends a static PONG frame for each PING, as any server of this protocol must):",
+                      "", "| scenario | figure | floor answering PINGs | herald | herald − floor |",
+                      "|---|---|---|---|---|"]
+            for floor, scenario in pinged:
+                for figure in FLOORS[scenario][3] + ["pongs_received"]:
+                    low, high = results[floor].get(figure), results[scenario].get(figure)
+                    if low is None or high is None:
+                        continue
+                    diff = high - low
+                    delta = f"{diff:+,}" if isinstance(diff, int) else f"{diff:+.2f} s ({diff / low:+.0%})"
+                    lines.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | "
+                                 f"{delta} |")
     churn = results.get("churn")
     if churn:
         growth = churn["server_rss_after_vs_before_pct"]
@@ -332,8 +359,7 @@ def render(results, benches):
             continue
         command = ["herald bench " + " ".join(args)]
         if name in FLOOR_OF:
-            _, window_ms, max_items, _ = FLOORS[FLOOR_OF[name]]
-            command = [f"target/release/examples/raw_fanout WS_ADDR API_ADDR {window_ms} {max_items} &",
+            command = [f"target/release/examples/raw_fanout WS_ADDR API_ADDR {' '.join(floor_args(name))} &",
                        command[0] + " --ws WS_ADDR --api API_ADDR --server-pid $!"]
         lines += [f"### {title}", "", "```", *command, "```", ""]
         if "_measured" in result:
@@ -393,16 +419,14 @@ def main():
         targeted = {scenario for scenario, *_ in TARGETS}
         for name in opts.only or [n for n in SCENARIOS if n not in FLOOR_OF]:
             repeats = max(1, opts.repeats) if name in targeted else 1
-            floor = FLOORS.get(name, (None,))[0]
-            runs, floor_runs = [], []
+            floors = [f for f in (FLOORS.get(name, (None,))[0], PING_FLOORS.get(name)) if f]
+            runs = {key: [] for key in [name, *floors]}
             for attempt in range(repeats):
-                print(f"running {name} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
-                runs.append(run(SCENARIOS[name][1]))
-                if floor:
-                    print(f"running {floor} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
-                    floor_runs.append(run_floor(floor))
+                for key in runs:
+                    print(f"running {key} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
+                    runs[key].append(run_floor(key) if key in FLOOR_OF else run(SCENARIOS[key][1]))
             measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            for key, key_runs in [(name, runs), (floor, floor_runs)]:
+            for key, key_runs in runs.items():
                 if key_runs:
                     results[key] = combine(key_runs)
                     results[key]["_measured"] = f"{measured} at commit `{commit()}`"

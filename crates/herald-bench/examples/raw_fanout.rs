@@ -7,6 +7,10 @@
 //! (as herald's merging sends a full batch early), the rest once per window. What herald spends beyond this on the
 //! same scenario, measured in the same minute with the same client, is herald's own cost.
 //!
+//! With `--answer-pings` it also reads every connection and answers each PING with a PONG, the one thing any
+//! server of this protocol must do beyond writing frames: where the clients' heartbeats are a large share of the
+//! work (10,000 connections that get one frame a second), this variant tells the heartbeats' cost from herald's.
+//!
 //! ```text
 //! cargo build --release -p herald --example raw_fanout -p herald-bench
 //! target/release/examples/raw_fanout 127.0.0.1:17777 127.0.0.1:17799 1000 100 &   # not `cargo run`: $! must be it
@@ -22,10 +26,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald_gateway::handshake::{accept_key, switching_protocols};
 use herald_protocol::push::push_frame;
+use herald_protocol::ws::{OpCode, decode_header, unmask};
 
 #[derive(Default)]
 struct Shared {
-    conns: Mutex<Vec<TcpStream>>,
+    conns: Mutex<Vec<Conn>>,
     /// The connection count, apart from the list: the push API must not wait while a flush holds the list.
     connected: AtomicUsize,
     pending: Mutex<Vec<Bytes>>,
@@ -35,8 +40,10 @@ struct Shared {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [ws, api, window_ms, max_items] = args.as_slice() else {
-        anyhow::bail!("usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS");
+    let (ws, api, window_ms, max_items, answer_pings) = match args.as_slice() {
+        [ws, api, window_ms, max_items] => (ws, api, window_ms, max_items, false),
+        [ws, api, window_ms, max_items, flag] if flag == "--answer-pings" => (ws, api, window_ms, max_items, true),
+        _ => anyhow::bail!("usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings]"),
     };
     let window = Duration::from_millis(window_ms.parse()?);
     let max_items: usize = max_items.parse()?;
@@ -45,10 +52,18 @@ fn main() -> anyhow::Result<()> {
     let ws = TcpListener::bind(ws)?;
     let api = TcpListener::bind(api)?;
     let accepting = Arc::clone(&shared);
+    let pongs = answer_pings.then(PingAnswerer::start).transpose()?;
     std::thread::spawn(move || {
         for stream in ws.incoming().flatten() {
             if let Ok(stream) = upgrade(stream) {
-                accepting.conns.lock().unwrap().push(stream);
+                let conn = match &pongs {
+                    Some(pongs) => match pongs.answer(stream) {
+                        Ok(shared) => Conn::Answered(shared),
+                        Err(_) => continue,
+                    },
+                    None => Conn::Plain(stream),
+                };
+                accepting.conns.lock().unwrap().push(conn);
                 accepting.connected.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -91,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         let conns = shared.conns.lock().unwrap();
         let before = short_writes;
         for frame in &frames {
-            for mut conn in conns.iter() {
+            for conn in conns.iter() {
                 if !matches!(conn.write(frame), Ok(n) if n == frame.len()) {
                     short_writes += 1;
                 }
@@ -129,6 +144,83 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
+}
+
+/// A connection as the fan-out loop holds it.
+enum Conn {
+    /// Written to, never read.
+    Plain(TcpStream),
+    /// Also read by the [`PingAnswerer`]'s loop (one socket, no second descriptor: 10,000 connections use half
+    /// the process's descriptors already).
+    Answered(Arc<tokio::net::TcpStream>),
+}
+
+impl Conn {
+    fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(stream) => (&mut &*stream).write(frame),
+            Self::Answered(stream) => socket2::SockRef::from(&**stream).send(frame),
+        }
+    }
+}
+
+/// With `--answer-pings`, the least a server does for the clients' heartbeats: one single-threaded event loop
+/// reads every connection and answers each PING with a PONG (a static frame, one `send`), nothing else is read
+/// for. herald must answer them too, so this variant of the floor tells how much of herald's cost beyond the
+/// bare floor is the heartbeats' and how much is herald's own.
+struct PingAnswerer {
+    runtime: tokio::runtime::Handle,
+}
+
+impl PingAnswerer {
+    fn start() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        let handle = runtime.handle().clone();
+        std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+        Ok(Self { runtime: handle })
+    }
+
+    /// Reads `stream` until the peer goes; returns the socket for the fan-out loop to write to.
+    fn answer(&self, stream: TcpStream) -> io::Result<Arc<tokio::net::TcpStream>> {
+        let _guard = self.runtime.enter();
+        let stream = Arc::new(tokio::net::TcpStream::from_std(stream)?);
+        let reader = Arc::clone(&stream);
+        self.runtime.spawn(async move {
+            let pong = herald_protocol::ws::frame(OpCode::Text, br#"{"type":"PONG","data":{}}"#);
+            let mut buf = vec![0u8; 512];
+            let mut filled = 0;
+            loop {
+                // A frame that does not fit is not one of the bench's clients' (they send PINGs and JOINs).
+                if filled == buf.len() || reader.readable().await.is_err() {
+                    return;
+                }
+                let n = match reader.try_read(&mut buf[filled..]) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                };
+                filled += n;
+                // Whole frames from the start of the buffer: a PING gets its PONG, anything else is skipped.
+                let mut used = 0;
+                while let Ok(Some(header)) = decode_header(&buf[used..filled], buf.len()) {
+                    let end = used + header.header_len + header.payload_len;
+                    if end > filled {
+                        break;
+                    }
+                    let payload = &mut buf[used + header.header_len..end];
+                    unmask(payload, header.mask);
+                    if payload.starts_with(br#"{"type":"PING""#) {
+                        let _ = reader.try_write(&pong);
+                    }
+                    used = end;
+                }
+                buf.copy_within(used..filled, 0);
+                filled -= used;
+            }
+        });
+        Ok(stream)
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection: `POST /push/...` with a JSON body takes its items; `GET /stats` tells the
