@@ -246,6 +246,26 @@ def shown(figure, value):
     return fmt(value)
 
 
+def beside_floor(results, floor, scenario, figures):
+    """Table rows: each figure of `scenario` beside the same figure of `floor`, and the difference."""
+    rows = []
+    for figure in figures:
+        low, high = results[floor].get(figure), results[scenario].get(figure)
+        if low is None or high is None:
+            continue
+        diff = high - low
+        if isinstance(diff, int):
+            delta = f"{diff:+,}"
+        elif figure == "items_per_sec":
+            delta = f"{diff / 1e6:+.2f} M/s"
+        elif figure.endswith("_secs") and low:
+            delta = f"{diff:+.2f} s ({diff / low:+.0%})"
+        else:
+            delta = f"{diff:+,.1f} ms"
+        rows.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | {delta} |")
+    return rows
+
+
 def render(results, benches):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [START, "", f"Rendered {now} on {machine()}, commit `{commit()}`; server and load generator share the",
@@ -308,20 +328,7 @@ def render(results, benches):
                   "not compared there.", "",
                   "| scenario | figure | raw floor | herald | herald − floor |", "|---|---|---|---|---|"]
         for floor, scenario in floors:
-            for figure in FLOORS[scenario][3]:
-                low, high = results[floor].get(figure), results[scenario].get(figure)
-                if low is None or high is None:
-                    continue
-                diff = high - low
-                if isinstance(diff, int):
-                    delta = f"{diff:+,}"
-                elif figure == "items_per_sec":
-                    delta = f"{diff / 1e6:+.2f} M/s"
-                elif figure.endswith("_secs") and low:
-                    delta = f"{diff:+.2f} s ({diff / low:+.0%})"
-                else:
-                    delta = f"{diff:+,.1f} ms"
-                lines.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | {delta} |")
+            lines += beside_floor(results, floor, scenario, FLOORS[scenario][3])
         pinged = [(floor, scenario) for scenario, floor in PING_FLOORS.items()
                   if floor in results and scenario in results]
         if pinged:
@@ -330,14 +337,7 @@ def render(results, benches):
                       "", "| scenario | figure | floor answering PINGs | herald | herald − floor |",
                       "|---|---|---|---|---|"]
             for floor, scenario in pinged:
-                for figure in FLOORS[scenario][3] + ["pongs_received"]:
-                    low, high = results[floor].get(figure), results[scenario].get(figure)
-                    if low is None or high is None:
-                        continue
-                    diff = high - low
-                    delta = f"{diff:+,}" if isinstance(diff, int) else f"{diff:+.2f} s ({diff / low:+.0%})"
-                    lines.append(f"| {scenario} | {figure} | {shown(figure, low)} | {shown(figure, high)} | "
-                                 f"{delta} |")
+                lines += beside_floor(results, floor, scenario, FLOORS[scenario][3] + ["pongs_received"])
     churn = results.get("churn")
     if churn:
         growth = churn["server_rss_after_vs_before_pct"]

@@ -211,6 +211,8 @@ impl PingAnswerer {
                     let payload = &mut buf[used + header.header_len..end];
                     unmask(payload, header.mask);
                     if payload.starts_with(br#"{"type":"PING""#) {
+                        // Between two of the fan-out thread's frames: each goes in one `send`, whole, or is
+                        // reported as a short write (after which this connection's stream is broken anyway).
                         let _ = reader.try_write(&pong);
                     }
                     used = end;
