@@ -105,7 +105,7 @@ CHURN_RSS_MARGIN_PCT = 10
 
 # (single node, gRPC cluster, NATS) scenarios shown side by side.
 CLUSTER_PAIRS = [("window_10ms", "cluster_10ms", "nats_10ms"), ("seed", "cluster_seed", "nats_seed")]
-CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "latency_p50_ms", "latency_p99_ms",
+CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms",
                    "server_cpu_secs", "loadgen_cpu_secs"]
 
 # (scenario, figure, label, go-push, raw ceiling, target text, check)
@@ -185,14 +185,17 @@ WORST_OF_RUNS = {"items_lost", "duplicates", "sequence_gaps", "connect_errors", 
 
 def combine(runs):
     """One result from several runs of a scenario: each figure's median (the worst run's for WORST_OF_RUNS), and
-    each numeric figure's range under `_range`."""
+    each numeric figure's range under `_range`. How connections were closed early is the worst run's."""
     if len(runs) == 1:
         return runs[0]
     result, ranges = {}, {}
+    worst = max(runs, key=lambda r: r.get("closed_early") or 0)
     for key, first in runs[0].items():
         values = [r.get(key) for r in runs]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if not numeric:
+        if key == "closed_early_by":
+            result[key] = worst.get(key)
+        elif not numeric:
             result[key] = first
         elif key in WORST_OF_RUNS:
             result[key] = max(values)
@@ -227,6 +230,8 @@ def criterion():
 
 
 def fmt(value):
+    if isinstance(value, dict):  # counts by kind, as closed_early_by
+        return ", ".join(f"{kind}: {count:,}" for kind, count in value.items()) or "none"
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):

@@ -81,6 +81,9 @@ pub struct Target {
     /// Worker processes for the connections [default: one per 15,000 connections]
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Seconds between each connection's PINGs (the first at a random point of the first interval)
+    #[arg(long, default_value_t = 20.0, value_parser = parse_interval)]
+    pub ping_secs: f64,
     /// Print one JSON line instead of a table
     #[arg(long)]
     pub json: bool,
@@ -391,6 +394,14 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a PING interval in seconds: at least a millisecond, at most a day.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.001..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{text}: not a number of seconds between 0.001 and 86400")),
+    }
+}
+
 /// Reads `host:port`, or a `ws://`, `http://` URL naming one (its path is ignored: herald's paths are fixed).
 fn parse_address(text: &str) -> Result<SocketAddr, String> {
     let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
@@ -428,9 +439,10 @@ struct Workers {
 }
 
 impl Workers {
-    async fn start(server: &Server, conns: usize, room: Option<&str>, workers: Option<usize>) -> anyhow::Result<Self> {
+    async fn start(server: &Server, conns: usize, room: Option<&str>, target: &Target) -> anyhow::Result<Self> {
         // At least one worker per WebSocket listener, so a cluster's gateways all get connections.
-        let count = workers
+        let count = target
+            .workers
             .unwrap_or(conns.div_ceil(CONNS_PER_WORKER))
             .max(server.ws.len())
             .clamp(1, 250);
@@ -442,7 +454,7 @@ impl Workers {
                 conns: share,
                 room: room.map(str::to_owned),
                 index: index as u8,
-                ping_every_ms: 20_000,
+                ping_every_ms: (target.ping_secs * 1000.0).round() as u64,
                 churn_per_sec: 0.0,
                 churn_hold_ms: 0,
                 churn_secs: 0.0,
@@ -640,7 +652,7 @@ fn print_table(outcome: &Outcome) {
 async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let (rss_before, slab_before) = (server.rss_bytes(), proc::slab_bytes());
-    let mut workers = Workers::start(&server, args.conns, Some("bench"), args.target.workers).await?;
+    let mut workers = Workers::start(&server, args.conns, Some("bench"), &args.target).await?;
     let bar = progress(args.conns as u64, "connecting");
     let Connected {
         conns,
@@ -654,7 +666,6 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     let (rss_after, slab_after) = (server.rss_bytes(), proc::slab_bytes());
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
     let reports = workers.finish().await?;
-    let closed_early: u64 = reports.iter().map(|r| r.closed_early).sum();
     let loadgen_cpu: f64 = reports.iter().map(|r| r.cpu_secs).sum();
     let server_cpu = server.cpu_secs();
     server.stop().await;
@@ -669,7 +680,7 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     };
     out.put("connections", conns);
     out.put("connect_errors", errors);
-    out.put("closed_early", closed_early);
+    put_closed_early(&mut out, &reports);
     put_heartbeats(&mut out, &reports);
     out.put("connect_secs", secs);
     out.put("connects_per_sec", conns as f64 / secs.max(1e-9));
@@ -692,7 +703,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("fanout needs the push API: pass --api with --ws")?;
     let room = (!args.all).then_some(args.room.as_str());
-    let mut workers = Workers::start(&server, args.conns, room, args.target.workers).await?;
+    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
     let bar = progress(args.conns as u64, "connecting");
     let Connected { conns, errors, .. } = workers.connected(&bar).await?;
     bar.finish_and_clear();
@@ -734,6 +745,17 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// Puts the connections the server closed before the end, and how they ended (a close code: 4000 slow consumer,
+/// 4001 heartbeat timeout, ...; or no close frame, reset): `{}` when none was.
+fn put_closed_early(out: &mut Outcome, reports: &[Report]) {
+    let mut by = std::collections::BTreeMap::<&str, u64>::new();
+    for (how, count) in reports.iter().flat_map(|r| &r.closed_early_by) {
+        *by.entry(how).or_default() += count;
+    }
+    out.put("closed_early", reports.iter().map(|r| r.closed_early).sum::<u64>());
+    out.put("closed_early_by", serde_json::json!(by));
+}
+
 /// Puts the clients' heartbeats: PINGs sent and PONGs received. Answering them is part of the server's CPU (the
 /// raw floor leaves them unanswered); a PONG missing beyond the PINGs still in flight at the end is a server bug.
 fn put_heartbeats(out: &mut Outcome, reports: &[Report]) {
@@ -767,7 +789,7 @@ fn put_delivery(out: &mut Outcome, reports: &[Report], published: &publisher::Pu
     out.put("items_lost", published.expected_items.saturating_sub(items));
     out.put("sequence_gaps", sum(|r| r.gaps));
     out.put("duplicates", sum(|r| r.duplicates));
-    out.put("closed_early", sum(|r| r.closed_early));
+    put_closed_early(out, reports);
     put_heartbeats(out, reports);
     out.put("items_per_sec", items as f64 / secs);
     out.put("frames_per_sec", frames as f64 / secs);
@@ -793,7 +815,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("churn needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
-    let mut workers = Workers::start(&server, args.conns, room, args.target.workers).await?;
+    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
     let bar = progress(args.conns as u64, "connecting");
     let Connected { conns, errors, .. } = workers.connected(&bar).await?;
     bar.finish_and_clear();
@@ -804,7 +826,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {
             conns: 0,
             room: Some(args.room.clone()),
             index: 0,
-            ping_every_ms: 20_000,
+            ping_every_ms: (args.target.ping_secs * 1000.0).round() as u64,
             churn_per_sec: args.churn,
             churn_hold_ms: args.hold_ms,
             churn_secs: args.secs,

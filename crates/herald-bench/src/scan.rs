@@ -4,7 +4,8 @@
 //! every frame starts with `{"type":"PUSH"` (or, answering a PING, `{"type":"PONG"`). The scanner looks for
 //! those markers with `memmem`, so reading a frame costs about as much as a `memchr` over it. Markers split across
 //! two reads are caught by carrying the unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per
-//! connection).
+//! connection). The same carry holds the end of the stream when the server closes, where [`Scanner::close_code`]
+//! finds the close frame's status code.
 
 use memchr::memmem;
 
@@ -17,6 +18,8 @@ const FRAME: &[u8] = br#"{"type":"PUSH""#;
 const PONG: &[u8] = br#"{"type":"PONG""#;
 /// What both frame markers start with, so that one pass finds either.
 const FRAME_OR_PONG: &[u8] = br#"{"type":"P"#;
+/// First byte of an unfragmented close frame (FIN + opcode 8); the server's frames are unmasked.
+const CLOSE_HEADER: u8 = 0x88;
 const MARKER_LEN: usize = FRAME.len();
 const _: () = assert!(PONG.len() == MARKER_LEN);
 /// An item without a sequence number (not sent by the bench publisher): counted, not checked for order.
@@ -114,6 +117,20 @@ impl Scanner {
         }
     }
 
+    /// The status code of a close frame ending the bytes scanned so far: `Some(None)` for a close frame without
+    /// one, `None` when the stream does not end in a close frame (or its reason was too long for the carry). Asked
+    /// once the server has closed the connection, whose last frame is then its close frame. The header is taken at
+    /// the last place one fits (`0x88`, then the length of exactly the rest): no close code has an `0x88` byte and
+    /// herald's reasons are ASCII, so nothing inside the close frame fits.
+    pub fn close_code(&self) -> Option<Option<u16>> {
+        let tail = &self.carry[..self.carry_len];
+        (0..tail.len().saturating_sub(1)).rev().find_map(|at| {
+            let payload = &tail[at + 2..];
+            (tail[at] == CLOSE_HEADER && usize::from(tail[at + 1]) == payload.len() && payload.len() != 1)
+                .then(|| payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]])))
+        })
+    }
+
     /// Puts the carry in front of `buf[CARRY..]` (where the next read must go); returns where the window starts.
     pub fn prepare(&self, buf: &mut [u8]) -> usize {
         let start = CARRY - self.carry_len;
@@ -168,7 +185,7 @@ mod tests {
     }
 
     /// Feeds `stream` in pieces of `piece` bytes through the carry mechanics, as a connection does.
-    fn feed(stream: &[u8], piece: usize) -> (Tally, Vec<u64>) {
+    fn fed(stream: &[u8], piece: usize) -> (Scanner, Vec<u64>) {
         let mut scanner = Scanner::default();
         let mut times = Vec::new();
         let mut buf = vec![0u8; CARRY + piece];
@@ -177,6 +194,11 @@ mod tests {
             let start = scanner.prepare(&mut buf);
             scanner.scan(&buf[start..CARRY + chunk.len()], |t| times.push(t));
         }
+        (scanner, times)
+    }
+
+    fn feed(stream: &[u8], piece: usize) -> (Tally, Vec<u64>) {
+        let (scanner, times) = fed(stream, piece);
         (scanner.tally, times)
     }
 
@@ -209,6 +231,32 @@ mod tests {
             (tally.items, tally.gaps, tally.duplicates, tally.next_seq),
             (4, 2, 1, 5)
         );
+    }
+
+    #[test]
+    fn finds_the_code_of_the_close_frame_that_ends_the_stream() {
+        let close = |code: u16, reason: &str| {
+            let mut out = vec![CLOSE_HEADER, (2 + reason.len()) as u8];
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(reason.as_bytes());
+            out
+        };
+        let mut stream = frame(&[item(1, 0, 100)]);
+        stream.extend(close(4000, "slow consumer"));
+        for piece in [1, 5, 17, 4096] {
+            assert_eq!(fed(&stream, piece).0.close_code(), Some(Some(4000)), "piece {piece}");
+        }
+        // A close frame without a status code; a stream cut without one; a reason longer than the carry.
+        let mut bare = frame(&[item(1, 0, 100)]);
+        bare.extend([CLOSE_HEADER, 0]);
+        let mut cut = frame(&[item(1, 0, 100)]);
+        let mut long = cut.clone();
+        bare.extend([CLOSE_HEADER, 0]);
+        assert_eq!(fed(&bare, 4096).0.close_code(), Some(None));
+        cut.truncate(cut.len() - 3);
+        assert_eq!(fed(&cut, 4096).0.close_code(), None);
+        long.extend(close(1001, &"x".repeat(100)));
+        assert_eq!(fed(&long, 4096).0.close_code(), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! when this thread read it, queue included, and is reported beside it.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, IoSliceMut, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -104,6 +105,10 @@ pub struct Report {
     pub duplicates: u64,
     /// Connections the server closed before the end.
     pub closed_early: u64,
+    /// The same connections by how they ended: the close frame's status code (`"4000"`, `"1001"`, ...), `"no
+    /// code"` (a close frame without one), `"no close frame"` (the stream just ended), `"reset"` or `"error"`.
+    #[serde(default)]
+    pub closed_early_by: BTreeMap<String, u64>,
     /// PINGs sent (each connection sends one every `ping_every_ms`, the first at a random point of the first).
     #[serde(default)]
     pub pings_sent: u64,
@@ -364,13 +369,17 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
     let first = ping_every.mul_f64(f64::from(fastrand_u16()) / f64::from(u16::MAX));
     let timer = tokio::time::sleep(first);
     tokio::pin!(timer);
-    let mut closed_early = false;
+    let mut ended = None;
     let mut pings_sent = 0u64;
     loop {
         tokio::select! {
             ready = stream.readable() => {
-                if ready.is_err() || !read_available(&stream, &mut scanner, &shared) {
-                    closed_early = !*stop.borrow();
+                let end = match ready {
+                    Ok(()) => read_available(&stream, &mut scanner, &shared),
+                    Err(e) => Some(Err(e.kind())),
+                };
+                if let Some(end) = end {
+                    ended = (!*stop.borrow()).then(|| how_it_ended(end, &scanner));
                     break;
                 }
             }
@@ -387,8 +396,24 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
     }
     let mut totals = shared.totals.lock().unwrap();
     add(&mut totals, &scanner.tally);
-    totals.closed_early += u64::from(closed_early);
+    if let Some(how) = ended {
+        totals.closed_early += 1;
+        *totals.closed_early_by.entry(how).or_default() += 1;
+    }
     totals.pings_sent += pings_sent;
+}
+
+/// How a connection the server closed ended, from what [`read_available`] returned and the stream's last bytes.
+fn how_it_ended(end: Result<(), io::ErrorKind>, scanner: &Scanner) -> String {
+    match end {
+        Ok(()) => match scanner.close_code() {
+            Some(Some(code)) => code.to_string(),
+            Some(None) => "no code".to_owned(),
+            None => "no close frame".to_owned(),
+        },
+        Err(io::ErrorKind::ConnectionReset) => "reset".to_owned(),
+        Err(_) => "error".to_owned(),
+    }
 }
 
 /// Adds a finished connection's tally (its items were added as they arrived, for `status`).
@@ -399,17 +424,18 @@ fn add(report: &mut Report, tally: &Tally) {
     report.duplicates += tally.duplicates;
 }
 
-/// Reads what the socket holds and scans it; false when the server closed the connection.
-fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) -> bool {
+/// Reads what the socket holds and scans it. `None` while the connection stays open; once it has ended,
+/// `Some(Ok(()))` when the server closed it, `Some(Err(kind))` when a read failed.
+fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) -> Option<Result<(), io::ErrorKind>> {
     READ_BUF.with_borrow_mut(|buf| {
         CONTROL.with_borrow_mut(|control| {
             loop {
                 let (n, arrived) =
                     match stream.try_io(Interest::READABLE, || receive(stream, &mut buf[CARRY..], control)) {
-                        Ok((0, _)) => return false,
+                        Ok((0, _)) => return Some(Ok(())),
                         Ok(read) => read,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                        Err(_) => return false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                        Err(e) => return Some(Err(e.kind())),
                     };
                 let now = now_us();
                 let before = scanner.tally.items;

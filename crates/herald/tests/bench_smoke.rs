@@ -54,6 +54,11 @@ fn bench_scenarios_run_and_account_for_every_item() {
         fanout["pongs_received"].as_u64().unwrap(),
     );
     assert!(pings > 0 && pongs <= pings && pongs >= pings / 2, "{fanout}");
+    assert_eq!(
+        (&fanout["closed_early"], &fanout["closed_early_by"]),
+        (&serde_json::json!(0), &serde_json::json!({})),
+        "{fanout}"
+    );
 
     let broadcast = bench(&[
         "fanout",
@@ -76,6 +81,40 @@ fn bench_scenarios_run_and_account_for_every_item() {
         "{idle}"
     );
     assert!(idle["server_rss_per_conn_bytes"].is_u64(), "{idle}");
+}
+
+#[test]
+fn bench_says_how_the_server_closed_connections_and_pings_as_often_as_asked() {
+    // A herald that closes connections silent for 1 s, clients that ping every 30 s: every connection is closed by
+    // the heartbeat timeout (4001) while the bench holds them.
+    let silent = bench(&[
+        "connections",
+        "--conns",
+        "40",
+        "--secs",
+        "2",
+        "--ping-secs",
+        "30",
+        "--server-arg=--heartbeat-timeout",
+        "--server-arg=1s",
+    ]);
+    assert_eq!(silent["closed_early"], 40, "{silent}");
+    assert_eq!(silent["closed_early_by"], serde_json::json!({"4001": 40}), "{silent}");
+
+    // The same herald, clients that ping every 200 ms: none is closed, and each pinged several times.
+    let pinging = bench(&[
+        "connections",
+        "--conns",
+        "40",
+        "--secs",
+        "2",
+        "--ping-secs",
+        "0.2",
+        "--server-arg=--heartbeat-timeout",
+        "--server-arg=1s",
+    ]);
+    assert_eq!(pinging["closed_early"], 0, "{pinging}");
+    assert!(pinging["pings_sent"].as_u64().unwrap() >= 40 * 10, "{pinging}");
 }
 
 #[test]
