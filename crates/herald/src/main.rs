@@ -1,6 +1,7 @@
 //! The `herald` command.
 
 use clap::{Parser, Subcommand};
+use herald::cluster::Threads;
 use herald::config::{Config, ServeArgs};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -32,15 +33,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => run_server(args, |config, shutdown| async move {
+        Command::Serve(args) => run_server(args, per_core, |config, shutdown| async move {
             let (ws, api) = herald::serve::bind(&config).await?;
             herald::serve::run(config, ws, api, shutdown).await
         }),
-        Command::Gateway(args) => run_server(args, |config, shutdown| async move {
+        Command::Gateway(args) => run_server(args, per_core, |config, shutdown| async move {
             let (ws, rpc) = herald::cluster::bind_gateway(&config).await?;
             herald::cluster::run_gateway(config, ws, rpc, shutdown).await
         }),
-        Command::Logic(args) => run_server(args, |config, shutdown| async move {
+        Command::Logic(args) => run_server(args, herald::cluster::logic_threads, |config, shutdown| async move {
             let api = herald::serve::bind_one(config.api_addr, "api_addr").await?;
             herald::cluster::run_logic(config, api, shutdown).await
         }),
@@ -49,8 +50,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Resolves the configuration, sets up logging and the runtime, and runs `server` until SIGINT or SIGTERM.
-fn run_server<F, Fut>(args: ServeArgs, server: F) -> anyhow::Result<()>
+/// Serve and gateway run on a worker per core: their fan-out is split over the cores.
+fn per_core(_: &Config) -> Threads {
+    Threads::PerCore
+}
+
+/// Resolves the configuration, sets up logging and the runtime (`threads` tells which), and runs `server` until
+/// SIGINT or SIGTERM.
+fn run_server<F, Fut>(args: ServeArgs, threads: fn(&Config) -> Threads, server: F) -> anyhow::Result<()>
 where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -61,19 +68,20 @@ where
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let shutdown = CancellationToken::new();
-            // The handlers are installed here, before the server starts, not in the task that waits for them: a
-            // SIGTERM sent as soon as herald says it is serving must drain it, not kill it (the default action)
-            // because that task had not run yet.
-            let interrupt = signal(SignalKind::interrupt())?;
-            let terminate = signal(SignalKind::terminate())?;
-            tokio::spawn(cancel_on_signal(interrupt, terminate, shutdown.clone()));
-            server(config, shutdown).await
-        })
+    let mut runtime = match threads(&config) {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        // The handlers are installed here, before the server starts, not in the task that waits for them: a
+        // SIGTERM sent as soon as herald says it is serving must drain it, not kill it (the default action)
+        // because that task had not run yet.
+        let interrupt = signal(SignalKind::interrupt())?;
+        let terminate = signal(SignalKind::terminate())?;
+        tokio::spawn(cancel_on_signal(interrupt, terminate, shutdown.clone()));
+        server(config, shutdown).await
+    })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -169,7 +169,8 @@ impl GatewayNode {
 /// arrives while the handler reads it, tokio takes that for a yield and wakes the idle second worker to look for
 /// work, and every push paid for two context switches it did not need (~25 µs of ~70 µs a push on the 2-core
 /// VM). On its own loop a push costs one wake-up; the handler hands items to the hub, whose workers stay on the
-/// shared runtime.
+/// shared runtime. [`HttpServer::spawn_here`] serves on the caller's runtime instead, for a process that is itself
+/// one event loop (a logic node, see `cluster::run_logic`).
 pub(crate) struct HttpServer {
     stop: CancellationToken,
     threads: Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
@@ -199,6 +200,23 @@ impl HttpServer {
             done.push(receiver);
         }
         Ok(Self { stop, threads: done })
+    }
+
+    /// Serves `router` on `listener` from a task on the current runtime.
+    pub(crate) fn spawn_here(listener: TcpListener, router: axum::Router) -> Self {
+        let stop = CancellationToken::new();
+        let (finished, receiver) = tokio::sync::oneshot::channel();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+            let _ = finished.send(served);
+        });
+        Self {
+            stop,
+            threads: vec![receiver],
+        }
     }
 
     /// Stops taking connections, waits for requests in progress, and reports how the server ended.

@@ -84,6 +84,29 @@ fn bench_scenarios_run_and_account_for_every_item() {
 }
 
 #[test]
+fn bench_runs_a_cluster_of_its_own() {
+    // `herald logic` (one event loop by default) and two `herald gateway` processes, started and stopped by the bench.
+    let cluster = bench(&[
+        "fanout",
+        "--cluster",
+        "2",
+        "--conns",
+        "200",
+        "--rate",
+        "20",
+        "--secs",
+        "2",
+        "--merge-window",
+        "50ms",
+    ]);
+    assert_eq!(cluster["connections"], 200, "{cluster}");
+    assert_eq!(cluster["pushes_refused"], 0, "{cluster}");
+    assert!(cluster["items_expected"].as_u64().unwrap() >= 200 * 20, "{cluster}");
+    assert_eq!(cluster["items_received"], cluster["items_expected"], "{cluster}");
+    assert_eq!(cluster["duplicates"], 0, "{cluster}");
+}
+
+#[test]
 fn bench_says_how_the_server_closed_connections_and_pings_as_often_as_asked() {
     // A herald that closes connections silent for 1 s, clients that ping every 30 s: every connection is closed by
     // the heartbeat timeout (4001) while the bench holds them.
