@@ -248,9 +248,8 @@ mod tests {
         }
         // A close frame without a status code; a stream cut without one; a reason longer than the carry.
         let mut bare = frame(&[item(1, 0, 100)]);
-        bare.extend([CLOSE_HEADER, 0]);
-        let mut cut = frame(&[item(1, 0, 100)]);
-        let mut long = cut.clone();
+        let mut cut = bare.clone();
+        let mut long = bare.clone();
         bare.extend([CLOSE_HEADER, 0]);
         assert_eq!(fed(&bare, 4096).0.close_code(), Some(None));
         cut.truncate(cut.len() - 3);

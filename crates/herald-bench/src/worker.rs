@@ -106,7 +106,8 @@ pub struct Report {
     /// Connections the server closed before the end.
     pub closed_early: u64,
     /// The same connections by how they ended: the close frame's status code (`"4000"`, `"1001"`, ...), `"no
-    /// code"` (a close frame without one), `"no close frame"` (the stream just ended), `"reset"` or `"error"`.
+    /// code"` (a close frame without one), `"no close frame"` (the stream just ended, or its close frame's reason was
+    /// longer than the scanner's carry holds: 44 bytes), `"reset"` or `"error"`.
     #[serde(default)]
     pub closed_early_by: BTreeMap<String, u64>,
     /// PINGs sent (each connection sends one every `ping_every_ms`, the first at a random point of the first).
