@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::serve::{GatewayNode, HttpServer, bind_one, bind_ws};
+use crate::serve::{GatewayNode, HttpServer, bind_one, bind_ws, on_own_loop};
 
 /// Longest wait for the internal listener to close once the gateway has drained.
 const INTERNAL_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,14 +66,20 @@ pub async fn run_gateway(
     );
     let end_streams = CancellationToken::new();
     let stop_internal = CancellationToken::new();
-    let mut internal = tokio::spawn(serve_internal(
-        rpc,
-        RpcService::new(node.hub.clone(), end_streams.clone()),
-        ops,
+    // On a thread of its own, as the push API of `serve`: a push from logic then wakes this loop and the hub's
+    // worker, not a worker of the shared runtime to run the HTTP/2 connection and another for the stream's handler.
+    let service = RpcService::new(node.hub.clone(), end_streams.clone());
+    let (secret, tls, stopped) = (
         config.cluster.secret.clone(),
         config.rpc_tls.clone(),
-        stop_internal.clone().cancelled_owned(),
-    ));
+        stop_internal.clone(),
+    );
+    let rpc = rpc.into_std()?;
+    let mut internal = on_own_loop("herald-rpc".to_owned(), move || async move {
+        let rpc = TcpListener::from_std(rpc)?;
+        Ok(serve_internal(rpc, service, ops, secret, tls, stopped.cancelled_owned()).await)
+    })
+    .context("starting the internal listener's thread")?;
 
     tracing::info!(
         ws = %ws_addr,
@@ -105,7 +111,8 @@ pub async fn run_gateway(
         },
     };
     ended
-        .context("internal listener task")?
+        .context("internal listener: its thread panicked")?
+        .context("internal listener: its event loop")?
         .context("internal listener (rpc_addr)")?;
     tracing::info!("stopped");
     Ok(())

@@ -184,20 +184,21 @@ impl HttpServer {
         let mut done = Vec::with_capacity(threads);
         for index in 0..threads {
             let (router, stopped) = (router.clone(), stop.clone());
-            let (finished, receiver) = tokio::sync::oneshot::channel();
             let started = listener.try_clone().and_then(|listener| {
-                std::thread::Builder::new()
-                    .name(format!("herald-api-{index}"))
-                    .spawn(move || {
-                        let _ = finished.send(serve_api_thread(listener, router, stopped));
-                    })
+                on_own_loop(format!("herald-api-{index}"), move || async move {
+                    axum::serve(TcpListener::from_std(listener)?, router.into_make_service())
+                        .with_graceful_shutdown(stopped.cancelled_owned())
+                        .await
+                })
             });
-            if let Err(error) = started {
-                // The threads already serving stop too: herald does not run with part of its push API.
-                stop.cancel();
-                return Err(error).context("starting a push-API thread");
+            match started {
+                Ok(receiver) => done.push(receiver),
+                Err(error) => {
+                    // The threads already serving stop too: herald does not run with part of its push API.
+                    stop.cancel();
+                    return Err(error).context("starting a push-API thread");
+                }
             }
-            done.push(receiver);
         }
         Ok(Self { stop, threads: done })
     }
@@ -233,19 +234,25 @@ impl HttpServer {
     }
 }
 
-/// One push-API thread: its own event loop, serving `listener` until `stop`.
-fn serve_api_thread(
-    listener: std::net::TcpListener,
-    router: axum::Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let listener = TcpListener::from_std(listener)?;
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+/// Runs the future `task` makes on a thread named `name`, on a single-threaded event loop of its own; the receiver
+/// gets its output, or an error if the loop could not be built (the sender is dropped unsent if the task panics).
+/// For a listener whose every request would otherwise wake a worker of the shared runtime (see [`HttpServer`]).
+pub(crate) fn on_own_loop<F, Fut, T>(
+    name: String,
+    task: F,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<T>>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<T>>,
+    T: Send + 'static,
+{
+    let (finished, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let ended = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|runtime| runtime.block_on(task()));
+        let _ = finished.send(ended);
+    })?;
+    Ok(receiver)
 }
