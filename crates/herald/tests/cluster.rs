@@ -295,6 +295,23 @@ async fn a_cluster_of_processes_survives_a_killed_gateway() {
     drop((logic, survivor, reborn));
 }
 
+/// Logic is one event loop by default; with several push-API threads it runs the API on them and the links on a
+/// worker per core. Both layouts forward in order to every gateway.
+#[tokio::test]
+async fn logic_with_several_api_threads_forwards_too() {
+    let (first, second, logic, api) = process_cluster(&["--api-threads", "3"]).await;
+    let mut near = Client::member(first.addr("ws"), "feed").await;
+    let mut far = Client::member(second.addr("ws"), "feed").await;
+    for n in 0..20 {
+        let answer = api.push_room("feed", &format!("[{n}]")).await;
+        assert_eq!(answer["gateways"]["accepted"], 2, "{answer}");
+    }
+    let expected: Vec<Value> = (0..20).map(|n| json!(n)).collect();
+    assert_eq!(near.items(20).await, expected);
+    assert_eq!(far.items(20).await, expected);
+    drop((logic, first, second));
+}
+
 #[tokio::test]
 async fn the_hop_can_run_over_tls() {
     let dir = std::env::temp_dir().join(format!("herald-tls-{}", std::process::id()));
