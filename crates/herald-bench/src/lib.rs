@@ -664,7 +664,13 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     // Let the server settle (connection tasks parked, allocator quiet) before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_after, slab_after) = (server.rss_bytes(), proc::slab_bytes());
+    let cpu_before_hold = server.cpu_secs();
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
+    // The hold alone: what the open connections cost the server (their heartbeats), without the connects.
+    let held_cpu = match (cpu_before_hold, server.cpu_secs()) {
+        (Some(before), Some(after)) => serde_json::json!(after - before),
+        _ => serde_json::Value::Null,
+    };
     let reports = workers.finish().await?;
     let loadgen_cpu: f64 = reports.iter().map(|r| r.cpu_secs).sum();
     let server_cpu = server.cpu_secs();
@@ -694,6 +700,7 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
         "server_cpu_secs",
         server_cpu.map_or(serde_json::Value::Null, Into::into),
     );
+    out.put("server_cpu_held_secs", held_cpu);
     out.put("loadgen_cpu_secs", loadgen_cpu);
     out.put("loadgen_rss_per_conn_bytes", loadgen_rss / conns.max(1) as u64);
     Ok(out)

@@ -81,6 +81,12 @@ fn bench_scenarios_run_and_account_for_every_item() {
         "{idle}"
     );
     assert!(idle["server_rss_per_conn_bytes"].is_u64(), "{idle}");
+    // The hold is part of the run: its CPU is a share of the server's whole.
+    let (held, total) = (
+        idle["server_cpu_held_secs"].as_f64().unwrap(),
+        idle["server_cpu_secs"].as_f64().unwrap(),
+    );
+    assert!((0.0..=total).contains(&held), "{idle}");
 }
 
 #[test]
