@@ -351,6 +351,22 @@ async fn the_hop_can_run_over_tls() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Waits until every thread of process `pid` is stopped (state `T` in /proc).
+async fn wait_stopped(pid: &str) {
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().all(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !all_stopped() {
+        assert!(tokio::time::Instant::now() < deadline, "process {pid} did not stop");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// A gateway that stops answering (SIGSTOP: its kernel still takes the bytes) costs the other gateway nothing but
 /// the wait for its acks: pushes are answered unconfirmed for it after `ack_timeout`, then refused at once when its
 /// queue is full, and everything it was sent is delivered when it resumes.
@@ -367,6 +383,8 @@ async fn a_stalled_gateway_fills_its_own_queue_only() {
         assert!(status.success());
     };
     signal("-STOP");
+    // kill returns once the signal is queued; each thread stops when it next runs. Wait until all have.
+    wait_stopped(&pid).await;
     let tally = |answer: &Value| answer["gateways"].clone();
     for n in 1..=2 {
         let answer = api.push_room("r", &format!("[{n}]")).await;
