@@ -4,10 +4,12 @@
 
 use std::process::Command;
 
-fn bench(args: &[&str]) -> serde_json::Value {
+/// Runs `herald bench <command> --json` (the command's words split on spaces) and returns its result.
+fn bench(command: &str) -> serde_json::Value {
+    let args: Vec<&str> = command.split_whitespace().collect();
     let output = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("bench")
-        .args(args)
+        .args(&args)
         .arg("--json")
         .output()
         .unwrap();
@@ -20,27 +22,24 @@ fn bench(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().expect("one JSON line")).unwrap()
 }
 
+/// A fan-out result where all `conns` connected, at least `pushes` pushes were taken, and every connection got
+/// every item once.
+fn assert_every_item_delivered(result: &serde_json::Value, conns: u64, pushes: u64) {
+    assert_eq!(result["connections"], conns, "{result}");
+    assert_eq!(result["pushes_refused"], 0, "{result}");
+    assert!(result["items_expected"].as_u64().unwrap() >= conns * pushes, "{result}");
+    assert_eq!(result["items_received"], result["items_expected"], "{result}");
+    assert_eq!(
+        (result["items_lost"].as_u64(), result["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{result}"
+    );
+}
+
 #[test]
 fn bench_scenarios_run_and_account_for_every_item() {
-    let fanout = bench(&[
-        "fanout",
-        "--conns",
-        "300",
-        "--rate",
-        "20",
-        "--secs",
-        "2",
-        "--merge-window",
-        "50ms",
-    ]);
-    assert_eq!(fanout["connections"], 300, "{fanout}");
-    assert_eq!(fanout["pushes_refused"], 0);
-    assert!(fanout["items_expected"].as_u64().unwrap() >= 300 * 20, "{fanout}");
-    assert_eq!(fanout["items_received"], fanout["items_expected"], "{fanout}");
-    assert_eq!(
-        (fanout["items_lost"].as_u64(), fanout["duplicates"].as_u64()),
-        (Some(0), Some(0))
-    );
+    let fanout = bench("fanout --conns 300 --rate 20 --secs 2 --merge-window 50ms");
+    assert_every_item_delivered(&fanout, 300, 20);
     assert!(fanout["latency_p99_ms"].as_f64().unwrap() > 0.0);
     // Latency ends when a frame reached the client's socket (the kernel's receive timestamp), never after the
     // load generator read it.
@@ -60,21 +59,10 @@ fn bench_scenarios_run_and_account_for_every_item() {
         "{fanout}"
     );
 
-    let broadcast = bench(&[
-        "fanout",
-        "--all",
-        "--conns",
-        "200",
-        "--rate",
-        "10",
-        "--secs",
-        "1",
-        "--workers",
-        "2",
-    ]);
+    let broadcast = bench("fanout --all --conns 200 --rate 10 --secs 1 --workers 2");
     assert_eq!(broadcast["items_received"], broadcast["items_expected"], "{broadcast}");
 
-    let idle = bench(&["connections", "--conns", "300", "--secs", "1"]);
+    let idle = bench("connections --conns 300 --secs 1");
     assert_eq!(
         (idle["connections"].as_u64(), idle["connect_errors"].as_u64()),
         (Some(300), Some(0)),
@@ -92,56 +80,22 @@ fn bench_scenarios_run_and_account_for_every_item() {
 #[test]
 fn bench_runs_a_cluster_of_its_own() {
     // `herald logic` (one event loop by default) and two `herald gateway` processes, started and stopped by the bench.
-    let cluster = bench(&[
-        "fanout",
-        "--cluster",
-        "2",
-        "--conns",
-        "200",
-        "--rate",
-        "20",
-        "--secs",
-        "2",
-        "--merge-window",
-        "50ms",
-    ]);
-    assert_eq!(cluster["connections"], 200, "{cluster}");
-    assert_eq!(cluster["pushes_refused"], 0, "{cluster}");
-    assert!(cluster["items_expected"].as_u64().unwrap() >= 200 * 20, "{cluster}");
-    assert_eq!(cluster["items_received"], cluster["items_expected"], "{cluster}");
-    assert_eq!(cluster["duplicates"], 0, "{cluster}");
+    let cluster = bench("fanout --cluster 2 --conns 200 --rate 20 --secs 2 --merge-window 50ms");
+    assert_every_item_delivered(&cluster, 200, 20);
 }
 
 #[test]
 fn bench_says_how_the_server_closed_connections_and_pings_as_often_as_asked() {
     // A herald that closes connections silent for 1 s, clients that ping every 30 s: every connection is closed by
     // the heartbeat timeout (4001) while the bench holds them.
-    let silent = bench(&[
-        "connections",
-        "--conns",
-        "40",
-        "--secs",
-        "2",
-        "--ping-secs",
-        "30",
-        "--server-arg=--heartbeat-timeout",
-        "--server-arg=1s",
-    ]);
+    let silent =
+        bench("connections --conns 40 --secs 2 --ping-secs 30 --server-arg=--heartbeat-timeout --server-arg=1s");
     assert_eq!(silent["closed_early"], 40, "{silent}");
     assert_eq!(silent["closed_early_by"], serde_json::json!({"4001": 40}), "{silent}");
 
     // The same herald, clients that ping every 200 ms: none is closed, and each pinged several times.
-    let pinging = bench(&[
-        "connections",
-        "--conns",
-        "40",
-        "--secs",
-        "2",
-        "--ping-secs",
-        "0.2",
-        "--server-arg=--heartbeat-timeout",
-        "--server-arg=1s",
-    ]);
+    let pinging =
+        bench("connections --conns 40 --secs 2 --ping-secs 0.2 --server-arg=--heartbeat-timeout --server-arg=1s");
     assert_eq!(pinging["closed_early"], 0, "{pinging}");
     assert!(pinging["pings_sent"].as_u64().unwrap() >= 40 * 10, "{pinging}");
 }
@@ -154,4 +108,20 @@ fn bench_refuses_a_remote_target_unless_allowed() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("outside loopback"));
+}
+
+#[test]
+fn bench_refuses_a_ping_interval_out_of_range() {
+    for interval in ["0", "0.0001", "soon", "100000"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["bench", "connections", "--conns", "1", "--ping-secs", interval])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "--ping-secs {interval} was taken");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("not a number of seconds between 0.001 and 86400"),
+            "--ping-secs {interval}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
