@@ -89,6 +89,13 @@ pub struct Target {
     pub json: bool,
 }
 
+impl Target {
+    /// The clients' PING interval in milliseconds, as a worker's [`Plan`] takes it.
+    fn ping_every_ms(&self) -> u64 {
+        (self.ping_secs * 1000.0).round() as u64
+    }
+}
+
 /// `herald bench connections`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionsArgs {
@@ -360,6 +367,15 @@ impl Server {
         self.pids.iter().map(|&pid| proc::cpu_secs(pid)).sum()
     }
 
+    /// CPU seconds the server's processes used since they had used `before` (from [`Server::cpu_secs`]), as a
+    /// figure of the result: null when either reading is missing.
+    fn cpu_since(&self, before: Option<f64>) -> serde_json::Value {
+        match (before, self.cpu_secs()) {
+            (Some(before), Some(now)) => serde_json::json!(now - before),
+            _ => serde_json::Value::Null,
+        }
+    }
+
     /// Resident memory of all the server's processes; `None` when a process is unknown or gone.
     fn rss_bytes(&self) -> Option<u64> {
         if self.pids.is_empty() {
@@ -454,7 +470,7 @@ impl Workers {
                 conns: share,
                 room: room.map(str::to_owned),
                 index: index as u8,
-                ping_every_ms: (target.ping_secs * 1000.0).round() as u64,
+                ping_every_ms: target.ping_every_ms(),
                 churn_per_sec: 0.0,
                 churn_hold_ms: 0,
                 churn_secs: 0.0,
@@ -667,10 +683,7 @@ async fn connections(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     let cpu_before_hold = server.cpu_secs();
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
     // The hold alone: what the open connections cost the server (their heartbeats), without the connects.
-    let held_cpu = match (cpu_before_hold, server.cpu_secs()) {
-        (Some(before), Some(after)) => serde_json::json!(after - before),
-        _ => serde_json::Value::Null,
-    };
+    let held_cpu = server.cpu_since(cpu_before_hold);
     let reports = workers.finish().await?;
     let loadgen_cpu: f64 = reports.iter().map(|r| r.cpu_secs).sum();
     let server_cpu = server.cpu_secs();
@@ -733,10 +746,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
 
     workers.drain(published.expected_items).await?;
-    let server_cpu = match (cpu_before, server.cpu_secs()) {
-        (Some(b), Some(a)) => serde_json::json!(a - b),
-        _ => serde_json::Value::Null,
-    };
+    let server_cpu = server.cpu_since(cpu_before);
     let reports = workers.finish().await?;
     server.stop().await;
 
@@ -833,7 +843,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {
             conns: 0,
             room: Some(args.room.clone()),
             index: 0,
-            ping_every_ms: (args.target.ping_secs * 1000.0).round() as u64,
+            ping_every_ms: args.target.ping_every_ms(),
             churn_per_sec: args.churn,
             churn_hold_ms: args.hold_ms,
             churn_secs: args.secs,
@@ -879,10 +889,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<Outcome> {
     // After the storm: churning connections closed and their memory given back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = server.rss_bytes();
-    let server_cpu = match (cpu_before, server.cpu_secs()) {
-        (Some(b), Some(a)) => serde_json::json!(a - b),
-        _ => serde_json::Value::Null,
-    };
+    let server_cpu = server.cpu_since(cpu_before);
     let reports = workers.finish().await?;
     server.stop().await;
 
