@@ -12,7 +12,8 @@ use tokio::time::Instant;
 /// Merge settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergePolicy {
-    /// At most one frame per room per window; zero sends every push as soon as it is taken.
+    /// At most one frame per room per window. Zero makes every push due as soon as it is taken; pushes that wait
+    /// for the same flush (the worker busy with an earlier frame) still share one frame.
     pub window: Duration,
     /// Items that make a batch go out early, and the most items one frame carries.
     pub max_items: usize,
