@@ -8,9 +8,11 @@
 //! - [`session`]: a connection's life: direct writes with a bounded outbox behind them, reads into a stack
 //!   buffer, heartbeat, close codes.
 //! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
+//! - [`node`]: the hub, the accept loop and the connections started together and drained in order.
 
 pub mod handshake;
 pub mod metrics;
+pub mod node;
 pub mod session;
 
 use std::io;
@@ -29,6 +31,7 @@ use tracing::Instrument;
 
 use crate::handshake::Request;
 use crate::metrics::{GatewayMetrics, Handshake};
+pub use crate::node::Node;
 pub use crate::session::Session;
 
 /// Limits of the WebSocket side.

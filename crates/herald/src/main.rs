@@ -1,8 +1,9 @@
 //! The `herald` command.
 
-use clap::{Parser, Subcommand};
-use herald::cluster::Threads;
-use herald::config::{Config, ServeArgs};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use herald::config::{GatewayArgs, LogicArgs, ServeArgs};
+use herald::runtime::Threads;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +20,9 @@ enum Command {
     /// Run gateway, hub and push API in one process (the embedded default; no external services).
     Serve(ServeArgs),
     /// Run a cluster gateway: WebSocket side and hub, fed by logic nodes over gRPC (--rpc-addr).
-    Gateway(ServeArgs),
+    Gateway(GatewayArgs),
     /// Run a cluster logic node: the push API, forwarding every push to the gateways in --gateways.
-    Logic(ServeArgs),
+    Logic(LogicArgs),
     /// Load-test a herald over real TCP (starts `herald serve` itself unless given --ws).
     #[command(subcommand)]
     Bench(herald_bench::Scenario),
@@ -31,48 +32,95 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     match cli.command {
-        Command::Serve(args) => run_server(args, per_core, |config, shutdown| async move {
-            let (ws, api) = herald::serve::bind(&config).await?;
-            herald::serve::run(config, ws, api, shutdown).await
-        }),
-        Command::Gateway(args) => run_server(args, per_core, |config, shutdown| async move {
-            let (ws, rpc) = herald::cluster::bind_gateway(&config).await?;
-            herald::cluster::run_gateway(config, ws, rpc, shutdown).await
-        }),
-        Command::Logic(args) => run_server(args, herald::cluster::logic_threads, |config, shutdown| async move {
-            let api = herald::serve::bind_one(config.api_addr, "api_addr").await?;
-            herald::cluster::run_logic(config, api, shutdown).await
-        }),
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            start(
+                config.process.log.clone(),
+                Threads::PerCore,
+                move |shutdown| async move {
+                    let (ws, api) = herald::serve::bind(&config).await?;
+                    herald::serve::run(config, ws, api, shutdown).await
+                },
+            )
+        }
+        Command::Gateway(args) => {
+            let config = args.resolve()?;
+            start(
+                config.process.log.clone(),
+                Threads::PerCore,
+                move |shutdown| async move {
+                    let (ws, rpc) = herald::gateway::bind(&config).await?;
+                    herald::gateway::run(config, ws, rpc, shutdown).await
+                },
+            )
+        }
+        Command::Logic(args) => {
+            let config = args.resolve()?;
+            start(
+                config.process.log.clone(),
+                herald::logic::threads(&config),
+                move |shutdown| async move {
+                    let api = herald::logic::bind(&config).await?;
+                    herald::logic::run(config, api, shutdown).await
+                },
+            )
+        }
         Command::Bench(scenario) => herald_bench::run(scenario),
         Command::BenchWorker => herald_bench::worker::main(),
     }
 }
 
-/// Serve and gateway run on a worker per core: their fan-out is split over the cores.
-fn per_core(_: &Config) -> Threads {
-    Threads::PerCore
+/// Parses the command line; each setting's help shows its default. A flag that belongs to another mode is refused
+/// with a message that says so, not only that the flag is unknown.
+fn parse() -> Cli {
+    let command = herald::config::show_defaults(Cli::command());
+    let matches = command.clone().try_get_matches().unwrap_or_else(|error| {
+        if error.kind() == ErrorKind::UnknownArgument
+            && let Some(message) = foreign_flag(&command, &error)
+        {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        }
+        error.exit()
+    });
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
-/// Resolves the configuration, sets up logging and the runtime (`threads` tells which), and runs `server` until
-/// SIGINT or SIGTERM.
-fn run_server<F, Fut>(args: ServeArgs, threads: fn(&Config) -> Threads, server: F) -> anyhow::Result<()>
+/// "--merge-window is not a setting of herald logic (it is one of serve, gateway)", when the unknown flag of
+/// `error` is a setting of another mode.
+fn foreign_flag(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(flag)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split('=').next()?;
+    let mode = std::env::args().nth(1)?;
+    let owners: Vec<&str> = command
+        .get_subcommands()
+        .filter(|sub| sub.get_arguments().any(|arg| arg.get_long() == Some(long)))
+        .map(|sub| sub.get_name())
+        .collect();
+    (!owners.is_empty()).then(|| {
+        format!(
+            "--{long} is not a setting of herald {mode} (it is one of {}); see docs/configuration.md",
+            owners.join(", ")
+        )
+    })
+}
+
+/// Sets up logging and the runtime (`threads` tells which), and runs `server` until SIGINT or SIGTERM.
+fn start<F, Fut>(log: String, threads: Threads, server: F) -> anyhow::Result<()>
 where
-    F: FnOnce(Config, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
-    let config = args.resolve()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut runtime = match threads(&config) {
-        Threads::One => tokio::runtime::Builder::new_current_thread(),
-        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
-    };
-    runtime.enable_all().build()?.block_on(async {
+    threads.runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         // The handlers are installed here, before the server starts, not in the task that waits for them: a
         // SIGTERM sent as soon as herald says it is serving must drain it, not kill it (the default action)
@@ -80,7 +128,7 @@ where
         let interrupt = signal(SignalKind::interrupt())?;
         let terminate = signal(SignalKind::terminate())?;
         tokio::spawn(cancel_on_signal(interrupt, terminate, shutdown.clone()));
-        server(config, shutdown).await
+        server(shutdown).await
     })
 }
 

@@ -2,8 +2,7 @@
 
 mod support;
 
-use herald::config::Settings;
-use support::{TestServer, duration};
+use support::{TestServer, flags};
 
 #[tokio::test]
 async fn go_push_form_and_json_bodies_are_taken() {
@@ -56,10 +55,7 @@ async fn bad_bodies_get_400_naming_the_field() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let settings = Settings {
-        max_body_bytes: Some(1024),
-        ..Settings::default()
-    };
+    let settings = flags(&["--max-body-bytes", "1024"]);
     let server = TestServer::start(settings).await;
     let body = format!("room=a&items=[\"{}\"]", "x".repeat(2000));
     let answer = server.post_form("/push/room", &body).await;
@@ -70,11 +66,7 @@ async fn bodies_over_the_limit_get_413() {
 
 #[tokio::test]
 async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
-    let settings = Settings {
-        merge_window: duration("1h"),
-        queue_items: Some(2),
-        ..Settings::default()
-    };
+    let settings = flags(&["--merge-window", "1h", "--queue-items", "2"]);
     let server = TestServer::start(settings).await;
     let mut client = server.member("q").await;
     server.push_room("q", "[0]").await; // goes at once: the queue is empty again
@@ -97,10 +89,7 @@ async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
 
 #[tokio::test]
 async fn a_push_larger_than_the_queue_gets_413_not_503() {
-    let settings = Settings {
-        queue_items: Some(3),
-        ..Settings::default()
-    };
+    let settings = flags(&["--queue-items", "3"]);
     let server = TestServer::start(settings).await;
     let answer = server.post_form("/push/all", "items=[1,2,3,4]").await;
     assert_eq!(
@@ -149,12 +138,7 @@ async fn health_stats_and_metrics_tell_the_state() {
 
 #[tokio::test]
 async fn several_api_threads_take_concurrent_pushes_and_stop_together() {
-    let server = TestServer::start(Settings {
-        api_threads: Some(4),
-        merge_window: duration("0"),
-        ..Settings::default()
-    })
-    .await;
+    let server = TestServer::start(flags(&["--api-threads", "4", "--merge-window", "0"])).await;
     let mut client = server.member("lobby").await;
     // Each push on its own connection, all at once: the connections spread over the threads' accept loops.
     let bodies: Vec<String> = (0..40).map(|n| format!("[{n}]")).collect();

@@ -5,16 +5,12 @@ mod support;
 
 use std::net::SocketAddr;
 
-use herald::config::Settings;
 use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, TestGateway, TestLogic};
-use support::{Client, PushApi, duration};
+use support::{Client, PushApi, flags};
 
-fn secret(text: &str) -> Settings {
-    Settings {
-        cluster_secret: Some(text.into()),
-        ..Settings::default()
-    }
+fn secret(text: &str) -> Vec<String> {
+    flags(&["--cluster-secret", text])
 }
 
 #[tokio::test]
@@ -86,15 +82,12 @@ async fn pushes_and_broadcasts_reach_members_on_every_gateway() {
 
 #[tokio::test]
 async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
-    let window = Settings {
-        merge_window: duration("5ms"),
-        ..Settings::default()
-    };
+    let window = flags(&["--merge-window", "5ms"]);
     let (one, two) = (
         TestGateway::start(window.clone()).await,
         TestGateway::start(window).await,
     );
-    let logic = TestLogic::start(&[one.rpc, two.rpc], Settings::default()).await;
+    let logic = TestLogic::start(&[one.rpc, two.rpc], flags(&[])).await;
     logic.wait_all_up().await;
     let mut clients = [one.member("seq").await, two.member("seq").await];
 
@@ -132,7 +125,7 @@ async fn items_of_one_room_arrive_in_push_order_on_every_gateway() {
 #[tokio::test]
 async fn a_wrong_or_missing_secret_is_refused() {
     let gateway = TestGateway::start(secret("right")).await;
-    for logic_settings in [secret("wrong"), Settings::default()] {
+    for logic_settings in [secret("wrong"), flags(&[])] {
         let logic = TestLogic::start(&[gateway.rpc], logic_settings).await;
         let down = logic
             .wait_stats("the gateway refusing the secret", |s| {
@@ -162,7 +155,7 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let logic = TestLogic::start(&[unused], Settings::default()).await;
+    let logic = TestLogic::start(&[unused], flags(&[])).await;
     logic
         .wait_stats("a failed connect", |s| {
             s["gateways"][0]["last_error"]
@@ -321,18 +314,11 @@ async fn the_hop_can_run_over_tls() {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
 
-    let gateway = TestGateway::start(Settings {
-        rpc_tls_cert: Some(cert.clone()),
-        rpc_tls_key: Some(key),
-        ..Settings::default()
-    })
-    .await;
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let gateway = TestGateway::start(flags(&["--rpc-tls-cert", cert, "--rpc-tls-key", key])).await;
     // The certificate names localhost, so logic must dial the gateway by that name.
-    let tls = Settings {
-        gateways: Some(vec![format!("localhost:{}", gateway.rpc.port())]),
-        rpc_tls_ca: Some(cert),
-        ..Settings::default()
-    };
+    let by_name = format!("localhost:{}", gateway.rpc.port());
+    let tls = flags(&["--gateways", &by_name, "--rpc-tls-ca", cert]);
     let logic = TestLogic::start(&[], tls).await;
     logic.wait_all_up().await;
     let mut member = gateway.member("secure").await;
@@ -341,7 +327,7 @@ async fn the_hop_can_run_over_tls() {
     logic.stop().await;
 
     // A logic node speaking plain HTTP/2 to the TLS listener never gets through.
-    let plain = TestLogic::start(&[gateway.rpc], Settings::default()).await;
+    let plain = TestLogic::start(&[gateway.rpc], flags(&[])).await;
     plain
         .wait_stats("the plain link failing", |s| s["gateways"][0]["last_error"].is_string())
         .await;
@@ -423,12 +409,9 @@ async fn a_stalled_gateway_fills_its_own_queue_only() {
 
 #[tokio::test]
 async fn a_push_every_gateway_finds_too_large_is_413_not_503() {
-    let small = Settings {
-        queue_items: Some(3),
-        ..Settings::default()
-    };
+    let small = flags(&["--queue-items", "3"]);
     let (one, two) = (TestGateway::start(small.clone()).await, TestGateway::start(small).await);
-    let logic = TestLogic::start(&[one.rpc, two.rpc], Settings::default()).await;
+    let logic = TestLogic::start(&[one.rpc, two.rpc], flags(&[])).await;
     logic.wait_all_up().await;
     let response = logic.post_form("/push/all", "items=[1,2,3,4]").await;
     assert_eq!(response.status, 413, "{}", response.body);

@@ -5,10 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use herald::config::Settings;
 use serde_json::json;
 use support::cluster::HeraldProcess;
-use support::{Client, PushApi, RawClient, TestServer, duration};
+use support::{Client, PushApi, RawClient, TestServer, flags};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -17,12 +16,14 @@ use tokio::net::TcpStream;
 /// room's other member gets everything too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_evicted_while_a_thousand_others_get_everything() {
-    let server = TestServer::start(Settings {
-        merge_window: duration("0"),
-        outbox_frames: Some(16),
-        write_timeout: duration("1s"),
-        ..Settings::default()
-    })
+    let server = TestServer::start(flags(&[
+        "--merge-window",
+        "0",
+        "--outbox-frames",
+        "16",
+        "--write-timeout",
+        "1s",
+    ]))
     .await;
     const READERS: usize = 1000;
     let mut crowd = Vec::new();

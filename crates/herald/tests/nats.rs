@@ -5,16 +5,12 @@ mod support;
 
 use std::net::SocketAddr;
 
-use herald::config::Settings;
 use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, NatsServer, TestGateway, TestLogic};
-use support::{Client, PushApi, TestServer, duration};
+use support::{Client, PushApi, TestServer, flags};
 
-fn with_window(nats: &NatsServer, window: &str) -> Settings {
-    Settings {
-        merge_window: duration(window),
-        ..nats.bus()
-    }
+fn with_window(nats: &NatsServer, window: &str) -> Vec<String> {
+    [nats.bus(), flags(&["--merge-window", window])].concat()
 }
 
 /// Waits until the gateway has `rooms` room subscriptions confirmed by NATS.
@@ -246,11 +242,11 @@ async fn several_gateways_share_one_websocket_port() {
         .unwrap()
         .port();
     let shared: SocketAddr = ([127, 0, 0, 1], port).into();
-    let sharing = Settings {
-        ws_addr: Some(shared),
-        reuse_port: Some(true),
-        ..with_window(&nats, "5ms")
-    };
+    let sharing = [
+        with_window(&nats, "5ms"),
+        flags(&["--ws-addr", &shared.to_string(), "--reuse-port"]),
+    ]
+    .concat();
     let (one, two) = (
         TestGateway::start(sharing.clone()).await,
         TestGateway::start(sharing).await,

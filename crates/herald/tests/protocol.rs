@@ -3,8 +3,7 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use herald::config::Settings;
-use support::{RawClient, TestServer, duration};
+use support::{RawClient, TestServer, flags};
 
 #[tokio::test]
 async fn ping_gets_pong_with_and_without_data_or_id() {
@@ -118,11 +117,7 @@ async fn the_first_push_after_a_quiet_window_goes_at_once() {
 
 #[tokio::test]
 async fn pushes_inside_one_window_arrive_as_one_frame_in_order() {
-    let settings = Settings {
-        merge_window: duration("1h"),
-        merge_max_items: Some(3),
-        ..Settings::default()
-    };
+    let settings = flags(&["--merge-window", "1h", "--merge-max-items", "3"]);
     let server = TestServer::start(settings).await;
     let mut client = server.member("r").await;
     server.push_room("r", "[1]").await;
@@ -155,10 +150,7 @@ async fn a_window_that_ends_sends_what_it_collected() {
 
 #[tokio::test]
 async fn acks_and_errors_carry_the_request_id() {
-    let settings = Settings {
-        max_rooms_per_connection: Some(2),
-        ..Settings::default()
-    };
+    let settings = flags(&["--max-rooms-per-connection", "2"]);
     let server = TestServer::start(settings).await;
     let mut client = server.client().await;
     assert_eq!(client.request("JOIN", "a").await["type"], "ACK");

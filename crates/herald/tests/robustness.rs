@@ -3,8 +3,7 @@
 
 mod support;
 
-use herald::config::Settings;
-use support::{RawClient, TestServer, duration};
+use support::{RawClient, TestServer, flags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,10 +83,7 @@ async fn binary_messages_close_1003() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_heartbeat_timeout() {
-    let settings = Settings {
-        heartbeat_timeout: duration("400ms"),
-        ..Settings::default()
-    };
+    let settings = flags(&["--heartbeat-timeout", "400ms"]);
     let server = TestServer::start(settings).await;
     let mut silent = server.client().await;
     let (code, reason) = silent.closed().await;
@@ -100,10 +96,7 @@ async fn a_silent_connection_is_closed_at_the_heartbeat_timeout() {
 
 #[tokio::test]
 async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout_and_silence_then_ends_it() {
-    let settings = Settings {
-        heartbeat_timeout: duration("500ms"),
-        ..Settings::default()
-    };
+    let settings = flags(&["--heartbeat-timeout", "500ms"]);
     let server = TestServer::start(settings).await;
     let mut client = server.client().await;
     for _ in 0..8 {
@@ -121,12 +114,7 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout_and_silence_th
 /// A member of `room` that will never read again; a tiny receive buffer makes the kernel hold little for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
-    let settings = Settings {
-        merge_window: duration("0"),
-        outbox_frames: Some(16),
-        write_timeout: duration("2s"),
-        ..Settings::default()
-    };
+    let settings = flags(&["--merge-window", "0", "--outbox-frames", "16", "--write-timeout", "2s"]);
     let server = TestServer::start(settings).await;
     let mut readers = Vec::new();
     for _ in 0..3 {
@@ -143,7 +131,11 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
                 // With merge_window 0 pushes that wait for the same flush share a frame: count items, not frames.
                 let items = reader.items(pushes).await;
                 let order: Vec<_> = items.iter().map(|item| item["n"].as_u64()).collect();
-                assert_eq!(order, (0..pushes as u64).map(Some).collect::<Vec<_>>(), "every item, in order");
+                assert_eq!(
+                    order,
+                    (0..pushes as u64).map(Some).collect::<Vec<_>>(),
+                    "every item, in order"
+                );
             })
         })
         .collect();
@@ -176,12 +168,14 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_stalled_past_the_write_timeout_evicts_the_connection() {
     // The outbox is large enough never to fill here: only the stall rule can close this connection.
-    let settings = Settings {
-        merge_window: duration("0"),
-        outbox_frames: Some(100_000),
-        write_timeout: duration("500ms"),
-        ..Settings::default()
-    };
+    let settings = flags(&[
+        "--merge-window",
+        "0",
+        "--outbox-frames",
+        "100000",
+        "--write-timeout",
+        "500ms",
+    ]);
     let server = TestServer::start(settings).await;
     let _stalled = support::never_reading_member(server.ws, "s").await;
     let pad = "y".repeat(100_000);
@@ -213,10 +207,7 @@ async fn a_client_that_closes_and_half_closes_still_gets_the_close_echo() {
 
 #[tokio::test]
 async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
-    let settings = Settings {
-        max_connections: Some(2),
-        ..Settings::default()
-    };
+    let settings = flags(&["--max-connections", "2"]);
     let server = TestServer::start(settings).await;
     let first = server.client().await;
     let _second = server.client().await;
@@ -247,10 +238,7 @@ async fn connections_over_the_limit_get_503_and_the_limit_recovers() {
 
 #[tokio::test]
 async fn a_handshake_that_never_finishes_is_dropped_at_the_timeout() {
-    let settings = Settings {
-        handshake_timeout: duration("300ms"),
-        ..Settings::default()
-    };
+    let settings = flags(&["--handshake-timeout", "300ms"]);
     let server = TestServer::start(settings).await;
     let mut slowloris = TcpStream::connect(server.ws).await.unwrap();
     slowloris

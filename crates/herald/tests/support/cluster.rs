@@ -4,18 +4,13 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use herald::config::Settings;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Client, FAILSAFE, PushApi, duration};
-
-fn loopback() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
+use super::{Client, FAILSAFE, PushApi};
 
 /// A gateway running in this process.
 pub struct TestGateway {
@@ -27,18 +22,13 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    pub async fn start(settings: Settings) -> Self {
-        let settings = Settings {
-            ws_addr: settings.ws_addr.or(loopback()),
-            rpc_addr: settings.rpc_addr.or(loopback()),
-            log: Some("warn".into()),
-            ..settings
-        };
-        let config = settings.resolve().expect("valid gateway settings");
-        let (ws, rpc) = herald::cluster::bind_gateway(&config).await.expect("bind");
+    /// Starts a gateway with `flags` on loopback port 0 (both listeners, unless `flags` name them).
+    pub async fn start(flags: Vec<String>) -> Self {
+        let config = super::gateway_config(&flags);
+        let (ws, rpc) = herald::gateway::bind(&config).await.expect("bind");
         let (ws_addr, rpc_addr) = (ws.local_addr().unwrap(), rpc.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(herald::cluster::run_gateway(config, ws, rpc, shutdown.clone()));
+        let task = tokio::spawn(herald::gateway::run(config, ws, rpc, shutdown.clone()));
         Self {
             ws: ws_addr,
             rpc: rpc_addr,
@@ -74,24 +64,19 @@ pub struct TestLogic {
 }
 
 impl TestLogic {
-    /// Starts logic forwarding to `gateways` (unless `settings` names them), with a fast status poll.
-    pub async fn start(gateways: &[SocketAddr], settings: Settings) -> Self {
-        let settings = Settings {
-            api_addr: loopback(),
-            gateways: settings
-                .gateways
-                .or_else(|| Some(gateways.iter().map(ToString::to_string).collect())),
-            status_interval: settings.status_interval.or(duration("100ms")),
-            log: Some("warn".into()),
-            ..settings
-        };
-        let config = settings.resolve().expect("valid logic settings");
-        let api = herald::serve::bind_one(config.api_addr, "api_addr")
-            .await
-            .expect("bind");
+    /// Starts logic forwarding to `gateways` (unless `flags` name them), with a fast status poll.
+    pub async fn start(gateways: &[SocketAddr], flags: Vec<String>) -> Self {
+        let mut all = super::flags(&["--status-interval", "100ms"]);
+        if !gateways.is_empty() {
+            let list: Vec<String> = gateways.iter().map(ToString::to_string).collect();
+            all.extend(["--gateways".to_owned(), list.join(",")]);
+        }
+        all.extend(flags);
+        let config = super::logic_config(&all);
+        let api = herald::logic::bind(&config).await.expect("bind");
         let api_addr = api.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(herald::cluster::run_logic(config, api, shutdown.clone()));
+        let task = tokio::spawn(herald::logic::run(config, api, shutdown.clone()));
         Self {
             api: PushApi(api_addr),
             shutdown,
@@ -275,12 +260,9 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Settings that put a herald on this server.
-    pub fn bus(&self) -> Settings {
-        Settings {
-            bus: Some(self.url()),
-            ..Settings::default()
-        }
+    /// Flags that put a herald on this server.
+    pub fn bus(&self) -> Vec<String> {
+        vec!["--bus".to_owned(), self.url()]
     }
 
     /// Kills the server (as a crash would) and waits until it is gone; returns its port.

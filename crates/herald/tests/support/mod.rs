@@ -7,8 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use herald::config::{DurationValue, Settings};
+use herald::config::{GatewayArgs, LogicArgs, ServeArgs};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,8 +22,53 @@ pub mod cluster;
 /// How long any single expected event may take before the test fails.
 pub const FAILSAFE: Duration = Duration::from_secs(20);
 
-pub fn duration(text: &str) -> Option<DurationValue> {
-    Some(text.parse().expect("test duration"))
+/// Flags of a herald the test starts, as a command line takes them: `flags(&["--merge-window", "0"])`.
+pub fn flags(list: &[&str]) -> Vec<String> {
+    list.iter().map(|flag| (*flag).to_owned()).collect()
+}
+
+/// A mode's arguments parsed from `base` then `flags` (a later flag wins, as on a command line).
+fn parse<A: Parser>(base: &[&str], flags: &[String]) -> A {
+    let args = base.iter().map(|arg| (*arg).to_owned()).chain(flags.iter().cloned());
+    A::try_parse_from(args).unwrap_or_else(|e| panic!("test flags: {e}"))
+}
+
+/// The configuration of `herald serve` on loopback port 0 (both listeners), quiet, with `flags`.
+pub fn serve_config(flags: &[String]) -> herald::config::Serve {
+    let base = [
+        "serve",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+    ];
+    parse::<ServeArgs>(&base, flags).resolve().expect("valid test settings")
+}
+
+/// The configuration of `herald gateway` on loopback port 0 (both listeners), quiet, with `flags`.
+pub fn gateway_config(flags: &[String]) -> herald::config::Gateway {
+    let base = [
+        "gateway",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--log",
+        "warn",
+    ];
+    parse::<GatewayArgs>(&base, flags)
+        .resolve()
+        .expect("valid gateway settings")
+}
+
+/// The configuration of `herald logic` on loopback port 0, quiet, with `flags`.
+pub fn logic_config(flags: &[String]) -> herald::config::Logic {
+    let base = ["logic", "--api-addr", "127.0.0.1:0", "--log", "warn"];
+    parse::<LogicArgs>(&base, flags)
+        .resolve()
+        .expect("valid logic settings")
 }
 
 /// A herald running in this process.
@@ -35,16 +81,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts herald with `settings` on loopback port 0 (both listeners).
-    pub async fn start(settings: Settings) -> Self {
-        let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let settings = Settings {
-            ws_addr: loopback,
-            api_addr: loopback,
-            log: Some("warn".into()),
-            ..settings
-        };
-        let config = settings.resolve().expect("valid test settings");
+    /// Starts herald with `flags` on loopback port 0 (both listeners).
+    pub async fn start(flags: Vec<String>) -> Self {
+        let config = serve_config(&flags);
         let (ws, api) = herald::serve::bind(&config).await.expect("bind");
         let (ws_addr, api_addr) = (ws.local_addr().unwrap(), api.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -60,11 +99,7 @@ impl TestServer {
 
     /// Starts herald with defaults, except the merge window.
     pub async fn with_window(window: &str) -> Self {
-        Self::start(Settings {
-            merge_window: duration(window),
-            ..Settings::default()
-        })
-        .await
+        Self::start(flags(&["--merge-window", window])).await
     }
 
     /// Asks herald to shut down (as SIGTERM does) without waiting.

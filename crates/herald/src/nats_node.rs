@@ -1,0 +1,110 @@
+//! herald's connection to NATS and the tasks that use it: a gateway's feed (subscriptions that follow its rooms,
+//! announcements) and, for the push API, the NATS bus. Every mode on NATS runs one.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use herald_cluster::nats::{Announce, NatsBus, NatsConfig, NatsMetrics, spawn_gateway_feed};
+use herald_gateway::Session;
+use herald_hub::Hub;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// herald's connection to NATS and the tasks that use it: a gateway's feed (subscriptions that follow its rooms,
+/// announcements) and, for the push API, the NATS bus.
+pub(crate) struct NatsNode {
+    config: NatsConfig,
+    client: herald_cluster::nats::Client,
+    metrics: NatsMetrics,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    bus: OnceLock<Arc<NatsBus>>,
+}
+
+impl NatsNode {
+    /// Connects (in the background if NATS is not up yet) and registers the NATS metrics.
+    pub(crate) async fn connect(config: &NatsConfig, name: &str, registry: &mut Registry) -> anyhow::Result<Self> {
+        let metrics = NatsMetrics::register(registry);
+        let client = herald_cluster::nats::connect(config, name, &metrics)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            config: config.clone(),
+            client,
+            metrics,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            bus: OnceLock::new(),
+        })
+    }
+
+    /// Makes `hub` follow NATS: its rooms' subjects and broadcasts, and announces it as a gateway. `own_addr`
+    /// (the process's other listener) keeps the id unique when processes share the WebSocket port.
+    pub(crate) fn feed_gateway(
+        &self,
+        hub: &Arc<Hub<Session>>,
+        ws_addr: SocketAddr,
+        own_addr: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let announce = Announce {
+            id: format!("{}/{}/{ws_addr}/{own_addr}", hostname(), std::process::id()),
+            ws_addr: ws_addr.to_string(),
+        };
+        spawn_gateway_feed(
+            self.client.clone(),
+            Arc::clone(hub),
+            announce,
+            &self.config,
+            self.metrics.clone(),
+            &self.tasks,
+            self.stop.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// The bus the push API publishes through.
+    pub(crate) fn logic_bus(&self) -> Arc<NatsBus> {
+        let bus = self.bus.get_or_init(|| {
+            NatsBus::start(
+                self.client.clone(),
+                &self.config,
+                self.metrics.clone(),
+                &self.tasks,
+                self.stop.clone(),
+            )
+        });
+        Arc::clone(bus)
+    }
+
+    /// Refuses pushes from now on (shutdown).
+    pub(crate) fn close_bus(&self) {
+        if let Some(bus) = self.bus.get() {
+            bus.close();
+        }
+    }
+
+    /// Stops the feed (announcing that the gateway leaves) and flushes what is still buffered for NATS.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(NATS_STOP_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS tasks did not stop in time");
+        }
+        let _ = tokio::time::timeout(NATS_STOP_TIMEOUT, self.client.flush()).await;
+    }
+}
+
+/// Longest wait for the NATS side to stop and flush.
+const NATS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This machine's name, for the gateway's id in its announcements.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "herald".to_owned())
+}
