@@ -8,7 +8,8 @@
 //! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
 //! - [`proc`]: CPU, RSS and kernel slab memory from /proc.
 //!
-//! It links only what it needs to speak to herald from outside: no herald crate but the wire format it knows.
+//! It links only what it needs to speak to herald from outside: of herald's crates, only the protocol crate, for the
+//! `/stats` documents it reads.
 
 pub mod proc;
 mod publisher;
@@ -21,6 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use herald_protocol::stats::{HubStats, Stats};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -350,13 +352,12 @@ impl Server {
         let Some(gateways) = self.gateways else {
             return true;
         };
-        let Ok((200, body)) = publisher::get(api, "/stats").await else {
-            return false;
+        let known = match stats(api).await {
+            Ok(Stats::Cluster(cluster)) => cluster.gateways_up,
+            Ok(Stats::Nats(nats)) => nats.gateways_live,
+            Ok(Stats::Hub(_)) | Err(_) => return false,
         };
-        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|stats| {
-            let known = stats["gateways_up"].as_u64().or(stats["gateways_live"].as_u64());
-            known == Some(gateways as u64)
-        })
+        known == gateways as u64
     }
 
     /// CPU seconds of all the server's processes; `None` when a process is unknown or gone.
@@ -935,30 +936,50 @@ impl CancellationFlag {
     }
 }
 
+/// The server's `GET /stats`.
+async fn stats(api: SocketAddr) -> anyhow::Result<Stats> {
+    let (status, body) = publisher::get(api, "/stats").await?;
+    if status != 200 {
+        bail!("/stats answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("/stats said {body}"))
+}
+
 /// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections: herald serve's own
 /// figure, or the sum of a logic node's gateways' reports.
 async fn wait_for_members(api: SocketAddr, room: Option<&str>, members: usize) -> anyhow::Result<()> {
-    let key = if room.is_some() { "memberships" } else { "connections" };
+    let what = if room.is_some() { "memberships" } else { "connections" };
+    let counted = |hub: &HubStats| {
+        if room.is_some() {
+            hub.memberships
+        } else {
+            hub.connections
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, body) = publisher::get(api, "/stats").await?;
-        let stats: serde_json::Value = serde_json::from_str(&body)?;
-        let have = match stats["gateways"].as_array() {
+        let have = match stats(api).await? {
             // On NATS: each connection joined one room, and a gateway's members count only once it has confirmed
             // its subscription (before that, pushes would not reach them).
-            Some(gateways) if stats["bus"] == "nats" => gateways
+            Stats::Nats(nats) => nats
+                .gateways
                 .iter()
-                .filter(|g| room.is_none() || g["subscriptions"].as_u64().unwrap_or(0) > 0)
-                .filter_map(|g| g["connections"].as_u64())
+                .filter(|g| room.is_none() || g.announced.subscriptions > 0)
+                .map(|g| g.announced.connections)
                 .sum(),
-            Some(gateways) => gateways.iter().filter_map(|g| g["hub"][key].as_u64()).sum(),
-            None => stats[key].as_u64().unwrap_or(0),
+            Stats::Cluster(cluster) => cluster
+                .gateways
+                .iter()
+                .filter_map(|g| g.status.as_ref())
+                .map(|status| counted(&status.hub))
+                .sum(),
+            Stats::Hub(hub) => counted(&hub),
         };
         if have >= members as u64 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {have} of {members} {key} after 30 s");
+            bail!("only {have} of {members} {what} after 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 use herald_hub::{Hub, Recipient};
 use herald_protocol::bus::{Refused, Target};
 use herald_protocol::client::valid_room;
+use herald_protocol::stats::GatewayStatus;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -88,13 +89,11 @@ impl<R: Recipient> Gateway for RpcService<R> {
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::GatewayStatus>, Status> {
-        Ok(Response::new(pb::GatewayStatus {
+        let status = GatewayStatus {
             serving: self.hub.is_open(),
-            connections: self.hub.connections() as u64,
-            rooms: self.hub.rooms(),
-            pending_items: self.hub.pending_items(),
-            stats_json: self.hub.stats().to_string(),
-        }))
+            hub: self.hub.stats(),
+        };
+        Ok(Response::new(crate::status::to_wire(&status)))
     }
 }
 

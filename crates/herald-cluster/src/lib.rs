@@ -16,6 +16,7 @@ mod auth;
 pub mod gateway;
 pub mod logic;
 pub mod nats;
+mod status;
 
 /// Generated from `proto/herald_cluster.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

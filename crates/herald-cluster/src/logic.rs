@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::bus::{Accepted, Bus, GatewayTally, PushFuture, Refused, Target};
+use herald_protocol::stats::{self, ClusterStats, GatewayLink, GatewayStatus, Stats};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -249,18 +249,18 @@ impl Bus for ClusterBus {
         Box::pin(self.forward(target, items))
     }
 
-    fn stats(&self) -> serde_json::Value {
-        let gateways: Vec<_> = self.links.iter().map(|link| link.stats()).collect();
-        let connections: u64 = self
-            .links
+    fn stats(&self) -> Stats {
+        let gateways: Vec<GatewayLink> = self.links.iter().map(|link| link.stats()).collect();
+        let connections = gateways
             .iter()
-            .filter_map(|link| link.state.lock().status.as_ref().map(|s| s.connections))
+            .filter_map(|link| link.status.as_ref())
+            .map(|status| status.hub.connections)
             .sum();
-        json!({
-            "gateways_total": self.links.len(),
-            "gateways_up": self.gateways_up(),
-            "connections": connections,
-            "gateways": gateways,
+        Stats::Cluster(ClusterStats {
+            gateways_total: self.links.len() as u64,
+            gateways_up: self.gateways_up() as u64,
+            connections,
+            gateways,
         })
     }
 }
@@ -396,7 +396,7 @@ struct LinkState {
     since: Option<Instant>,
     last_error: Option<String>,
     /// The gateway's last reported status.
-    status: Option<pb::GatewayStatus>,
+    status: Option<GatewayStatus>,
 }
 
 type Client = GatewayClient<InterceptedService<Channel, SecretHeader>>;
@@ -631,9 +631,9 @@ impl Link {
             }
             match answer {
                 Ok(Ok(status)) => {
-                    let status = status.into_inner();
-                    self.metrics.connections.set(status.connections as i64);
-                    self.metrics.rooms.set(status.rooms as i64);
+                    let status = crate::status::from_wire(status.into_inner());
+                    self.metrics.connections.set(status.hub.connections as i64);
+                    self.metrics.rooms.set(status.hub.rooms as i64);
                     self.state.lock().status = Some(status);
                 }
                 Ok(Err(status)) => {
@@ -644,21 +644,20 @@ impl Link {
         }
     }
 
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> GatewayLink {
         let state = self.state.lock();
-        let status = state.status.as_ref();
-        json!({
-            "addr": self.addr,
-            "state": if self.is_up() { "up" } else { "down" },
-            "since_secs": state.since.map(|since| since.elapsed().as_secs()),
-            "last_error": state.last_error,
-            "queue_depth": self.metrics.queue_depth.get(),
-            "serving": status.map(|s| s.serving),
-            "connections": status.map(|s| s.connections),
-            "rooms": status.map(|s| s.rooms),
-            "pending_items": status.map(|s| s.pending_items),
-            "hub": status.and_then(|s| serde_json::from_str::<serde_json::Value>(&s.stats_json).ok()),
-        })
+        GatewayLink {
+            addr: self.addr.clone(),
+            state: if self.is_up() {
+                stats::LinkState::Up
+            } else {
+                stats::LinkState::Down
+            },
+            since_secs: state.since.map(|since| since.elapsed().as_secs()),
+            last_error: state.last_error.clone(),
+            queue_depth: self.metrics.queue_depth.get().max(0) as u64,
+            status: state.status.clone(),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_hub::{Hub, Interest, Recipient};
 use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
+use herald_protocol::stats::{Announcement, HeardGateway, NatsBusName, NatsConnection, NatsState, NatsStats, Stats};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,7 +39,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -115,12 +115,17 @@ pub async fn connect(config: &NatsConfig, name: &str, metrics: &NatsMetrics) -> 
         .map_err(|e| format!("bus: {e}"))
 }
 
-fn state_name(state: &State) -> &'static str {
+fn nats_state(state: &State) -> NatsState {
     match state {
-        State::Connected => "connected",
-        State::Disconnected => "disconnected",
-        State::Pending => "connecting",
+        State::Connected => NatsState::Connected,
+        State::Disconnected => NatsState::Disconnected,
+        State::Pending => NatsState::Connecting,
     }
+}
+
+/// An announcement as it travels on NATS: JSON, read by logic (and by operators with `nats sub herald.gateways`).
+fn encode_announcement(announcement: &Announcement) -> Bytes {
+    Bytes::from(serde_json::to_vec(announcement).expect("an announcement serializes"))
 }
 
 /// Logic's bus on NATS: publishes each push on its target's subject, and lists the gateways that announce
@@ -130,7 +135,7 @@ pub struct NatsBus {
     publish_timeout: Duration,
     gateway_ttl: Duration,
     /// Gateways heard from: id → (when, what it said).
-    gateways: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+    gateways: Mutex<HashMap<String, (Instant, Announcement)>>,
     metrics: NatsMetrics,
     closed: AtomicBool,
 }
@@ -183,20 +188,23 @@ impl NatsBus {
     }
 
     fn heard(&self, payload: &[u8]) {
-        let Ok(announcement) = serde_json::from_slice::<serde_json::Value>(payload) else {
-            tracing::debug!("ignoring an announcement that is not JSON");
-            return;
-        };
-        let Some(id) = announcement["id"].as_str().map(str::to_owned) else {
-            return;
+        let announcement = match serde_json::from_slice::<Announcement>(payload) {
+            Ok(announcement) => announcement,
+            Err(error) => {
+                tracing::debug!(%error, "ignoring an announcement that is not one");
+                return;
+            }
         };
         let mut gateways = self.gateways.lock();
-        if announcement["leaving"] == true {
-            if gateways.remove(&id).is_some() {
-                tracing::info!(gateway = %id, "gateway left");
+        if announcement.leaving {
+            if gateways.remove(&announcement.id).is_some() {
+                tracing::info!(gateway = %announcement.id, "gateway left");
             }
-        } else if gateways.insert(id.clone(), (Instant::now(), announcement)).is_none() {
-            tracing::info!(gateway = %id, "gateway joined");
+        } else {
+            let id = announcement.id.clone();
+            if gateways.insert(id.clone(), (Instant::now(), announcement)).is_none() {
+                tracing::info!(gateway = %id, "gateway joined");
+            }
         }
         self.metrics.gateways_live.set(gateways.len() as i64);
     }
@@ -222,7 +230,7 @@ impl NatsBus {
             self.metrics.publish("unavailable");
             return Err(Refused::Unavailable {
                 retry_after_secs: 1,
-                detail: format!("NATS is {}", state_name(&state)),
+                detail: format!("NATS is {}", nats_state(&state).label()),
             });
         }
         let count = items.len();
@@ -271,24 +279,24 @@ impl Bus for NatsBus {
         Box::pin(self.publish(target, items))
     }
 
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> Stats {
         let gateways = self.gateways.lock();
-        let live: Vec<_> = gateways
+        let live: Vec<HeardGateway> = gateways
             .values()
             .filter(|(seen, _)| seen.elapsed() < self.gateway_ttl)
-            .map(|(seen, said)| {
-                let mut said = said.clone();
-                said["last_seen_ms"] = json!(seen.elapsed().as_millis() as u64);
-                said
+            .map(|(seen, announced)| HeardGateway {
+                announced: announced.clone(),
+                last_seen_ms: seen.elapsed().as_millis() as u64,
             })
             .collect();
-        let connections: u64 = live.iter().filter_map(|g| g["connections"].as_u64()).sum();
-        json!({
-            "bus": "nats",
-            "nats": { "state": state_name(&self.client.connection_state()) },
-            "gateways_live": live.len(),
-            "connections": connections,
-            "gateways": live,
+        Stats::Nats(NatsStats {
+            bus: NatsBusName::Nats,
+            nats: NatsConnection {
+                state: nats_state(&self.client.connection_state()),
+            },
+            gateways_live: live.len() as u64,
+            connections: live.iter().map(|g| g.announced.connections).sum(),
+            gateways: live,
         })
     }
 }
@@ -488,22 +496,33 @@ impl<R: Recipient> Feed<R> {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let status = json!({
-                "id": who.id,
-                "ws_addr": who.ws_addr,
-                "serving": self.hub.is_open(),
-                "connections": self.hub.connections(),
-                "rooms": self.hub.rooms(),
-                "subscriptions": self.metrics.subscriptions.get(),
-                "pending_items": self.hub.pending_items(),
-            });
+            let status = Announcement {
+                id: who.id.clone(),
+                leaving: false,
+                ws_addr: who.ws_addr.clone(),
+                serving: self.hub.is_open(),
+                connections: self.hub.connections() as u64,
+                rooms: self.hub.rooms(),
+                subscriptions: self.metrics.subscriptions.get().max(0) as u64,
+                pending_items: self.hub.pending_items(),
+            };
             // Not connected: the announcement would only wait in the client's buffer; the next one will do.
             if self.client.connection_state() == State::Connected {
-                let _ = self.client.publish(ANNOUNCE_SUBJECT, status.to_string().into()).await;
+                let _ = self
+                    .client
+                    .publish(ANNOUNCE_SUBJECT, encode_announcement(&status))
+                    .await;
             }
         }
-        let leaving = json!({ "id": who.id, "leaving": true });
-        let _ = self.client.publish(ANNOUNCE_SUBJECT, leaving.to_string().into()).await;
+        let leaving = Announcement {
+            id: who.id,
+            leaving: true,
+            ..Announcement::default()
+        };
+        let _ = self
+            .client
+            .publish(ANNOUNCE_SUBJECT, encode_announcement(&leaving))
+            .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
     }
 }

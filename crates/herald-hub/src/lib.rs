@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
 use herald_protocol::push::push_frame;
+use herald_protocol::stats::{HubStats, Stats};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -591,25 +592,26 @@ impl<R: Recipient> Hub<R> {
     }
 
     /// The hub's statistics, as `GET /stats` shows them.
-    pub fn stats(&self) -> serde_json::Value {
+    pub fn stats(&self) -> HubStats {
         let m = &self.metrics;
-        serde_json::json!({
-            "connections": m.connections.get(),
-            "rooms": m.rooms.get(),
-            "memberships": m.memberships.get(),
-            "pending_items": m.pending_items.get(),
-            "pushes": m.pushes_room.get() + m.pushes_all.get(),
-            "items": m.items.get(),
-            "frames": m.frames.get(),
-            "frame_items": m.frame_items.get(),
-            "deliveries": m.deliveries.get(),
-            "delivered_bytes": m.delivered_bytes.get(),
-            "items_unrouted": m.items_unrouted.get(),
-            "pushes_refused": m.refused_queue_full.get() + m.refused_shutting_down.get(),
-            "shards": self.shards.len(),
-            "merge_window_ms": self.config.merge.window.as_millis() as u64,
-            "merge_max_items": self.config.merge.max_items,
-        })
+        let gauge = |gauge: &prometheus_client::metrics::gauge::Gauge| gauge.get().max(0) as u64;
+        HubStats {
+            connections: gauge(&m.connections),
+            rooms: gauge(&m.rooms),
+            memberships: gauge(&m.memberships),
+            pending_items: gauge(&m.pending_items),
+            pushes: m.pushes_room.get() + m.pushes_all.get(),
+            items: m.items.get(),
+            frames: m.frames.get(),
+            frame_items: m.frame_items.get(),
+            deliveries: m.deliveries.get(),
+            delivered_bytes: m.delivered_bytes.get(),
+            items_unrouted: m.items_unrouted.get(),
+            pushes_refused: m.refused_queue_full.get() + m.refused_shutting_down.get(),
+            shards: self.shards.len() as u64,
+            merge_window_ms: self.config.merge.window.as_millis() as u64,
+            merge_max_items: self.config.merge.max_items as u64,
+        }
     }
 
     /// Rooms with at least one member.
@@ -633,8 +635,8 @@ impl<R: Recipient> Bus for Hub<R> {
         Box::pin(std::future::ready(Hub::push(self, &target, items)))
     }
 
-    fn stats(&self) -> serde_json::Value {
-        Hub::stats(self)
+    fn stats(&self) -> Stats {
+        Stats::Hub(Hub::stats(self))
     }
 }
 

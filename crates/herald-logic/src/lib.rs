@@ -142,7 +142,7 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
             match parse_push(endpoint, content_type, body) {
                 Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
                 Ok(request) => match api.bus.push(request.target, request.items).await {
-                    Ok(accepted) => (StatusCode::OK, axum_json(json!(accepted))).into_response(),
+                    Ok(accepted) => (StatusCode::OK, axum_json(accepted)).into_response(),
                     Err(refused) => unavailable(&refused),
                 },
             }
@@ -179,8 +179,9 @@ fn error(status: StatusCode, field: &str, message: &str) -> Response {
 }
 
 /// A JSON body (axum's `json` feature would pull serde_urlencoded and more for this one line).
-fn axum_json(value: serde_json::Value) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], value.to_string())
+fn axum_json(value: impl serde::Serialize) -> impl IntoResponse {
+    let body = serde_json::to_string(&value).expect("herald's documents serialize");
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn stats(State(api): State<Arc<Api>>) -> Response {

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::stats::Stats;
+
 /// Where a push goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -79,6 +81,6 @@ pub trait Bus: Send + Sync + 'static {
     /// Takes `items` (each one complete JSON value) for `target`, or refuses all of them.
     fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_>;
 
-    /// A JSON snapshot of the bus's state, for `GET /stats`.
-    fn stats(&self) -> serde_json::Value;
+    /// A snapshot of the bus's state, for `GET /stats`.
+    fn stats(&self) -> Stats;
 }

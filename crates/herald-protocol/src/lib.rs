@@ -7,12 +7,14 @@
 //! - [`client`]: the go-push client protocol (`PING`, `JOIN`, `LEAVE`, optional `"id"` acks) and its replies.
 //! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
 //! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.
-//! - [`bus`]: the contract between the push API and whatever delivers pushes (the in-process hub today).
+//! - [`bus`]: the contract between the push API and whatever delivers pushes (the hub, the cluster, NATS).
+//! - [`stats`]: the documents operators and tools read: `/stats` of every mode, a gateway's announcement.
 
 pub mod api;
 pub mod bus;
 pub mod client;
 pub mod push;
+pub mod stats;
 pub mod ws;
 
 /// Longest room name accepted, in bytes, from clients and from the push API alike.

@@ -170,7 +170,7 @@ pub fn show_defaults(command: Command) -> Command {
         }
         None => arg,
     };
-    command.mut_args(annotate).mut_subcommands(|sub| show_defaults(sub))
+    command.mut_args(annotate).mut_subcommands(show_defaults)
 }
 
 /// `herald serve`: gateway, hub and push API in one process.

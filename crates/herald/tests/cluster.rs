@@ -5,6 +5,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use herald_protocol::stats::LinkState;
 use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, TestGateway, TestLogic};
 use support::{Client, PushApi, flags};
@@ -48,16 +49,13 @@ async fn pushes_and_broadcasts_reach_members_on_every_gateway() {
 
     // Logic's /stats and /metrics cover the cluster, from the gateways' own reports.
     let stats = logic
-        .wait_stats("four connections reported", |s| s["connections"] == 4)
+        .wait_cluster("four connections reported", |s| s.connections == 4)
         .await;
-    assert_eq!(
-        (stats["gateways_total"].clone(), stats["gateways_up"].clone()),
-        (json!(2), json!(2))
-    );
+    assert_eq!((stats.gateways_total, stats.gateways_up), (2, 2));
     let first = logic.gateway_stats(one.rpc).await;
     assert_eq!(
-        (first["state"].clone(), first["connections"].clone()),
-        (json!("up"), json!(2))
+        (first.state, first.status.map(|s| s.hub.connections)),
+        (LinkState::Up, Some(2))
     );
     let accepted = format!(
         r#"herald_cluster_forwards_total{{gateway="{}",result="accepted"}}"#,
@@ -69,7 +67,7 @@ async fn pushes_and_broadcasts_reach_members_on_every_gateway() {
     let internal = one.internal();
     let health = internal.http("GET", "/healthz", None, b"").await;
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
-    assert_eq!(internal.stats().await["connections"], 2);
+    assert_eq!(internal.hub_stats().await.connections, 2);
     assert_eq!(
         internal.post_form("/push/room", "room=news&items=[1]").await.status,
         404
@@ -128,13 +126,14 @@ async fn a_wrong_or_missing_secret_is_refused() {
     for logic_settings in [secret("wrong"), flags(&[])] {
         let logic = TestLogic::start(&[gateway.rpc], logic_settings).await;
         let down = logic
-            .wait_stats("the gateway refusing the secret", |s| {
-                s["gateways"][0]["last_error"]
-                    .as_str()
+            .wait_cluster("the gateway refusing the secret", |s| {
+                s.gateways[0]
+                    .last_error
+                    .as_deref()
                     .is_some_and(|e| e.contains("cluster secret"))
             })
             .await;
-        assert_eq!(down["gateways"][0]["state"], "down", "{down}");
+        assert_eq!(down.gateways[0].state, LinkState::Down, "{down:?}");
 
         let response = logic.post_form("/push/room", "room=r&items=[1]").await;
         assert_eq!(response.status, 503, "{}", response.body);
@@ -144,7 +143,7 @@ async fn a_wrong_or_missing_secret_is_refused() {
         logic.stop().await;
     }
     // Nothing reached the gateway's hub.
-    assert_eq!(gateway.internal().stats().await["pushes"], 0);
+    assert_eq!(gateway.internal().hub_stats().await.pushes, 0);
     gateway.stop().await;
 }
 
@@ -157,9 +156,10 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
     };
     let logic = TestLogic::start(&[unused], flags(&[])).await;
     logic
-        .wait_stats("a failed connect", |s| {
-            s["gateways"][0]["last_error"]
-                .as_str()
+        .wait_cluster("a failed connect", |s| {
+            s.gateways[0]
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("connect"))
         })
         .await;
@@ -245,21 +245,17 @@ async fn a_cluster_of_processes_survives_a_killed_gateway() {
     }
 
     let down = api
-        .wait_stats("the killed gateway reported down", |s| {
-            s["gateways"]
-                .as_array()
-                .unwrap()
+        .wait_cluster("the killed gateway reported down", |s| {
+            s.gateways
                 .iter()
-                .any(|g| g["addr"] == doomed_rpc.as_str() && g["state"] == "down")
+                .any(|g| g.addr == doomed_rpc && g.state == LinkState::Down)
         })
         .await;
-    let report = down["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["addr"] == doomed_rpc.as_str())
-        .unwrap();
-    assert!(report["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{report}");
+    let report = down.gateways.iter().find(|g| g.addr == doomed_rpc).unwrap();
+    assert!(
+        report.last_error.as_deref().is_some_and(|e| !e.is_empty()),
+        "{report:?}"
+    );
     assert!(
         api.metric(&format!(
             r#"herald_cluster_gateway_disconnects_total{{gateway="{doomed_rpc}"}}"#
@@ -329,7 +325,7 @@ async fn the_hop_can_run_over_tls() {
     // A logic node speaking plain HTTP/2 to the TLS listener never gets through.
     let plain = TestLogic::start(&[gateway.rpc], flags(&[])).await;
     plain
-        .wait_stats("the plain link failing", |s| s["gateways"][0]["last_error"].is_string())
+        .wait_cluster("the plain link failing", |s| s.gateways[0].last_error.is_some())
         .await;
     assert_eq!(plain.post_form("/push/room", "room=secure&items=[2]").await.status, 503);
     plain.stop().await;

@@ -5,6 +5,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use herald_protocol::stats::{NatsState, NatsStats};
 use serde_json::{Value, json};
 use support::cluster::{HeraldProcess, NatsServer, TestGateway, TestLogic};
 use support::{Client, PushApi, TestServer, flags};
@@ -21,9 +22,9 @@ async fn wait_subscribed(gateway: &TestGateway, rooms: f64) {
         .await;
 }
 
-async fn wait_live(logic: &PushApi, gateways: u64) -> Value {
+async fn wait_live(logic: &PushApi, gateways: u64) -> NatsStats {
     logic
-        .wait_stats(&format!("{gateways} live gateways"), |s| s["gateways_live"] == gateways)
+        .wait_nats(&format!("{gateways} live gateways"), |s| s.gateways_live == gateways)
         .await
 }
 
@@ -85,12 +86,7 @@ async fn three_gateways_and_two_logic_nodes_need_no_configuration() {
     ];
     for logic in &logics {
         let stats = wait_live(logic, 3).await;
-        let mut addrs: Vec<String> = stats["gateways"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["ws_addr"].as_str().unwrap().to_owned())
-            .collect();
+        let mut addrs: Vec<String> = stats.gateways.iter().map(|g| g.announced.ws_addr.clone()).collect();
         addrs.sort();
         let mut expected: Vec<String> = gateways.iter().map(|g| g.ws.to_string()).collect();
         expected.sort();
@@ -260,8 +256,8 @@ async fn several_gateways_share_one_websocket_port() {
         clients.push(Client::member(shared, "shared").await);
     }
     // The kernel spread the connections over both processes' listeners.
-    let on_one = one.internal().stats().await["connections"].as_u64().unwrap();
-    let on_two = two.internal().stats().await["connections"].as_u64().unwrap();
+    let on_one = one.internal().hub_stats().await.connections;
+    let on_two = two.internal().hub_stats().await.connections;
     assert_eq!(on_one + on_two, 24);
     assert!(on_one > 0 && on_two > 0, "{on_one} + {on_two}");
     wait_subscribed(&one, 1.0).await;
@@ -283,7 +279,7 @@ async fn serve_runs_on_nats_too() {
         TestServer::start(with_window(&nats, "5ms")).await,
     );
     first
-        .wait_stats("connected to NATS", |s| s["nats"]["state"] == "connected")
+        .wait_nats("connected to NATS", |s| s.nats.state == NatsState::Connected)
         .await;
     let mut member = second.member("r").await;
     second.wait_metric("herald_nats_subscriptions", 1.0).await;

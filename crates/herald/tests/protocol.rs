@@ -126,8 +126,8 @@ async fn pushes_inside_one_window_arrive_as_one_frame_in_order() {
     server.push_room("r", "[2]").await;
     server.push_room("r", r#"["3a","3b"]"#).await;
     assert_eq!(client.next_push().await["items"], serde_json::json!([2, "3a", "3b"]));
-    let stats = server.stats().await;
-    assert_eq!((stats["frames"].as_u64(), stats["items"].as_u64()), (Some(2), Some(4)));
+    let stats = server.hub_stats().await;
+    assert_eq!((stats.frames, stats.items), (2, 4));
     server.stop().await;
 }
 

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use herald_protocol::stats::{ClusterStats, GatewayLink, NatsStats, Stats};
 
 use super::{Client, FAILSAFE, PushApi};
 
@@ -104,17 +105,26 @@ impl std::ops::Deref for TestLogic {
 
 impl PushApi {
     /// This logic node's view of the gateway at `addr` in `/stats`.
-    pub async fn gateway_stats(&self, addr: SocketAddr) -> Value {
-        let stats = self.stats().await;
-        stats["gateways"]
-            .as_array()
-            .and_then(|gateways| gateways.iter().find(|g| g["addr"] == addr.to_string()))
+    pub async fn gateway_stats(&self, addr: SocketAddr) -> GatewayLink {
+        let stats = self.cluster_stats().await;
+        stats
+            .gateways
+            .iter()
+            .find(|g| g.addr == addr.to_string())
             .cloned()
-            .unwrap_or_else(|| panic!("no gateway {addr} in {stats}"))
+            .unwrap_or_else(|| panic!("no gateway {addr} in {stats:?}"))
     }
 
-    /// Waits until logic's `/stats` satisfies `condition`; returns that snapshot.
-    pub async fn wait_stats(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    /// `GET /stats` of logic on gRPC.
+    pub async fn cluster_stats(&self) -> ClusterStats {
+        match self.stats().await {
+            Stats::Cluster(cluster) => cluster,
+            other => panic!("not logic's /stats on gRPC: {other:?}"),
+        }
+    }
+
+    /// Waits until `/stats` satisfies `condition`; returns that snapshot.
+    pub async fn wait_stats(&self, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
         let deadline = tokio::time::Instant::now() + FAILSAFE;
         loop {
             let stats = self.stats().await;
@@ -123,15 +133,33 @@ impl PushApi {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "waited for {what}; last /stats: {stats}"
+                "waited for {what}; last /stats: {stats:?}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
+    /// Waits until logic's `/stats` on gRPC satisfies `condition`; returns that snapshot.
+    pub async fn wait_cluster(&self, what: &str, condition: impl Fn(&ClusterStats) -> bool) -> ClusterStats {
+        let stats = self
+            .wait_stats(what, |s| matches!(s, Stats::Cluster(c) if condition(c)))
+            .await;
+        let Stats::Cluster(cluster) = stats else { unreachable!() };
+        cluster
+    }
+
+    /// Waits until `/stats` on NATS satisfies `condition`; returns that snapshot.
+    pub async fn wait_nats(&self, what: &str, condition: impl Fn(&NatsStats) -> bool) -> NatsStats {
+        let stats = self
+            .wait_stats(what, |s| matches!(s, Stats::Nats(n) if condition(n)))
+            .await;
+        let Stats::Nats(nats) = stats else { unreachable!() };
+        nats
+    }
+
     /// Waits until every gateway's link is up.
     pub async fn wait_all_up(&self) {
-        self.wait_stats("every gateway up", |s| s["gateways_up"] == s["gateways_total"])
+        self.wait_cluster("every gateway up", |s| s.gateways_up == s.gateways_total)
             .await;
     }
 }

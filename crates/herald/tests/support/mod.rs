@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use herald::config::{GatewayArgs, LogicArgs, ServeArgs};
+use herald_protocol::stats::{HubStats, Stats};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -177,8 +178,18 @@ impl PushApi {
     }
 
     /// `GET /stats`.
-    pub async fn stats(&self) -> Value {
-        self.http("GET", "/stats", None, b"").await.json()
+    pub async fn stats(&self) -> Stats {
+        let response = self.http("GET", "/stats", None, b"").await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("/stats: {e}: {}", response.body))
+    }
+
+    /// `GET /stats` of herald serve (in memory) or of a gateway's internal listener: the hub's figures.
+    pub async fn hub_stats(&self) -> HubStats {
+        match self.stats().await {
+            Stats::Hub(hub) => hub,
+            other => panic!("not a hub's /stats: {other:?}"),
+        }
     }
 
     /// The value of one sample in `GET /metrics` (e.g. `herald_closes_total{reason="heartbeat"}`).
