@@ -41,13 +41,13 @@ struct RequestLabels {
 
 /// Requests answered by the push API, by endpoint and status.
 #[derive(Clone, Debug, Default)]
-pub struct ApiMetrics {
+struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
 }
 
 impl ApiMetrics {
     /// Creates the metrics and registers them (prefix `herald_`).
-    pub fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
             "herald_api_requests",
@@ -75,21 +75,10 @@ struct Api {
     stopping: CancellationToken,
 }
 
-/// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` is rendered at `/metrics`;
-/// `stopping` turns `/healthz` to 503.
-pub fn router(
-    bus: Arc<dyn Bus>,
-    registry: Arc<Registry>,
-    metrics: ApiMetrics,
-    config: ApiConfig,
-    stopping: CancellationToken,
-) -> Router {
-    let api = Arc::new(Api {
-        bus,
-        registry,
-        metrics,
-        stopping,
-    });
+/// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
+/// is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
+pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping: CancellationToken) -> Router {
+    let api = Api::new(bus, registry, stopping);
     Router::new()
         .route("/push/room", post(push_room))
         .route("/push/all", post(push_all))
@@ -101,18 +90,21 @@ pub fn router(
 
 /// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
 /// internal listener). It has no fallback, so it can be merged into a router that has one.
-pub fn ops_router(
-    bus: Arc<dyn Bus>,
-    registry: Arc<Registry>,
-    metrics: ApiMetrics,
-    stopping: CancellationToken,
-) -> Router {
-    ops_routes().with_state(Arc::new(Api {
-        bus,
-        registry,
-        metrics,
-        stopping,
-    }))
+pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> Router {
+    ops_routes().with_state(Api::new(bus, registry, stopping))
+}
+
+impl Api {
+    /// The API's state; its own metrics are registered into `registry` before it is shared.
+    fn new(bus: Arc<dyn Bus>, mut registry: Registry, stopping: CancellationToken) -> Arc<Self> {
+        let metrics = ApiMetrics::register(&mut registry);
+        Arc::new(Self {
+            bus,
+            registry: Arc::new(registry),
+            metrics,
+            stopping,
+        })
+    }
 }
 
 fn ops_routes() -> Router<Arc<Api>> {

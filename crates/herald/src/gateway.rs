@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use herald_cluster::gateway::{RpcService, serve_internal};
 use herald_gateway::Node;
-use herald_logic::ApiMetrics;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,13 +48,7 @@ pub async fn run(
         nats.feed_gateway(&node.hub, ws_addr, rpc_addr)?;
         running.nats = Some(nats);
     }
-    let ops_metrics = ApiMetrics::register(&mut registry);
-    let ops = herald_logic::ops_router(
-        node.hub.clone(),
-        Arc::new(registry),
-        ops_metrics,
-        running.intake.clone(),
-    );
+    let ops = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
     let hub = Arc::clone(&node.hub);
     let (secret, tls) = (config.secret.clone(), config.internal.tls.clone());
     // On a thread of its own, as the push API of `serve`: a push from logic then wakes this loop and the hub's

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use herald_cluster::logic::ClusterBus;
-use herald_logic::ApiMetrics;
 use herald_protocol::bus::Bus;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -58,14 +57,7 @@ pub async fn run(config: Logic, api: TcpListener, shutdown: CancellationToken) -
             bus
         }
     };
-    let api_metrics = ApiMetrics::register(&mut registry);
-    let router = herald_logic::router(
-        bus,
-        Arc::new(registry),
-        api_metrics,
-        config.api.limits,
-        running.intake.clone(),
-    );
+    let router = herald_logic::router(bus, registry, config.api.limits, running.intake.clone());
     let alarm = running.failure_alarm();
     // With one push-API thread, logic is one event loop (see `threads`): the API is served on it too.
     let api_server = match config.api.threads {

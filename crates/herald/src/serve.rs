@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use herald_gateway::Node;
-use herald_logic::ApiMetrics;
 use herald_protocol::bus::Bus;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -46,14 +45,7 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         }
         None => node.hub.clone(),
     };
-    let api_metrics = ApiMetrics::register(&mut registry);
-    let router = herald_logic::router(
-        bus,
-        Arc::new(registry),
-        api_metrics,
-        config.api.limits,
-        running.intake.clone(),
-    );
+    let router = herald_logic::router(bus, registry, config.api.limits, running.intake.clone());
     running.node = Some(node);
     let alarm = running.failure_alarm();
     running.servers.push(Server::on_own_threads(
