@@ -150,3 +150,20 @@ fn sigterm_drains_and_exits_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:?}");
 }
+
+#[test]
+fn a_flag_of_another_mode_is_refused_naming_the_mode() {
+    let stderr = refused(herald().args(["logic", "--merge-window", "5s"]));
+    assert!(
+        stderr.contains("--merge-window is not a setting of herald logic (it is one of serve, gateway)"),
+        "{stderr}"
+    );
+    let stderr = refused(herald().args(["serve", "--gateways", "127.0.0.1:7788"]));
+    assert!(
+        stderr.contains("--gateways is not a setting of herald serve (it is one of logic)"),
+        "{stderr}"
+    );
+    // A flag of no mode is clap's own error.
+    let stderr = refused(herald().args(["gateway", "--merge-windw", "5s"]));
+    assert!(stderr.contains("unexpected argument '--merge-windw'"), "{stderr}");
+}
