@@ -159,7 +159,8 @@ pub fn setting_keys() -> Vec<String> {
     keys
 }
 
-/// Adds each setting's default (from [`DEFAULTS`]) to its flag's help, in `command` and its subcommands.
+/// Adds each setting's default (from [`DEFAULTS`]) to its flag's help in a mode's `command` (serve, gateway, logic;
+/// other commands, such as the bench's, have flags of the same names with defaults of their own).
 pub fn show_defaults(command: Command) -> Command {
     let defaults: toml::Table = toml::from_str(DEFAULTS).expect("defaults.toml is TOML");
     let annotate = |arg: clap::Arg| match defaults.get(arg.get_id().as_str()) {
@@ -170,7 +171,7 @@ pub fn show_defaults(command: Command) -> Command {
         }
         None => arg,
     };
-    command.mut_args(annotate).mut_subcommands(show_defaults)
+    command.mut_args(annotate)
 }
 
 /// `herald serve`: gateway, hub and push API in one process.

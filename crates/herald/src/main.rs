@@ -75,7 +75,11 @@ fn main() -> anyhow::Result<()> {
 /// Parses the command line; each setting's help shows its default. A flag that belongs to another mode is refused
 /// with a message that says so, not only that the flag is unknown.
 fn parse() -> Cli {
-    let command = herald::config::show_defaults(Cli::command());
+    let command = ["serve", "gateway", "logic"]
+        .into_iter()
+        .fold(Cli::command(), |command, mode| {
+            command.mut_subcommand(mode, herald::config::show_defaults)
+        });
     let matches = command.clone().try_get_matches().unwrap_or_else(|error| {
         if error.kind() == ErrorKind::UnknownArgument
             && let Some(message) = foreign_flag(&command, &error)

@@ -167,3 +167,22 @@ fn a_flag_of_another_mode_is_refused_naming_the_mode() {
     let stderr = refused(herald().args(["gateway", "--merge-windw", "5s"]));
     assert!(stderr.contains("unexpected argument '--merge-windw'"), "{stderr}");
 }
+
+#[test]
+fn help_shows_each_default_once() {
+    let help = |args: &[&str]| {
+        let output = herald().args(args).output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let serve = help(&["serve", "--help"]);
+    let line = serve
+        .lines()
+        .skip_while(|l| !l.contains("--merge-window"))
+        .nth(1)
+        .unwrap();
+    assert_eq!(line.matches("[default: 1s]").count(), 1, "{line}");
+    // The bench's flags of the same names keep their own defaults, shown once.
+    let bench = help(&["bench", "fanout", "--help"]);
+    assert_eq!(bench.matches("[default: 1s]").count(), 1, "{bench}");
+}
