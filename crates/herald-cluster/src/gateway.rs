@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use herald_hub::{Hub, Recipient};
-use herald_protocol::bus::{Refused, Target};
-use herald_protocol::client::valid_room;
 use herald_protocol::stats::GatewayStatus;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,8 +15,9 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SecretCheck;
+use crate::hop;
+use crate::pb;
 use crate::pb::gateway_server::{Gateway, GatewayServer};
-use crate::pb::{self, ack, push, refused};
 use crate::{MAX_MESSAGE_BYTES, Secret};
 
 /// The gRPC service: pushes in, one [`pb::Ack`] per push out, in arrival order.
@@ -32,40 +31,6 @@ impl<R: Recipient> RpcService<R> {
     /// A service in front of `hub`; its streams end when `closing` is cancelled.
     pub fn new(hub: Arc<Hub<R>>, closing: CancellationToken) -> Self {
         Self { hub, closing }
-    }
-}
-
-/// Hands one received push to the hub and says what happened.
-pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> pb::Ack {
-    let target = match push.target {
-        Some(push::Target::Room(room)) if valid_room(&room) => Target::Room(room.into()),
-        Some(push::Target::All(_)) => Target::All,
-        // Logic validated the push; anything else is a foreign or broken client. Refuse it, never guess.
-        _ => return refusal(refused::Reason::Invalid, 0, 0),
-    };
-    let result = match hub.push(&target, push.items) {
-        Ok(accepted) => ack::Result::Accepted(pb::Accepted {
-            items: accepted.items as u64,
-            recipients: accepted.recipients.unwrap_or(0) as u64,
-        }),
-        Err(Refused::QueueFull { retry_after_secs }) => {
-            return refusal(refused::Reason::QueueFull, retry_after_secs, 0);
-        }
-        Err(Refused::TooManyItems { limit }) => return refusal(refused::Reason::TooManyItems, 0, limit as u64),
-        Err(Refused::ShuttingDown | Refused::Unavailable { .. }) => {
-            return refusal(refused::Reason::ShuttingDown, 5, 0);
-        }
-    };
-    pb::Ack { result: Some(result) }
-}
-
-fn refusal(reason: refused::Reason, retry_after_secs: u32, limit: u64) -> pb::Ack {
-    pb::Ack {
-        result: Some(ack::Result::Refused(pb::Refused {
-            reason: reason as i32,
-            retry_after_secs,
-            limit,
-        })),
     }
 }
 
@@ -83,7 +48,7 @@ impl<R: Recipient> Gateway for RpcService<R> {
         // stops reading acks stops the gateway reading its pushes (HTTP/2 flow control does the rest).
         let acks = request
             .into_inner()
-            .map(move |push| push.map(|push| take(&hub, push)))
+            .map(move |push| push.map(|push| hop::ack(hop::take(&hub, push))))
             .take_until(self.closing.clone().cancelled_owned());
         Ok(Response::new(Box::pin(acks)))
     }

@@ -1,19 +1,24 @@
-//! herald's two-tier cluster: logic nodes take pushes over HTTP/1 and forward them to every gateway over gRPC
-//! (HTTP/2), one long-lived connection and one stream per gateway.
+//! herald's two-tier cluster: logic nodes take pushes over HTTP/1 and hand them to the gateways, either over gRPC
+//! (HTTP/2, one long-lived connection and one stream per gateway) or through NATS.
 //!
-//! - [`logic`]: the [`logic::ClusterBus`], logic's [`herald_protocol::bus::Bus`]: one [`logic`] link per gateway,
-//!   each with a bounded queue, its own reconnect loop, and the gateway's last reported status.
-//! - [`gateway`]: the gRPC service on the gateway, which hands each push to the local hub, and the internal
-//!   listener it runs on (with `/healthz`, `/stats`, `/metrics`).
-//! - [`nats`]: the same two tiers on NATS instead of gRPC: logic publishes per room, gateways subscribe to the
-//!   rooms they hold and announce themselves.
-//! - `auth`: the optional shared secret on the hop.
+//! # Layout, by tier and concept
+//! - `hop`: what both hops share: a push on the wire, how a gateway takes it into its hub and the one set of
+//!   reasons it may refuse it for, and the reconnect backoff.
+//! - gRPC, logic's side: [`logic`] (the [`logic::ClusterBus`], logic's [`herald_protocol::bus::Bus`], and how the
+//!   gateways' answers become one), with `logic/link.rs` (one gateway's queue, stream and reconnects) and
+//!   `logic/metrics.rs`.
+//! - gRPC, the gateway's side: [`gateway`] (the service that hands each push to the local hub, and the internal
+//!   listener with `/healthz`, `/stats`, `/metrics`), `status` (its status as protobuf fields), `auth` (the optional
+//!   shared secret).
+//! - NATS: [`nats`] (settings, connection, errors) with `nats/publisher.rs` (logic's bus), `nats/feed.rs` (a
+//!   gateway's subscriptions and announcements), `nats/subjects.rs` and `nats/metrics.rs`.
 //!
 //! The schema is `proto/herald_cluster.proto`. Items cross the hop as the bytes logic validated; the gateway never
 //! parses them. Merging happens on the gateway, as in `herald serve`.
 
 mod auth;
 pub mod gateway;
+mod hop;
 pub mod logic;
 pub mod nats;
 mod status;

@@ -50,7 +50,7 @@ pub async fn run(config: Logic, api: TcpListener, shutdown: CancellationToken) -
             bus
         }
         None => {
-            let bus = ClusterBus::new(&config.cluster, &mut registry).map_err(anyhow::Error::msg)?;
+            let bus = ClusterBus::new(&config.cluster, &mut registry)?;
             let tasks = Tasks::default();
             bus.spawn(&tasks.tracker, tasks.stop.clone());
             running.links = Some((Arc::clone(&bus), tasks));

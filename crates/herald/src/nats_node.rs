@@ -27,9 +27,7 @@ impl NatsNode {
     /// Connects (in the background if NATS is not up yet) and registers the NATS metrics.
     pub(crate) async fn connect(config: &NatsConfig, name: &str, registry: &mut Registry) -> anyhow::Result<Self> {
         let metrics = NatsMetrics::register(registry);
-        let client = herald_cluster::nats::connect(config, name, &metrics)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let client = herald_cluster::nats::connect(config, name, &metrics).await?;
         Ok(Self {
             config: config.clone(),
             client,
@@ -60,8 +58,8 @@ impl NatsNode {
             self.metrics.clone(),
             &self.tasks,
             self.stop.clone(),
-        )
-        .map_err(anyhow::Error::msg)
+        )?;
+        Ok(())
     }
 
     /// The bus the push API publishes through.

@@ -1,0 +1,247 @@
+//! A gateway's side on NATS: subscriptions that follow the rooms its hub holds, the broadcast subscription, and
+//! the announcements.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_hub::{Hub, Interest, Recipient};
+use herald_protocol::stats::Announcement;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, room_subject};
+use super::{NatsConfig, NatsError, NatsMetrics};
+use crate::hop;
+use crate::pb;
+
+/// An announcement as it travels on NATS: JSON, read by logic (and by operators with `nats sub herald.gateways`).
+pub(super) fn encode_announcement(announcement: &Announcement) -> Bytes {
+    Bytes::from(serde_json::to_vec(announcement).expect("an announcement serializes"))
+}
+
+/// What a gateway says about itself in its announcements.
+#[derive(Debug, Clone)]
+pub struct Announce {
+    /// Unique while the process lives: host, process id, WebSocket address and the process's other listener.
+    pub id: String,
+    /// The gateway's WebSocket listener, as clients should reach it.
+    pub ws_addr: String,
+}
+
+/// A gateway's side on NATS: subscriptions that follow the hub's rooms, the broadcast subscription, and the
+/// announcements. Runs until `stop`, then announces that it leaves.
+pub fn spawn_gateway_feed<R: Recipient>(
+    client: async_nats::Client,
+    hub: Arc<Hub<R>>,
+    announce: Announce,
+    config: &NatsConfig,
+    metrics: NatsMetrics,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), NatsError> {
+    let interest = hub.watch_interest().ok_or(NatsError::InterestWatched)?;
+    let feed = Arc::new(Feed {
+        probe_subject: format!("herald.probe.{:016x}", fastrand::u64(..)),
+        client,
+        hub,
+        metrics,
+        tracker: tracker.clone(),
+    });
+    tracker.spawn(Arc::clone(&feed).answer_probes(stop.clone()));
+    tracker.spawn(Arc::clone(&feed).follow(ALL_SUBJECT.to_owned(), "all", stop.clone()));
+    tracker.spawn(Arc::clone(&feed).follow_interest(interest, stop.clone()));
+    tracker.spawn(feed.announce(announce, config.announce_interval, stop));
+    Ok(())
+}
+
+struct Feed<R> {
+    /// This gateway's own subject, answered by itself: a request to it comes back only after the server has
+    /// processed everything this connection sent before it (see [`Feed::confirm`]).
+    probe_subject: String,
+    client: async_nats::Client,
+    hub: Arc<Hub<R>>,
+    metrics: NatsMetrics,
+    tracker: TaskTracker,
+}
+
+impl<R: Recipient> Feed<R> {
+    /// Subscribes to a room when its first member joins and unsubscribes when its last leaves.
+    async fn follow_interest(
+        self: Arc<Self>,
+        mut interest: mpsc::UnboundedReceiver<Interest>,
+        stop: CancellationToken,
+    ) {
+        let mut rooms: HashMap<Arc<str>, CancellationToken> = HashMap::new();
+        // Rooms joined before the watch began (none when the feed starts with the gateway).
+        for room in self.hub.rooms_with_members() {
+            self.subscribe(&mut rooms, room, &stop);
+        }
+        loop {
+            let change = tokio::select! {
+                () = stop.cancelled() => break,
+                change = interest.recv() => match change {
+                    Some(change) => change,
+                    None => break,
+                },
+            };
+            if change.wanted {
+                self.subscribe(&mut rooms, change.room, &stop);
+            } else if let Some(unsubscribe) = rooms.remove(&change.room) {
+                unsubscribe.cancel();
+            }
+        }
+        for unsubscribe in rooms.into_values() {
+            unsubscribe.cancel();
+        }
+    }
+
+    fn subscribe(
+        self: &Arc<Self>,
+        rooms: &mut HashMap<Arc<str>, CancellationToken>,
+        room: Arc<str>,
+        stop: &CancellationToken,
+    ) {
+        let unsubscribe = stop.child_token();
+        if let Some(previous) = rooms.insert(Arc::clone(&room), unsubscribe.clone()) {
+            previous.cancel();
+        }
+        self.tracker
+            .spawn(Arc::clone(self).follow(room_subject(&room), "room", unsubscribe));
+    }
+
+    /// Hands every message on `subject` to the hub, in order, until `unsubscribe`.
+    async fn follow(self: Arc<Self>, subject: String, kind: &'static str, unsubscribe: CancellationToken) {
+        let mut subscriber = match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                // Only when the client itself is closed; the room's members then get nothing from NATS.
+                tracing::error!(%subject, error = %e, "cannot subscribe");
+                self.metrics.event_named("subscribe_failed");
+                return;
+            }
+        };
+        // The gauge counts only subscriptions the server has confirmed: from then on this gateway gets the
+        // subject's messages.
+        let confirmed = kind == "room"
+            && tokio::select! {
+                confirmed = self.confirm() => confirmed,
+                () = unsubscribe.cancelled() => false,
+            };
+        if confirmed {
+            self.metrics.subscriptions.inc();
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = unsubscribe.cancelled() => {
+                    if confirmed {
+                        self.metrics.subscriptions.dec();
+                    }
+                    let _ = subscriber.unsubscribe().await;
+                    return;
+                }
+                message = subscriber.next() => match message {
+                    Some(message) => self.deliver(kind, message.payload),
+                    None => {
+                        if confirmed {
+                            self.metrics.subscriptions.dec();
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Answers requests on the probe subject (for [`Feed::confirm`]).
+    async fn answer_probes(self: Arc<Self>, stop: CancellationToken) {
+        let Ok(mut probes) = self.client.subscribe(self.probe_subject.clone()).await else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                probe = probes.next() => match probe {
+                    Some(probe) => {
+                        if let Some(reply) = probe.reply {
+                            let _ = self.client.publish(reply, Bytes::new()).await;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Waits until the server has processed what this connection sent so far (a subscription, say). NATS handles
+    /// one connection's messages in order, so the answer to a request sent now proves it; a flush alone only
+    /// proves the bytes left this process. False if NATS does not answer for a while (it is down: the client
+    /// resubscribes everything when it is back).
+    async fn confirm(&self) -> bool {
+        for _ in 0..50 {
+            let request = self.client.request(self.probe_subject.clone(), Bytes::new());
+            match tokio::time::timeout(Duration::from_secs(1), request).await {
+                Ok(Ok(_)) => return true,
+                // No responder yet (the probe subscription itself is on its way) or no answer: try again.
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        false
+    }
+
+    fn deliver(&self, kind: &'static str, payload: Bytes) {
+        self.metrics.received(kind);
+        let Ok(push) = pb::Push::decode(payload) else {
+            self.metrics.refused("undecodable");
+            return;
+        };
+        if let Err(refusal) = hop::take(&self.hub, push) {
+            self.metrics.refused(refusal.reason.label());
+        }
+    }
+
+    /// Announces the gateway every `every` until `stop`, then once more to say it leaves.
+    async fn announce(self: Arc<Self>, who: Announce, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let status = Announcement {
+                id: who.id.clone(),
+                leaving: false,
+                ws_addr: who.ws_addr.clone(),
+                serving: self.hub.is_open(),
+                connections: self.hub.connections() as u64,
+                rooms: self.hub.rooms(),
+                subscriptions: self.metrics.subscriptions.get().max(0) as u64,
+                pending_items: self.hub.pending_items(),
+            };
+            // Not connected: the announcement would only wait in the client's buffer; the next one will do.
+            if self.client.connection_state() == State::Connected {
+                let _ = self
+                    .client
+                    .publish(ANNOUNCE_SUBJECT, encode_announcement(&status))
+                    .await;
+            }
+        }
+        let leaving = Announcement {
+            id: who.id,
+            leaving: true,
+            ..Announcement::default()
+        };
+        let _ = self
+            .client
+            .publish(ANNOUNCE_SUBJECT, encode_announcement(&leaving))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
+    }
+}
