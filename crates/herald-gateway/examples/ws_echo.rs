@@ -1,7 +1,7 @@
 //! A WebSocket echo server on herald's own connection layer, for the Autobahn|Testsuite only:
 //!
 //! ```sh
-//! cargo run --release -p herald-gateway --example ws_echo -- 127.0.0.1:9002
+//! cargo run --release -p herald-gateway --features conformance --example ws_echo -- 127.0.0.1:9002
 //! ```
 //!
 //! It upgrades at `/` and sends every text and binary message back. Everything else (handshake checks, frame

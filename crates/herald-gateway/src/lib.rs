@@ -5,8 +5,8 @@
 //!   own task under the handshake timeout, and a full `accept` (out of file descriptors) backs off instead of
 //!   spinning.
 //! - [`handshake`]: reads one HTTP request; `/connect` upgrades, `/` serves the demo page.
-//! - [`session`]: a connection's life: direct writes with a bounded outbox behind them, reads into a stack
-//!   buffer, heartbeat, close codes.
+//! - [`session`]: a connection's life: the writer (direct writes, a bounded outbox behind them), the connection's
+//!   task (reads into a stack buffer, heartbeat, close, as one state) and the client's commands.
 //! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
 //! - [`node`]: the hub, the accept loop and the connections started together and drained in order.
 
@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::handshake::Request;
 use crate::metrics::{GatewayMetrics, Handshake};
 pub use crate::node::Node;
+use crate::session::Context;
 pub use crate::session::Session;
 
 /// Limits of the WebSocket side.
@@ -56,14 +57,9 @@ pub struct GatewayConfig {
 
 /// The WebSocket side of one herald process.
 pub struct Gateway {
-    /// The fan-out engine sessions join rooms in.
-    pub hub: Arc<Hub<Session>>,
-    config: GatewayConfig,
-    metrics: GatewayMetrics,
+    context: Arc<Context>,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
-    /// Conformance mode (see [`Gateway::new_echo`]): upgrade at `/` and echo every message.
-    echo: bool,
 }
 
 /// The longest a connection refused at the limit is kept while its 503 goes out.
@@ -75,32 +71,53 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 impl Gateway {
     /// Creates the gateway around a hub.
     pub fn new(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
-        Self::build(hub, config, metrics, false)
+        Self::build(Context {
+            hub,
+            limits: config,
+            metrics,
+            #[cfg(feature = "conformance")]
+            echo: false,
+        })
     }
 
     /// A gateway that speaks no herald protocol: it upgrades at `/` and echoes every text and binary message, so
     /// the Autobahn conformance suite can exercise herald's own WebSocket layer (handshake, framing,
-    /// fragmentation, UTF-8, close handshake, pings) through `examples/ws_echo.rs`. No flag, setting or
-    /// subcommand of herald reaches it.
-    #[doc(hidden)]
+    /// fragmentation, UTF-8, close handshake, pings) through `examples/ws_echo.rs`. Built only with the
+    /// `conformance` feature, which only that example turns on: herald's binary does not contain it.
+    #[cfg(feature = "conformance")]
     pub fn new_echo(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
-        Self::build(hub, config, metrics, true)
+        Self::build(Context {
+            hub,
+            limits: config,
+            metrics,
+            echo: true,
+        })
     }
 
-    fn build(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics, echo: bool) -> Arc<Self> {
+    fn build(context: Context) -> Arc<Self> {
         Arc::new(Self {
-            hub,
-            config,
-            metrics,
-            permits: Arc::new(Semaphore::new(config.max_connections)),
+            permits: Arc::new(Semaphore::new(context.limits.max_connections)),
+            context: Arc::new(context),
             next_id: AtomicU64::new(1),
-            echo,
         })
+    }
+
+    /// The fan-out engine the sessions join rooms in.
+    pub fn hub(&self) -> &Arc<Hub<Session>> {
+        &self.context.hub
     }
 
     /// The gateway's metrics.
     pub fn metrics(&self) -> &GatewayMetrics {
-        &self.metrics
+        &self.context.metrics
+    }
+
+    /// Whether `/` upgrades too (the conformance echo server) instead of serving the demo page.
+    fn upgrades_at_root(&self) -> bool {
+        #[cfg(feature = "conformance")]
+        return self.context.echo;
+        #[cfg(not(feature = "conformance"))]
+        false
     }
 
     /// Accepts connections until `stop_accepting` is cancelled. Each connection runs on `tracker`; when
@@ -125,7 +142,7 @@ impl Gateway {
                     tracker.spawn(connection.instrument(span));
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
-                    self.metrics.accept_error();
+                    self.context.metrics.accept_error();
                     tracing::warn!(error = %e, "accept failed, backing off");
                     tokio::select! {
                         () = stop_accepting.cancelled() => return,
@@ -149,12 +166,12 @@ impl Gateway {
             return self.refuse_over_limit(stream).await;
         };
         let request = tokio::time::timeout(
-            self.config.handshake_timeout,
-            handshake::read_request(&mut stream, self.echo),
+            self.context.limits.handshake_timeout,
+            handshake::read_request(&mut stream, self.upgrades_at_root()),
         )
         .await;
         let (response, outcome, upgrade) = match request {
-            Err(_elapsed) => return self.metrics.handshake(Handshake::Timeout),
+            Err(_elapsed) => return self.context.metrics.handshake(Handshake::Timeout),
             Ok(None) => return,
             Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
             Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
@@ -164,15 +181,19 @@ impl Gateway {
                 Some(early),
             ),
         };
-        self.metrics.handshake(outcome);
-        let written = tokio::time::timeout(self.config.handshake_timeout, stream.write_all(response.as_bytes())).await;
+        self.context.metrics.handshake(outcome);
+        let written = tokio::time::timeout(
+            self.context.limits.handshake_timeout,
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
         let (Some(early), Ok(Ok(()))) = (upgrade, written) else {
             return;
         };
         let _ = stream.set_nodelay(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id, %peer, "connected");
-        let session = Session::new(id, stream, Arc::clone(&self));
+        let session = Session::new(id, stream, Arc::clone(&self.context));
         session::run(session, early, shutdown).await;
         drop(permit);
     }
@@ -180,7 +201,7 @@ impl Gateway {
     /// At the connection limit: answer 503 at once, without waiting for the request, so a flood of connections
     /// holds descriptors for a moment instead of a whole handshake timeout.
     async fn refuse_over_limit(&self, mut stream: TcpStream) {
-        self.metrics.handshake(Handshake::OverLimit);
+        self.context.metrics.handshake(Handshake::OverLimit);
         let _ = tokio::time::timeout(OVER_LIMIT_LINGER, async {
             stream.write_all(handshake::OVER_LIMIT.as_bytes()).await?;
             stream.shutdown().await?;

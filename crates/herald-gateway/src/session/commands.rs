@@ -1,0 +1,153 @@
+//! The commands a client sends (PING, JOIN, LEAVE, with an optional id to acknowledge) and the answer each gets;
+//! bad input closes the connection with the fitting code.
+
+use std::sync::Arc;
+
+use herald_hub::Recipient;
+use herald_protocol::client::{self, Command, RequestError};
+use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
+use serde_json::value::RawValue;
+
+use super::Session;
+use crate::metrics::{BadInput, CloseReason};
+
+/// What reading asks the connection to do next.
+pub(super) enum Flow {
+    Continue,
+    /// Close with this code and reason.
+    Close {
+        code: u16,
+        reason: String,
+        why: CloseReason,
+    },
+    /// The peer sent a close frame.
+    PeerClosed(Option<u16>),
+}
+
+/// What handling one message needs (kept apart from the assembler that lends the message).
+pub(super) struct Commands<'a> {
+    pub(super) session: &'a Arc<Session>,
+    pub(super) rooms: &'a mut Vec<Box<str>>,
+    /// Our close is under way: data messages are ignored, only the peer's close matters.
+    pub(super) closing: bool,
+}
+
+impl Commands<'_> {
+    pub(super) fn on_message(&mut self, message: Message<'_>) -> Flow {
+        match message {
+            Message::Close(code) => Flow::PeerClosed(code),
+            _ if self.closing => Flow::Continue,
+            // The conformance echo server (Gateway::new_echo, built only with the `conformance` feature): every
+            // message goes back as it came.
+            #[cfg(feature = "conformance")]
+            Message::Text(text) if self.session.context.echo => {
+                self.session.deliver(&ws::frame(OpCode::Text, text.as_bytes()));
+                Flow::Continue
+            }
+            #[cfg(feature = "conformance")]
+            Message::Binary(data) if self.session.context.echo => {
+                self.session.deliver(&ws::frame(OpCode::Binary, data));
+                Flow::Continue
+            }
+            Message::Text(text) => self.on_text(text),
+            Message::Binary(_) => self.bad(
+                BadInput::Binary,
+                close::UNSUPPORTED_DATA,
+                "binary messages not supported",
+            ),
+            Message::Ping(payload) => {
+                self.session.deliver(&ws::frame(OpCode::Pong, payload));
+                Flow::Continue
+            }
+            Message::Pong => Flow::Continue,
+        }
+    }
+
+    fn on_text(&mut self, text: &str) -> Flow {
+        let message = match client::parse(text) {
+            Ok(message) => message,
+            Err(e) => {
+                let kind = if e.close_code() == close::INVALID_PAYLOAD {
+                    BadInput::NotJson
+                } else {
+                    BadInput::UnknownMessage
+                };
+                return self.bad(kind, e.close_code(), &e.to_string());
+            }
+        };
+        let result = match &message.command {
+            Command::Ping => {
+                self.session.deliver(&client::pong(message.id));
+                return Flow::Continue;
+            }
+            Command::Join(room) => self.join(room),
+            Command::Leave(room) => self.leave(room),
+        };
+        self.reply(message.id, result);
+        Flow::Continue
+    }
+
+    fn join(&mut self, room: &str) -> Result<(), RequestError> {
+        let context = &self.session.context;
+        if !client::valid_room(room) {
+            return Err(RequestError::InvalidRoom);
+        }
+        if self.rooms.iter().any(|r| **r == *room) {
+            return Ok(());
+        }
+        if self.rooms.len() >= context.limits.max_rooms_per_connection {
+            return Err(RequestError::TooManyRooms);
+        }
+        context.hub.join(room, self.session);
+        self.rooms.push(room.into());
+        Ok(())
+    }
+
+    fn leave(&mut self, room: &str) -> Result<(), RequestError> {
+        if !client::valid_room(room) {
+            return Err(RequestError::InvalidRoom);
+        }
+        if let Some(index) = self.rooms.iter().position(|r| **r == *room) {
+            self.rooms.swap_remove(index);
+            self.session.context.hub.leave(room, self.session.id);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a request that carried an id; without one, go-push sends nothing and neither does herald.
+    fn reply(&self, id: Option<&RawValue>, result: Result<(), RequestError>) {
+        if let Err(error) = result {
+            let kind = match error {
+                RequestError::InvalidRoom => BadInput::InvalidRoom,
+                RequestError::TooManyRooms => BadInput::TooManyRooms,
+            };
+            self.session.context.metrics.bad_input(kind);
+        }
+        if let Some(id) = id {
+            let frame = match result {
+                Ok(()) => client::ack(id),
+                Err(error) => client::error(id, error),
+            };
+            self.session.deliver(&frame);
+        }
+    }
+
+    pub(super) fn frame_error(&mut self, error: &FrameError) -> Flow {
+        let kind = match error {
+            FrameError::Protocol(_) => BadInput::Protocol,
+            FrameError::InvalidUtf8 => BadInput::InvalidUtf8,
+            FrameError::TooBig { .. } => BadInput::TooBig,
+        };
+        self.bad(kind, error.close_code(), &error.to_string())
+    }
+
+    fn bad(&self, kind: BadInput, code: u16, reason: &str) -> Flow {
+        self.session.context.metrics.bad_input(kind);
+        tracing::debug!(id = self.session.id, code, reason, "bad input, closing");
+        Flow::Close {
+            code,
+            reason: reason.to_owned(),
+            why: CloseReason::BadInput,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! A connection's own task: it reads the client's frames, keeps the heartbeat, flushes the outbox when the socket
+//! turns writable, and carries the close through to its end. Where the connection stands is one [`State`].
+//!
+//! Reads go into a buffer on the stack; bytes are kept on the heap only while a frame is incomplete, so an idle
+//! connection holds no read buffer.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_protocol::ws::{Assembler, close, decode_header, unmask};
+use tokio::io::Interest;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+use super::commands::{Commands, Flow};
+use crate::metrics::{CloseReason, DropReason};
+
+/// Reads per wake-up before the task lets others run.
+const READS_PER_WAKE: usize = 16;
+/// Once our close frame is on the wire, how long the peer has to answer with its own before the socket is closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Where a connection stands.
+enum State {
+    /// Reading and writing.
+    Open,
+    /// A close frame is queued (by this task, or by the writer for a slow consumer): the connection ends when it is
+    /// out and the peer has answered, or at the latest one write timeout after the close began.
+    Closing(Closing),
+}
+
+struct Closing {
+    /// Why the connection is ending (the first reason found).
+    why: CloseReason,
+    since: Instant,
+    input: Input,
+    /// When our close frame was fully written and our side of the TCP connection shut down; the peer then has
+    /// [`CLOSE_LINGER`] to answer.
+    sent_at: Option<Instant>,
+}
+
+/// What is still read of the peer while closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Its frames are parsed, for the close frame that answers ours (data messages are ignored).
+    Parsed,
+    /// It broke the framing or the protocol: bytes are read and dropped, so closing does not reset.
+    Ignored,
+    /// It has nothing more to say (its close frame or EOF came): reading stopped.
+    Done,
+}
+
+impl State {
+    fn why(&self) -> Option<CloseReason> {
+        match self {
+            Self::Open => None,
+            Self::Closing(closing) => Some(closing.why),
+        }
+    }
+
+    fn reading(&self) -> bool {
+        !matches!(self, Self::Closing(Closing { input: Input::Done, .. }))
+    }
+
+    fn parsing(&self) -> bool {
+        matches!(
+            self,
+            Self::Open
+                | Self::Closing(Closing {
+                    input: Input::Parsed,
+                    ..
+                })
+        )
+    }
+
+    /// The close under way, begun now for `why` unless one already was (its reason stands).
+    fn closing(&mut self, why: CloseReason) -> &mut Closing {
+        if let Self::Open = self {
+            *self = Self::Closing(Closing {
+                why,
+                since: Instant::now(),
+                input: Input::Parsed,
+                sent_at: None,
+            });
+        }
+        match self {
+            Self::Closing(closing) => closing,
+            Self::Open => unreachable!("set just above"),
+        }
+    }
+}
+
+/// The session task's own state (what the hub never sees).
+struct Conn {
+    session: Arc<Session>,
+    rooms: Vec<Box<str>>,
+    partial: Vec<u8>,
+    assembler: Assembler,
+    last_seen: Instant,
+    state: State,
+}
+
+/// Runs a connection to its end. `early` holds bytes that arrived with the handshake.
+pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: CancellationToken) {
+    let context = Arc::clone(&session.context);
+    context.hub.register(&session);
+    let mut conn = Conn {
+        session,
+        rooms: Vec::new(),
+        partial: Vec::new(),
+        assembler: Assembler::default(),
+        last_seen: Instant::now(),
+        state: State::Open,
+    };
+    if !early.is_empty() {
+        let mut early = early;
+        conn.ingest(&mut early);
+    }
+    let reason = conn.drive(&shutdown).await;
+    let Conn { session, rooms, .. } = conn;
+    context.hub.unregister(session.id, rooms.iter().map(|r| &**r));
+    session.abandon(if reason == CloseReason::SlowConsumer {
+        DropReason::SlowConsumer
+    } else {
+        DropReason::Closing
+    });
+    context.metrics.closed(reason);
+    tracing::debug!(id = session.id, ?reason, "connection closed");
+}
+
+impl Conn {
+    async fn drive(&mut self, shutdown: &CancellationToken) -> CloseReason {
+        let limits = self.session.context.limits;
+        let timer = sleep_until(self.last_seen + limits.heartbeat_timeout);
+        tokio::pin!(timer);
+        loop {
+            let (queued, closing, failed, last_progress) = {
+                let outbox = self.session.outbox.lock();
+                (
+                    !outbox.frames.is_empty(),
+                    outbox.closing,
+                    outbox.failed,
+                    outbox.last_progress,
+                )
+            };
+            if failed {
+                return self.state.why().unwrap_or(CloseReason::WriteError);
+            }
+            if closing {
+                // A close the writer began (a full outbox) is found here.
+                let state = self.state.closing(CloseReason::SlowConsumer);
+                if !queued && state.input == Input::Done {
+                    return state.why;
+                }
+                let mut deadline = state.since + limits.write_timeout;
+                if !queued {
+                    // Our close frame is out: send FIN so the peer sees the end, and give it a moment to answer
+                    // (reading on, so its last bytes are not met with a reset).
+                    let sent_at = *state.sent_at.get_or_insert_with(|| {
+                        let _ = socket2::SockRef::from(&self.session.stream).shutdown(std::net::Shutdown::Write);
+                        Instant::now()
+                    });
+                    deadline = deadline.min(sent_at + CLOSE_LINGER);
+                }
+                if Instant::now() >= deadline {
+                    return state.why;
+                }
+                timer.as_mut().reset(deadline);
+            } else {
+                let mut deadline = self.last_seen + limits.heartbeat_timeout;
+                if let (true, Some(progress)) = (queued, last_progress) {
+                    deadline = deadline.min(progress + limits.write_timeout);
+                }
+                // Every PING moves the heartbeat deadline later; re-arming the timer for each one would touch the
+                // timer wheel (and its lock) once per ping. A later deadline is left for the timer to find: it
+                // fires early, finds the peer alive, and is re-armed here once per heartbeat timeout at most.
+                if deadline < timer.deadline() || timer.is_elapsed() {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !closing => {
+                    self.state.closing(CloseReason::Shutdown);
+                    self.session.begin_close(close::GOING_AWAY, "server shutting down", false);
+                }
+                () = self.session.wake.notified() => {}
+                ready = self.session.stream.writable(), if queued => {
+                    if ready.and_then(|()| self.session.flush()).is_err() {
+                        return self.state.why().unwrap_or(CloseReason::WriteError);
+                    }
+                }
+                ready = self.session.stream.readable(), if self.state.reading() => {
+                    if ready.is_err() || !self.read_available() {
+                        if !self.session.outbox.lock().closing {
+                            return self.state.why().unwrap_or(CloseReason::PeerGone);
+                        }
+                        // Half-closed: what we still owe it (our close frame) may yet be written.
+                        self.state.closing(CloseReason::SlowConsumer).input = Input::Done;
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if closing {
+                        continue; // the closing deadline is checked at the top
+                    }
+                    if queued && last_progress.is_some_and(|p| now >= p + limits.write_timeout) {
+                        // Nothing moved for a whole write timeout: a close frame would not get through either.
+                        return CloseReason::SlowConsumer;
+                    }
+                    if now >= self.last_seen + limits.heartbeat_timeout {
+                        self.state.closing(CloseReason::Heartbeat);
+                        self.session.begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has; false when the peer is gone.
+    fn read_available(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        for _ in 0..READS_PER_WAKE {
+            match self.read_once(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.last_seen = Instant::now();
+                    if self.state.parsing() {
+                        self.ingest(&mut buf[..n]);
+                    }
+                    if n < buf.len() {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// One `recv` into `buf`. A short read means the receive queue was empty at that moment, so tokio is told the
+    /// socket is no longer readable right away, instead of learning it from a second `recv` that returns
+    /// WouldBlock: most wakes (a PING, a JOIN) then cost one system call, not two. tokio clears the readiness
+    /// only if no new event arrived since it was read, and never clears read-closed, so neither data that lands
+    /// after the `recv` nor a FIN queued behind the data is missed. (TCP's `recv` stops short of the queued data
+    /// only at an urgent mark, which WebSocket clients never send; a peer that does delays only its own bytes,
+    /// until its next segment or its heartbeat timeout.)
+    fn read_once(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let stream = &self.session.stream;
+        let mut read = 0;
+        let result = stream.try_io(Interest::READABLE, || {
+            read = io::Read::read(&mut &*socket2::SockRef::from(stream), buf)?;
+            if read > 0 && read < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(read)
+        });
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+            other => other,
+        }
+    }
+
+    /// Takes bytes from the socket: completes frames, handles messages, keeps an unfinished frame.
+    fn ingest(&mut self, data: &mut [u8]) {
+        let flow = if self.partial.is_empty() {
+            let (used, flow) = self.consume(data);
+            if matches!(flow, Flow::Continue) && used < data.len() {
+                self.partial.extend_from_slice(&data[used..]);
+            }
+            flow
+        } else {
+            self.partial.extend_from_slice(data);
+            let mut partial = std::mem::take(&mut self.partial);
+            let (used, flow) = self.consume(&mut partial);
+            partial.drain(..used);
+            if !partial.is_empty() {
+                self.partial = partial;
+            }
+            flow
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close { code, reason, why } => {
+                self.state.closing(why).input = Input::Ignored;
+                self.partial = Vec::new();
+                self.session.begin_close(code, &reason, false);
+            }
+            Flow::PeerClosed(code) => {
+                self.state.closing(CloseReason::Client).input = Input::Done;
+                self.partial = Vec::new();
+                // Echo the peer's code (RFC 6455 5.5.1); does nothing if we had started the close ourselves.
+                self.session.begin_close(code.unwrap_or(close::NORMAL), "", false);
+            }
+        }
+    }
+
+    /// Handles the complete frames at the start of `buf`; returns the bytes used.
+    fn consume(&mut self, buf: &mut [u8]) -> (usize, Flow) {
+        let limit = self.session.context.limits.max_message_bytes;
+        let mut used = 0;
+        loop {
+            let header = match decode_header(&buf[used..], limit) {
+                Ok(Some(header)) if buf.len() - used >= header.frame_len() => header,
+                Ok(_) => return (used, Flow::Continue),
+                Err(e) => return (used, self.commands(false).frame_error(&e)),
+            };
+            let payload = &mut buf[used + header.header_len..used + header.frame_len()];
+            unmask(payload, header.mask);
+            used += header.frame_len();
+            let closing = self.session.outbox.lock().closing;
+            let flow = match self.assembler.on_frame(&header, payload, limit) {
+                Ok(Some(message)) => {
+                    let mut commands = Commands {
+                        session: &self.session,
+                        rooms: &mut self.rooms,
+                        closing,
+                    };
+                    commands.on_message(message)
+                }
+                Ok(None) => Flow::Continue,
+                Err(e) => self.commands(closing).frame_error(&e),
+            };
+            self.assembler.release();
+            if !matches!(flow, Flow::Continue) {
+                return (used, flow);
+            }
+        }
+    }
+
+    /// The client-command handler, lent this connection's session and rooms.
+    fn commands(&mut self, closing: bool) -> Commands<'_> {
+        Commands {
+            session: &self.session,
+            rooms: &mut self.rooms,
+            closing,
+        }
+    }
+}
