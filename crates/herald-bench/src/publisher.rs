@@ -49,7 +49,7 @@ pub struct Published {
 /// Publishes `plan`; items carry their send time and a sequence number (counting accepted items only, so
 /// receivers see no gap for a refused push).
 pub async fn run(plan: &Plan, progress: &ProgressBar) -> anyhow::Result<Published> {
-    crate::run_as_batch().await;
+    crate::workers::run_as_batch().await;
     let mut conn = Connection::open(plan.api).await?;
     let path = if plan.room.is_some() { "/push/room" } else { "/push/all" };
     let interval = Duration::from_secs_f64(1.0 / plan.rate);

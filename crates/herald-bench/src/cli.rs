@@ -1,0 +1,161 @@
+//! The command line of `herald bench`: the scenarios, where the load goes, and how herald is started.
+
+use std::net::SocketAddr;
+
+/// `herald bench` scenarios.
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// Open N connections in one room, keep them alive, report connect rate and memory per connection.
+    Connections(ConnectionsArgs),
+    /// Push at a fixed rate to N connections, report throughput, latency, loss and CPU.
+    Fanout(FanoutArgs),
+    /// Connect/disconnect storms while pushes flow: errors, latency of the connections that stay, and memory
+    /// before, during and after.
+    Churn(ChurnArgs),
+}
+
+/// Where the load goes, and how herald is started when the bench starts it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// WebSocket address of a running herald (`ws://127.0.0.1:7777/connect` or `127.0.0.1:7777`); without it
+    /// the bench starts `herald serve` itself
+    #[arg(long, value_parser = parse_address)]
+    pub ws: Option<SocketAddr>,
+    /// Push-API address of the running herald (`http://127.0.0.1:7799` or `127.0.0.1:7799`; with --ws)
+    #[arg(long, requires = "ws", value_parser = parse_address)]
+    pub api: Option<SocketAddr>,
+    /// PID of the running herald, to read its CPU and memory (with --ws)
+    #[arg(long, requires = "ws")]
+    pub server_pid: Option<u32>,
+    /// Allow a target outside the loopback range
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Merge window of the herald the bench starts
+    #[arg(long, default_value = "1s")]
+    pub merge_window: String,
+    /// Merge max items of the herald the bench starts
+    #[arg(long, default_value_t = 100)]
+    pub merge_max_items: usize,
+    /// Further flags for the herald the bench starts, its gateways with --cluster (repeat: --server-arg=--shards
+    /// --server-arg=8)
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Start a cluster instead of `herald serve`: this many `herald gateway`s and one `herald logic` on loopback.
+    /// Connections are spread over the gateways, pushes go to logic, CPU and memory are summed over all of them
+    #[arg(long, conflicts_with = "ws", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cluster: Option<u16>,
+    /// Start herald on NATS instead: a nats-server of its own, this many `herald gateway --bus ... --reuse-port`
+    /// sharing one WebSocket port, and one `herald logic --bus ...`. CPU and memory are summed over all of them,
+    /// nats-server included
+    #[arg(long, conflicts_with_all = ["ws", "cluster"], value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nats: Option<u16>,
+    /// Worker processes for the connections [default: one per 15,000 connections]
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds between each connection's PINGs (the first at a random point of the first interval)
+    #[arg(long, default_value_t = 20.0, value_parser = parse_interval)]
+    pub ping_secs: f64,
+    /// Print one JSON line instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    /// The clients' PING interval in milliseconds, as a worker's [`Plan`] takes it.
+    pub(crate) fn ping_every_ms(&self) -> u64 {
+        (self.ping_secs * 1000.0).round() as u64
+    }
+}
+
+/// `herald bench connections`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionsArgs {
+    /// Connections to open
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Seconds to hold them once open
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `herald bench fanout`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// Connections receiving
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Pushes per second
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Items per push
+    #[arg(long, default_value_t = 1)]
+    pub items: usize,
+    /// Bytes per item
+    #[arg(long, default_value_t = 100)]
+    pub item_bytes: usize,
+    /// Seconds of publishing
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Room every connection joins and every push goes to
+    #[arg(long, default_value = "bench", conflicts_with = "all")]
+    pub room: String,
+    /// Push to everyone (/push/all) instead of a room
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `herald bench churn`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChurnArgs {
+    /// Connections that stay for the whole run; each must get every item once, in order
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connections opened, joined and dropped per second during the run
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn: f64,
+    /// How long each churning connection stays, in milliseconds (dropped with a reset)
+    #[arg(long, default_value_t = 50)]
+    pub hold_ms: u64,
+    /// Pushes per second to the room, during the churn
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds of churn and pushes
+    #[arg(long, default_value_t = 10.0)]
+    pub secs: f64,
+    /// Room every connection joins
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// Reads a PING interval in seconds: at least a millisecond, at most a day.
+pub(crate) fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.001..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{text}: not a number of seconds between 0.001 and 86400")),
+    }
+}
+
+/// Reads `host:port`, or a `ws://`, `http://` URL naming one (its path is ignored: herald's paths are fixed).
+pub(crate) fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let default_port = if text.contains("://") { ":80" } else { "" };
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}{default_port}")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: no address"))
+}

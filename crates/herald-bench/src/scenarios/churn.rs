@@ -1,0 +1,119 @@
+//! `herald bench churn`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::ChurnArgs;
+use crate::report::{Outcome, progress, put_delivery};
+use crate::server::{Server, wait_for_members};
+use crate::worker::Plan;
+use crate::workers::{Connected, Workers};
+use crate::{proc, publisher};
+
+pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
+    let server = Server::start_or_attach(&args.target).await?;
+    let api = server.api.context("churn needs the push API: pass --api with --ws")?;
+    let room = Some(args.room.as_str());
+    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
+    let bar = progress(args.conns as u64, "connecting");
+    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
+    bar.finish_and_clear();
+    wait_for_members(api, room, conns).await?;
+    workers
+        .add_churner(&Plan {
+            target: server.ws[0],
+            conns: 0,
+            room: Some(args.room.clone()),
+            index: 0,
+            ping_every_ms: args.target.ping_every_ms(),
+            churn_per_sec: args.churn,
+            churn_hold_ms: args.hold_ms,
+            churn_secs: args.secs,
+        })
+        .await?;
+    // Settled, before the storm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = server.rss_bytes();
+    let cpu_before = server.cpu_secs();
+
+    // Memory during the storm: sampled every 250 ms, the peak kept.
+    let pids = server.pids.clone();
+    let sampling = CancellationFlag::default();
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut peak = 0u64;
+            while !sampling.is_set() {
+                let rss: Option<u64> = pids.iter().map(|&pid| proc::rss_bytes(pid)).sum();
+                peak = peak.max(rss.unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            peak
+        }
+    });
+    workers.command_last("churn").await?;
+    let plan = publisher::Plan {
+        api,
+        room: Some(args.room.clone()),
+        rate: args.rate,
+        items: 1,
+        item_bytes: 100,
+        duration: Duration::from_secs_f64(args.secs),
+        members: conns as u64,
+        fixed_members: true,
+    };
+    let bar = progress((args.rate * args.secs).round() as u64, "publishing");
+    let published = publisher::run(&plan, &bar).await?;
+    bar.finish_and_clear();
+    workers.drain(published.expected_items).await?;
+    sampling.set();
+    let rss_peak = sampler.await?;
+    // After the storm: churning connections closed and their memory given back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = server.rss_bytes();
+    let server_cpu = server.cpu_since(cpu_before);
+    let reports = workers.finish().await?;
+    server.stop().await;
+
+    let cycles: u64 = reports.iter().map(|r| r.churn_cycles).sum();
+    let mut out = Outcome {
+        scenario: "churn",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    out.put("churn_asked_per_sec", args.churn);
+    out.put("churn_cycles", cycles);
+    out.put("churn_per_sec", cycles as f64 / published.elapsed.as_secs_f64());
+    out.put("churn_errors", reports.iter().map(|r| r.churn_errors).sum::<u64>());
+    put_delivery(&mut out, &reports, &published);
+    let bytes = |value: Option<u64>| value.map_or(serde_json::Value::Null, Into::into);
+    out.put("server_rss_before_bytes", bytes(rss_before));
+    out.put("server_rss_peak_bytes", rss_peak);
+    out.put("server_rss_after_bytes", bytes(rss_after));
+    out.put(
+        "server_rss_after_vs_before_pct",
+        match (rss_before, rss_after) {
+            (Some(b), Some(a)) if b > 0 => serde_json::json!((a as f64 - b as f64) * 100.0 / b as f64),
+            _ => serde_json::Value::Null,
+        },
+    );
+    out.put("server_cpu_secs", server_cpu);
+    out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
+    Ok(out)
+}
+
+/// A flag one task sets and another polls.
+#[derive(Clone, Default)]
+pub(crate) struct CancellationFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancellationFlag {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}

@@ -1,0 +1,54 @@
+//! `herald bench fanout`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::FanoutArgs;
+use crate::publisher;
+use crate::report::{Outcome, progress, put_delivery};
+use crate::server::{Server, wait_for_members};
+use crate::workers::{Connected, Workers};
+
+pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
+    let server = Server::start_or_attach(&args.target).await?;
+    let api = server.api.context("fanout needs the push API: pass --api with --ws")?;
+    let room = (!args.all).then_some(args.room.as_str());
+    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
+    let bar = progress(args.conns as u64, "connecting");
+    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
+    bar.finish_and_clear();
+    // Joins are not acknowledged (go-push style): make sure the server has them all before publishing.
+    wait_for_members(api, room, conns).await?;
+
+    let cpu_before = server.cpu_secs();
+    let plan = publisher::Plan {
+        api,
+        room: room.map(str::to_owned),
+        rate: args.rate,
+        items: args.items,
+        item_bytes: args.item_bytes,
+        duration: Duration::from_secs_f64(args.secs),
+        members: conns as u64,
+        fixed_members: false,
+    };
+    let bar = progress((args.rate * args.secs).round() as u64, "publishing");
+    let published = publisher::run(&plan, &bar).await?;
+    bar.finish_and_clear();
+
+    workers.drain(published.expected_items).await?;
+    let server_cpu = server.cpu_since(cpu_before);
+    let reports = workers.finish().await?;
+    server.stop().await;
+
+    let mut out = Outcome {
+        scenario: "fanout",
+        ..Outcome::default()
+    };
+    out.put("connections", conns);
+    out.put("connect_errors", errors);
+    put_delivery(&mut out, &reports, &published);
+    out.put("server_cpu_secs", server_cpu);
+    out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
+    Ok(out)
+}

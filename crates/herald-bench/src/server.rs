@@ -1,0 +1,288 @@
+//! The herald under test: started by the bench (one `serve`, gateways and a logic node, or a NATS cluster) or
+//! given, its readiness, its `/stats`, and its CPU and memory.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use herald_protocol::stats::{HubStats, Stats};
+use tokio::process::{Child, Command};
+
+use crate::cli::Target;
+use crate::{proc, publisher};
+
+/// A herald under test: started by the bench (one `serve`, or gateways and a logic node), or given.
+pub(crate) struct Server {
+    /// WebSocket listeners: one, or one per gateway. Workers are spread over them.
+    pub(crate) ws: Vec<SocketAddr>,
+    /// Gateways logic must see before the run starts (a cluster or NATS), checked in its `/stats`.
+    pub(crate) gateways: Option<usize>,
+    pub(crate) api: Option<SocketAddr>,
+    /// Every process of the server, whose CPU and memory are summed.
+    pub(crate) pids: Vec<u32>,
+    pub(crate) children: Vec<Child>,
+}
+
+impl Server {
+    pub(crate) async fn start_or_attach(target: &Target) -> anyhow::Result<Self> {
+        if let Some(ws) = target.ws {
+            for addr in [Some(ws), target.api].into_iter().flatten() {
+                if !target.allow_remote && !addr.ip().is_loopback() {
+                    bail!("{addr} is outside loopback; pass --allow-remote to load a remote server");
+                }
+            }
+            return Ok(Self {
+                ws: vec![ws],
+                api: target.api,
+                pids: target.server_pid.into_iter().collect(),
+                children: Vec::new(),
+                gateways: None,
+            });
+        }
+        let merge = [
+            "--merge-window".to_owned(),
+            target.merge_window.clone(),
+            "--merge-max-items".to_owned(),
+            target.merge_max_items.to_string(),
+        ];
+        let mut server = Self {
+            ws: Vec::new(),
+            api: None,
+            pids: Vec::new(),
+            children: Vec::new(),
+            gateways: None,
+        };
+        let api = free_port()?;
+        match (target.cluster, target.nats) {
+            (_, Some(gateways)) => {
+                let url = server.start_nats().await?;
+                let ws = free_port()?;
+                for _ in 0..gateways {
+                    let rpc = free_port()?;
+                    server.spawn(
+                        ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
+                        ["--bus".to_owned(), url.clone(), "--reuse-port".to_owned()]
+                            .iter()
+                            .chain(&merge)
+                            .chain(&target.server_args),
+                    )?;
+                    wait_healthy(rpc).await?;
+                }
+                server.spawn(
+                    ["logic", "--api-addr", &api.to_string(), "--bus", &url],
+                    std::iter::empty(),
+                )?;
+                server.ws.push(ws);
+                server.gateways = Some(gateways.into());
+            }
+            (None, None) => {
+                let ws = free_port()?;
+                server.spawn(
+                    ["serve", "--ws-addr", &ws.to_string(), "--api-addr", &api.to_string()],
+                    merge.iter().chain(&target.server_args),
+                )?;
+                server.ws.push(ws);
+            }
+            (Some(gateways), None) => {
+                server.gateways = Some(gateways.into());
+                let mut rpcs = Vec::new();
+                for _ in 0..gateways {
+                    let (ws, rpc) = (free_port()?, free_port()?);
+                    server.spawn(
+                        ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
+                        merge.iter().chain(&target.server_args),
+                    )?;
+                    server.ws.push(ws);
+                    rpcs.push(rpc);
+                }
+                // Logic's first connect should find every gateway listening.
+                for &rpc in &rpcs {
+                    wait_healthy(rpc).await?;
+                }
+                let rpcs: Vec<String> = rpcs.iter().map(ToString::to_string).collect();
+                server.spawn(
+                    ["logic", "--api-addr", &api.to_string(), "--gateways", &rpcs.join(",")],
+                    ["--status-interval".to_owned(), "200ms".to_owned()].iter(),
+                )?;
+            }
+        }
+        server.api = Some(api);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !server.ready(api).await {
+            if Instant::now() > deadline {
+                bail!("herald did not become ready on {api}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(server)
+    }
+
+    /// Starts one herald process: `herald <args> --log warn <more>`.
+    pub(crate) fn spawn<'a>(&mut self, args: [&str; 5], more: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .args(["--log", "warn"])
+            .args(more)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting herald {}", args[0]))?;
+        self.pids.extend(child.id());
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Starts a nats-server of the bench's own on a free loopback port; returns its URL.
+    pub(crate) async fn start_nats(&mut self) -> anyhow::Result<String> {
+        let addr = free_port()?;
+        let binary = std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| {
+            let on_path = std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("nats-server").is_file()));
+            if on_path {
+                "nats-server"
+            } else {
+                "/usr/sbin/nats-server"
+            }
+            .to_owned()
+        });
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &addr.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary} (install Debian's nats-server)"))?;
+        self.pids.extend(child.id());
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(format!("nats://{addr}"))
+    }
+
+    /// Healthy, and every gateway known to logic (linked over gRPC, or announced on NATS).
+    pub(crate) async fn ready(&self, api: SocketAddr) -> bool {
+        if !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+            return false;
+        }
+        let Some(gateways) = self.gateways else {
+            return true;
+        };
+        let known = match stats(api).await {
+            Ok(Stats::Cluster(cluster)) => cluster.gateways_up,
+            Ok(Stats::Nats(nats)) => nats.gateways_live,
+            Ok(Stats::Hub(_)) | Err(_) => return false,
+        };
+        known == gateways as u64
+    }
+
+    /// CPU seconds of all the server's processes; `None` when a process is unknown or gone.
+    pub(crate) fn cpu_secs(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| proc::cpu_secs(pid)).sum()
+    }
+
+    /// CPU seconds the server's processes used since they had used `before` (from [`Server::cpu_secs`]), as a
+    /// figure of the result: null when either reading is missing.
+    pub(crate) fn cpu_since(&self, before: Option<f64>) -> serde_json::Value {
+        match (before, self.cpu_secs()) {
+            (Some(before), Some(now)) => serde_json::json!(now - before),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Resident memory of all the server's processes; `None` when a process is unknown or gone.
+    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| proc::rss_bytes(pid)).sum()
+    }
+
+    /// Stops the processes, logic before its gateways (in reverse order of start).
+    pub(crate) async fn stop(mut self) {
+        for (child, pid) in self.children.iter_mut().zip(&self.pids).rev() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            if tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Waits until `/healthz` at `addr` answers 200.
+pub(crate) async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !matches!(publisher::get(addr, "/healthz").await, Ok((200, _))) {
+        if Instant::now() > deadline {
+            bail!("herald did not become healthy on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The server's `GET /stats`.
+pub(crate) async fn stats(api: SocketAddr) -> anyhow::Result<Stats> {
+    let (status, body) = publisher::get(api, "/stats").await?;
+    if status != 200 {
+        bail!("/stats answered {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("/stats said {body}"))
+}
+
+/// Polls `/stats` until the room (or the server, for broadcasts) has `members` connections: herald serve's own
+/// figure, or the sum of a logic node's gateways' reports.
+pub(crate) async fn wait_for_members(api: SocketAddr, room: Option<&str>, members: usize) -> anyhow::Result<()> {
+    let what = if room.is_some() { "memberships" } else { "connections" };
+    let counted = |hub: &HubStats| {
+        if room.is_some() {
+            hub.memberships
+        } else {
+            hub.connections
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = match stats(api).await? {
+            // On NATS: each connection joined one room, and a gateway's members count only once it has confirmed
+            // its subscription (before that, pushes would not reach them).
+            Stats::Nats(nats) => nats
+                .gateways
+                .iter()
+                .filter(|g| room.is_none() || g.announced.subscriptions > 0)
+                .map(|g| g.announced.connections)
+                .sum(),
+            Stats::Cluster(cluster) => cluster
+                .gateways
+                .iter()
+                .filter_map(|g| g.status.as_ref())
+                .map(|status| counted(&status.hub))
+                .sum(),
+            Stats::Hub(hub) => counted(&hub),
+        };
+        if have >= members as u64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {have} of {members} {what} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
