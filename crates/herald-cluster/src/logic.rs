@@ -21,10 +21,12 @@
 //! # Layout
 //! - this file: the bus, and how one push's answers from every gateway become one answer.
 //! - `link`: one gateway's queue, connection, stream and reconnects.
+//! - `outcome`: one gateway's answer to one push.
 //! - `metrics`: `herald_cluster_*`.
 
 mod link;
 mod metrics;
+mod outcome;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,10 +45,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use self::link::{Forward, Link, LinkState, Reply};
 use self::metrics::{ClusterMetrics, LinkMetrics};
+use self::outcome::Outcome;
 use crate::Secret;
 use crate::auth::SecretHeader;
-use crate::hop::{Reason, wire_push};
-use crate::pb::{self, ack};
+use crate::hop::wire_push;
 
 /// HTTP/2 pings find a gateway that vanished without closing its connection (a dead host, a cut network).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -310,63 +312,11 @@ fn endpoint(addr: &str, config: &ClusterConfig) -> Result<Endpoint, ConfigError>
     Ok(endpoint)
 }
 
-/// One gateway's answer to one push, as logic sums it up.
-enum Outcome {
-    Accepted {
-        recipients: u64,
-    },
-    Refused {
-        reason: &'static str,
-        retry_after: u32,
-        /// The gateway's item limit, when it refused the push as too large.
-        limit: Option<u64>,
-    },
-    Unconfirmed(&'static str),
-}
-
-impl Outcome {
-    fn unreachable() -> Self {
-        Self::Refused {
-            reason: "unreachable",
-            retry_after: 1,
-            limit: None,
-        }
-    }
-
-    fn from_ack(ack: &pb::Ack) -> Self {
-        match &ack.result {
-            Some(ack::Result::Accepted(accepted)) => Self::Accepted {
-                recipients: accepted.recipients,
-            },
-            Some(ack::Result::Refused(refusal)) => {
-                let reason = Reason::from_wire(refusal.reason());
-                Self::Refused {
-                    reason: reason.forward_result(),
-                    retry_after: refusal.retry_after_secs.max(1),
-                    limit: (reason == Reason::TooManyItems).then_some(refusal.limit),
-                }
-            }
-            None => Self::Refused {
-                reason: "gateway_refused",
-                retry_after: 1,
-                limit: None,
-            },
-        }
-    }
-
-    fn result_label(&self) -> &'static str {
-        match self {
-            Self::Accepted { .. } => "accepted",
-            Self::Refused { reason, .. } => reason,
-            Self::Unconfirmed(_) => "unconfirmed",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::metrics::FORWARD_RESULTS;
     use super::*;
+    use crate::pb::{self, ack};
 
     #[test]
     fn every_result_label_has_a_counter() {

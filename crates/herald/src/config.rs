@@ -8,51 +8,27 @@
 //!
 //! # Layout
 //! - this file: the three modes' arguments and resolved settings, the file, the defaults.
+//! - `duration`: how a duration is written (`10ms`, `1s`, `2m`).
 //! - `parts`: the groups of settings, one per part of herald (process, WebSocket side, fan-out, push API, a
 //!   gateway's internal listener, logic's links, the cluster secret, NATS), each resolving into its typed settings.
 //! - `defaults.toml`: every default, written once.
 
+mod duration;
 mod parts;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Command};
 use herald_cluster::logic::ClusterConfig;
 use herald_cluster::nats::NatsConfig;
 use herald_hub::HubConfig;
-use serde::Deserialize;
 
+pub use self::duration::DurationValue;
 pub use self::parts::{
     BusSettings, HubSettings, Internal, InternalSettings, LinkSettings, MAX_API_THREADS, Part, Process,
     ProcessSettings, PublishSettings, PushApi, PushApiSettings, SecretSettings, WebSocket, WebSocketSettings,
 };
-
-/// A duration written as `10ms`, `1s`, `2m`, `1h 30m`; a bare `0` is zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationValue(pub Duration);
-
-impl FromStr for DurationValue {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.trim() == "0" {
-            return Ok(Self(Duration::ZERO));
-        }
-        humantime::parse_duration(text.trim())
-            .map(Self)
-            .map_err(|e| format!("{e} (write a duration like 10ms, 1s, 2m)"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DurationValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// Every default (see `defaults.toml`).
 pub const DEFAULTS: &str = include_str!("config/defaults.toml");
@@ -352,6 +328,8 @@ impl LogicArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser;
 
     use super::*;

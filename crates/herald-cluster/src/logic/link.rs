@@ -16,8 +16,8 @@ use tonic::Streaming;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::Outcome;
 use super::metrics::LinkMetrics;
+use super::outcome::Outcome;
 use crate::MAX_MESSAGE_BYTES;
 use crate::auth::SecretHeader;
 use crate::hop::{RECONNECT_MAX, backoff};

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connection::{NatsConfig, NatsError};
+use super::metrics::NatsMetrics;
 use super::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, room_subject};
-use super::{NatsConfig, NatsError, NatsMetrics};
 use crate::hop;
 use crate::pb;
 

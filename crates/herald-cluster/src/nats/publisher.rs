@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connection::{NatsConfig, nats_state};
+use super::metrics::NatsMetrics;
 use super::subjects::{ANNOUNCE_SUBJECT, subject};
-use super::{NatsConfig, NatsMetrics, nats_state};
 use crate::hop::wire_push;
 
 /// Logic's bus on NATS: publishes each push on its target's subject, and lists the gateways that announce

@@ -8,7 +8,7 @@ use herald_protocol::client::{self, Command, RequestError};
 use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
 use serde_json::value::RawValue;
 
-use super::Session;
+use super::writer::Session;
 use crate::metrics::{BadInput, CloseReason};
 
 /// What reading asks the connection to do next.

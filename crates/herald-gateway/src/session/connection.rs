@@ -13,8 +13,8 @@ use tokio::io::Interest;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::Session;
 use super::commands::{Commands, Flow};
+use super::writer::Session;
 use crate::metrics::{CloseReason, DropReason};
 
 /// Reads per wake-up before the task lets others run.

@@ -1,4 +1,5 @@
-//! A connection's writer: direct, non-blocking writes from the fan-out path, with the bounded outbox behind them.
+//! A connection's writer: the [`Session`] the hub holds, its direct, non-blocking writes from the fan-out path, and
+//! the bounded outbox behind them.
 //!
 //! [`Session::deliver`] runs on a hub worker. When nothing is queued it writes the frame straight to the socket and
 //! is done: no queue, no task wake-up. Only what the socket does not take at once goes into the outbox, and the
@@ -7,14 +8,52 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_hub::Recipient;
+use herald_hub::{Hub, Recipient};
 use herald_protocol::ws::{self, close};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Session;
-use crate::metrics::DropReason;
+use crate::GatewayConfig;
+use crate::metrics::{DropReason, GatewayMetrics};
+
+/// What every session of one gateway shares.
+pub(crate) struct Context {
+    /// The fan-out engine the connections join rooms in.
+    pub(crate) hub: Arc<Hub<Session>>,
+    /// Limits of a connection.
+    pub(crate) limits: GatewayConfig,
+    pub(crate) metrics: GatewayMetrics,
+    /// Conformance mode (see `Gateway::new_echo`): every data message is echoed.
+    #[cfg(feature = "conformance")]
+    pub(crate) echo: bool,
+}
+
+/// A connection as the hub and the connection's task share it.
+pub struct Session {
+    pub(super) id: u64,
+    pub(super) stream: TcpStream,
+    pub(super) outbox: Mutex<Outbox>,
+    /// Wakes the session's task: something was queued, or the connection must close.
+    pub(super) wake: Notify,
+    pub(super) context: Arc<Context>,
+}
+
+impl Session {
+    pub(crate) fn new(id: u64, stream: TcpStream, context: Arc<Context>) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            stream,
+            outbox: Mutex::default(),
+            wake: Notify::new(),
+            context,
+        })
+    }
+}
 
 /// The most frames written in one `writev`.
 const WRITEV_FRAMES: usize = 64;

@@ -18,7 +18,7 @@ use herald_hub::batch::MergePolicy;
 use herald_logic::ApiConfig;
 use serde::Deserialize;
 
-use super::DurationValue;
+use super::duration::DurationValue;
 
 /// One group of settings: laid over a lower layer of the same group.
 pub trait Part: serde::de::DeserializeOwned {
