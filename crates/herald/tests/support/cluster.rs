@@ -164,6 +164,12 @@ impl PushApi {
     }
 }
 
+/// A number no other call in this process has drawn.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A `herald` process (gateway or logic) with the addresses it logged.
 pub struct HeraldProcess {
     pub child: Child,
@@ -255,13 +261,37 @@ impl NatsServer {
         }
     }
 
+    /// Starts on a port nats-server picks itself (`-p -1`) and reports in its ports file: a port picked here and
+    /// handed over could be taken by a parallel test's server in between, and two tests would share one server.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port).await
+        let dir = std::env::temp_dir().join(format!("herald-nats-ports-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server (scripts/test installs it)");
+        let ports_file = dir.join(format!("nats-server_{}.ports", child.id().expect("running")));
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        let port = loop {
+            let url = std::fs::read_to_string(&ports_file).ok().and_then(|text| {
+                let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+                ports["nats"][0].as_str().map(str::to_owned)
+            });
+            if let Some(port) = url.and_then(|url| url.rsplit(':').next()?.parse::<u16>().ok()) {
+                break port;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server wrote no ports file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        Self { port, child }
     }
 
     /// Starts on `port` (again, after [`NatsServer::kill`]: the same address clients reconnect to).
