@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_gateway::handshake::{accept_key, switching_protocols};
+use herald_protocol::bus::Target;
 use herald_protocol::push::push_frame;
 use herald_protocol::ws::{OpCode, decode_header, unmask};
 
@@ -102,7 +103,8 @@ fn main() -> anyhow::Result<()> {
             };
             pending.drain(..take).collect()
         };
-        let frames: Vec<Bytes> = items.chunks(max_items).map(|c| push_frame(Some("bench"), c)).collect();
+        let room = Target::Room("bench".into());
+        let frames: Vec<Bytes> = items.chunks(max_items).map(|c| push_frame(&room, c)).collect();
         let conns = shared.conns.lock().unwrap();
         let before = short_writes;
         for frame in &frames {

@@ -53,6 +53,12 @@ impl<R: Recipient> Gateway for RpcService<R> {
         Ok(Response::new(Box::pin(acks)))
     }
 
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryReply>, Status> {
+        hop::answer(&self.hub, request.into_inner())
+            .map(Response::new)
+            .ok_or_else(|| Status::invalid_argument("the query names no valid room or user"))
+    }
+
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::GatewayStatus>, Status> {
         let status = GatewayStatus {
             serving: self.hub.is_open(),

@@ -3,12 +3,16 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use herald_hub::{Hub, Recipient};
-use herald_protocol::bus::{Accepted, Refused, Target};
+use herald_protocol::bus::{Accepted, Census, Query, Refused, Target};
 use herald_protocol::client::valid_room;
+use herald_protocol::valid_user;
+use serde_json::value::RawValue;
 
-use crate::pb::{self, ack, push, refused};
+use crate::pb::{self, ack, push, query_request, refused};
 
 /// First wait before reconnecting (to a gateway, to NATS); doubles per failed attempt.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -28,6 +32,7 @@ pub(crate) fn wire_push(target: Target, items: Vec<Bytes>) -> pb::Push {
     pb::Push {
         target: Some(match target {
             Target::Room(room) => push::Target::Room(room.to_string()),
+            Target::User(user) => push::Target::User(user.to_string()),
             Target::All => push::Target::All(pb::Everyone {}),
         }),
         items,
@@ -114,6 +119,7 @@ impl Refusal {
 pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> Result<Accepted, Refusal> {
     let target = match push.target {
         Some(push::Target::Room(room)) if valid_room(&room) => Target::Room(room.into()),
+        Some(push::Target::User(user)) if valid_user(&user) => Target::User(user.into()),
         Some(push::Target::All(_)) => Target::All,
         // Logic validated the push; anything else is a foreign or broken client. Refuse it, never guess.
         _ => return Err(Refusal::new(Reason::Invalid, 0, 0)),
@@ -123,6 +129,46 @@ pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> Result<Accepte
         Refused::TooManyItems { limit } => Refusal::new(Reason::TooManyItems, 0, limit as u64),
         Refused::ShuttingDown | Refused::Unavailable { .. } => Refusal::new(Reason::ShuttingDown, 5, 0),
     })
+}
+
+/// A query as it crosses either hop.
+pub(crate) fn wire_query(query: &Query) -> pb::QueryRequest {
+    let what = match query {
+        Query::Room(room) => query_request::What::Room(room.to_string()),
+        Query::User(user) => query_request::What::User(user.to_string()),
+        Query::Disconnect(user) => query_request::What::DisconnectUser(user.to_string()),
+    };
+    pb::QueryRequest { what: Some(what) }
+}
+
+/// A gateway answers a query from its hub; `None` for a query that names nothing valid.
+pub(crate) fn answer<R: Recipient>(hub: &Hub<R>, request: pb::QueryRequest) -> Option<pb::QueryReply> {
+    let query = match request.what? {
+        query_request::What::Room(room) if valid_room(&room) => Query::Room(room.into()),
+        query_request::What::User(user) if valid_user(&user) => Query::User(user.into()),
+        query_request::What::DisconnectUser(user) if valid_user(&user) => Query::Disconnect(user.into()),
+        _ => return None,
+    };
+    let census = hub.census(&query);
+    Some(pb::QueryReply {
+        connections: census.connections,
+        users: census.users.iter().map(|user| user.to_string()).collect(),
+        info: census.info.iter().map(|info| info.get().to_owned()).collect(),
+    })
+}
+
+/// Logic reads a gateway's answer (an `info` that is not JSON, which no gateway of herald's sends, is left out).
+pub(crate) fn census_of(reply: pb::QueryReply) -> Census {
+    Census {
+        connections: reply.connections,
+        users: reply.users.into_iter().map(Arc::from).collect(),
+        info: reply
+            .info
+            .into_iter()
+            .filter_map(|info| RawValue::from_string(info).ok())
+            .collect(),
+        partial: false,
+    }
 }
 
 /// The gateway's ack for what [`take`] said.

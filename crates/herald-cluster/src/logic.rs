@@ -13,6 +13,11 @@
 //! but the connection broke or the deadline passed before the ack: it may or may not deliver). The push API answers
 //! 200 when any gateway accepted or may have, and 503 with the reasons when every gateway refused.
 //!
+//! # Presence and disconnects
+//! A query (`GET /rooms/{room}`, `GET /users/{user}`, `POST /disconnect/user`) is asked of every gateway at once,
+//! beside the push stream on the same connection, and the answers are summed (users united). A gateway whose link
+//! is down, or that does not answer within `ack_timeout`, makes the answer `partial`.
+//!
 //! # When a gateway goes away
 //! Pushes still queued for it are answered refused at once; pushes in flight are answered unconfirmed. The link
 //! reconnects with exponential backoff (100 ms doubling to 5 s, each wait jittered to between half and all of it),
@@ -33,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_protocol::bus::{Accepted, Bus, GatewayTally, PushFuture, Refused, Target};
+use herald_protocol::bus::{Accepted, Bus, Census, GatewayTally, PushFuture, Query, QueryFuture, Refused, Target};
 use herald_protocol::stats::{ClusterStats, GatewayLink, Stats};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
@@ -48,7 +53,7 @@ use self::metrics::{ClusterMetrics, LinkMetrics};
 use self::outcome::Outcome;
 use crate::Secret;
 use crate::auth::SecretHeader;
-use crate::hop::wire_push;
+use crate::hop::{census_of, wire_push, wire_query};
 
 /// HTTP/2 pings find a gateway that vanished without closing its connection (a dead host, a cut network).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -206,6 +211,32 @@ impl ClusterBus {
         self.conclude(item_count, answers)
     }
 
+    async fn ask(&self, query: Query) -> Result<Census, Refused> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        let request = wire_query(&query);
+        let asked = self.links.iter().map(|link| {
+            let request = request.clone();
+            async move { tokio::time::timeout(self.ack_timeout, link.query(request)).await }
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        if answers.iter().all(|answer| !matches!(answer, Ok(Some(_)))) {
+            return Err(Refused::Unavailable {
+                retry_after_secs: 1,
+                detail: "no gateway answered the query".to_owned(),
+            });
+        }
+        let mut census = Census::default();
+        for answer in answers {
+            match answer {
+                Ok(Some(reply)) => census.add(census_of(reply)),
+                _ => census.partial = true,
+            }
+        }
+        Ok(census)
+    }
+
     fn conclude(&self, items: usize, answers: Vec<(&Arc<Link>, Outcome)>) -> Result<Accepted, Refused> {
         let mut tally = GatewayTally::default();
         let mut recipients = 0;
@@ -268,6 +299,10 @@ fn all_too_large(answers: &[(&Arc<Link>, Outcome)]) -> bool {
 impl Bus for ClusterBus {
     fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_> {
         Box::pin(self.forward(target, items))
+    }
+
+    fn query(&self, query: Query) -> QueryFuture<'_> {
+        Box::pin(self.ask(query))
     }
 
     fn stats(&self) -> Stats {

@@ -5,7 +5,11 @@
 //! - `herald.room.<token>`: one room. `<token>` is the room name itself when it is made only of ASCII letters,
 //!   digits, `-` and `_`; otherwise `~` followed by the name's bytes in unpadded URL-safe base64 (`~` cannot start
 //!   a plain token, so the two forms never collide). Room names are at most 256 bytes, tokens at most 343.
+//! - `herald.user.<token>`: one user's pushes, encoded like rooms; a gateway subscribes while it holds a
+//!   connection of that user.
 //! - `herald.all`: broadcasts; every gateway subscribes.
+//! - `herald.query`: presence queries and disconnects (`herald.cluster.v1.QueryRequest`); every gateway answers
+//!   each on the request's reply inbox, and logic sums what comes within one second.
 //! - `herald.gateways`: each gateway announces itself here every `announce_interval` (connections, rooms,
 //!   subscriptions) and once more when it leaves; logic lists the gateways it heard from within `gateway_ttl`.
 //!
@@ -38,5 +42,6 @@ pub use self::connection::{NatsConfig, NatsError, connect};
 pub use self::feed::{Announce, spawn_gateway_feed};
 pub use self::metrics::NatsMetrics;
 pub use self::publisher::NatsBus;
-pub use self::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, subject};
+pub use self::publisher::QUERY_WAIT;
+pub use self::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, QUERY_SUBJECT, subject};
 pub use async_nats::Client;

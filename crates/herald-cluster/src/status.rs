@@ -13,6 +13,7 @@ macro_rules! hub_figures {
         $to {
             connections: from.connections,
             rooms: from.rooms,
+            users: from.users,
             memberships: from.memberships,
             pending_items: from.pending_items,
             pushes: from.pushes,

@@ -23,6 +23,10 @@ pub enum Request {
         accept: String,
         /// Bytes the client sent after the request head (the start of its first frames).
         early: Vec<u8>,
+        /// The connection token: `?token=` on the path, or `Authorization: Bearer`.
+        token: Option<String>,
+        /// The `Origin` header (browsers send it; other clients usually do not).
+        origin: Option<String>,
     },
     /// `GET /`: the demo page.
     Page,
@@ -77,8 +81,8 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8], upgrade_at_root: b
     if request.method != Some("GET") {
         return Request::Refuse(METHOD_NOT_ALLOWED);
     }
-    let path = request.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/" if upgrade_at_root => {}
         "/" | "/index.html" => return Request::Page,
@@ -108,10 +112,28 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8], upgrade_at_root: b
     if decoded_len != Ok(16) {
         return Request::Refuse(BAD_REQUEST);
     }
+    let from_query = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned());
+    let from_header = header("authorization")
+        .and_then(|value| value.trim().strip_prefix("Bearer "))
+        .map(|token| token.trim().to_owned());
     Request::Upgrade {
         accept: accept_key(key),
         early: rest.to_vec(),
+        token: from_query.or(from_header),
+        origin: header("origin").map(str::to_owned),
     }
+}
+
+/// A refusal of the handshake with a JSON body (`{"error":..,"reason":..}`) and any extra header lines.
+pub fn refusal(status: &str, extra_headers: &str, body: &serde_json::Value) -> String {
+    let body = body.to_string();
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 section 4.2.2).
@@ -164,11 +186,33 @@ mod tests {
     #[test]
     fn upgrades_connect_and_keeps_early_bytes() {
         let raw = format!("{UPGRADE}\u{81}");
-        let Request::Upgrade { accept, early } = parse(&raw) else {
+        let Request::Upgrade {
+            accept,
+            early,
+            token,
+            origin,
+        } = parse(&raw)
+        else {
             panic!("not an upgrade")
         };
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(early, "\u{81}".as_bytes());
+        assert_eq!((token, origin), (None, None));
+    }
+
+    #[test]
+    fn takes_the_token_from_the_query_or_the_header() {
+        let token_of = |raw: &str| match parse(raw) {
+            Request::Upgrade { token, origin, .. } => (token, origin),
+            other => panic!("{other:?}"),
+        };
+        let query = UPGRADE.replace("/connect", "/connect?x=1&token=a.b%2Bc");
+        assert_eq!(token_of(&query).0.as_deref(), Some("a.b+c"));
+        let header = UPGRADE.replace(
+            "Host: x\r\n",
+            "Host: x\r\nAuthorization: Bearer h.e.t\r\nOrigin: https://o\r\n",
+        );
+        assert_eq!(token_of(&header), (Some("h.e.t".into()), Some("https://o".into())));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!   own task under the handshake timeout, and a full `accept` (out of file descriptors) backs off instead of
 //!   spinning.
 //! - [`handshake`]: reads one HTTP request; `/connect` upgrades, `/` serves the demo page.
+//! - [`access`]: who may connect (source rate, `Origin`, token, connections per user) and join which rooms.
 //! - [`session`]: a connection's life: the writer (direct writes, a bounded outbox behind them), the connection's
 //!   task (reads into a stack buffer, heartbeat, close, as one state) and the client's commands.
 //! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
 //! - [`node`]: the hub, the accept loop and the connections started together and drained in order.
 
+pub mod access;
 pub mod handshake;
 pub mod metrics;
 pub mod node;
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::access::{Access, AccessConfig, Admitted, Refusal};
 use crate::handshake::Request;
 use crate::metrics::{GatewayMetrics, Handshake};
 pub use crate::node::Node;
@@ -70,10 +73,22 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Gateway {
     /// Creates the gateway around a hub.
-    pub fn new(hub: Arc<Hub<Session>>, config: GatewayConfig, metrics: GatewayMetrics) -> Arc<Self> {
+    pub fn new(
+        hub: Arc<Hub<Session>>,
+        config: GatewayConfig,
+        access: AccessConfig,
+        metrics: GatewayMetrics,
+    ) -> Arc<Self> {
+        if access.verifier.is_none() {
+            tracing::warn!(
+                "no auth key configured: any client may connect and join any room (go-push compatible; set \
+                 auth_hmac_secrets or auth_public_keys to require tokens)"
+            );
+        }
         Self::build(Context {
             hub,
             limits: config,
+            access: Access::new(access),
             metrics,
             #[cfg(feature = "conformance")]
             echo: false,
@@ -89,6 +104,7 @@ impl Gateway {
         Self::build(Context {
             hub,
             limits: config,
+            access: Access::new(AccessConfig::default()),
             metrics,
             echo: true,
         })
@@ -175,11 +191,26 @@ impl Gateway {
             Ok(None) => return,
             Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
             Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
-            Ok(Some(Request::Upgrade { accept, early })) => (
-                handshake::switching_protocols(&accept),
-                Handshake::Upgraded,
-                Some(early),
-            ),
+            Ok(Some(Request::Upgrade {
+                accept,
+                early,
+                token,
+                origin,
+            })) => match self
+                .context
+                .access
+                .admit(peer.ip(), origin.as_deref(), token.as_deref())
+            {
+                Ok(admitted) => (
+                    handshake::switching_protocols(&accept),
+                    Handshake::Upgraded,
+                    Some((early, admitted)),
+                ),
+                Err(refusal) => {
+                    let (response, outcome) = self.refusal(refusal);
+                    (response, outcome, None)
+                }
+            },
         };
         self.context.metrics.handshake(outcome);
         let written = tokio::time::timeout(
@@ -187,15 +218,60 @@ impl Gateway {
             stream.write_all(response.as_bytes()),
         )
         .await;
-        let (Some(early), Ok(Ok(()))) = (upgrade, written) else {
+        let (Some((early, admitted)), Ok(Ok(()))) = (upgrade, written) else {
             return;
         };
         let _ = stream.set_nodelay(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(id, %peer, "connected");
-        let session = Session::new(id, stream, Arc::clone(&self.context));
-        session::run(session, early, shutdown).await;
+        let Admitted { identity, _slot } = admitted;
+        tracing::debug!(id, %peer, authenticated = identity.is_some(), "connected");
+        let (session, auth) = Session::new(id, stream, Arc::clone(&self.context), identity);
+        session::run(session, auth, early, shutdown).await;
+        drop(_slot);
         drop(permit);
+    }
+
+    /// The response to a refused handshake, and how it is counted. The token's reason is named in the body (the
+    /// token itself never is, nor logged).
+    fn refusal(&self, refusal: Refusal) -> (String, Handshake) {
+        use serde_json::json;
+        match refusal {
+            Refusal::RateLimited { retry_after_secs } => (
+                handshake::refusal(
+                    "429 Too Many Requests",
+                    &format!("Retry-After: {retry_after_secs}\r\n"),
+                    &json!({"error": "rate_limited", "reason": "too many handshakes from this address"}),
+                ),
+                Handshake::RateLimited,
+            ),
+            Refusal::Origin => (
+                handshake::refusal(
+                    "403 Forbidden",
+                    "",
+                    &json!({"error": "forbidden_origin", "reason": "this Origin is not allowed"}),
+                ),
+                Handshake::ForbiddenOrigin,
+            ),
+            Refusal::Unauthorized(error) => {
+                self.context.metrics.auth_failure(error);
+                (
+                    handshake::refusal(
+                        "401 Unauthorized",
+                        "WWW-Authenticate: Bearer\r\n",
+                        &json!({"error": "unauthorized", "reason": error.label(), "message": error.to_string()}),
+                    ),
+                    Handshake::Unauthorized,
+                )
+            }
+            Refusal::UserLimit => (
+                handshake::refusal(
+                    "429 Too Many Requests",
+                    "",
+                    &json!({"error": "user_limit", "reason": "this user holds max_connections_per_user already"}),
+                ),
+                Handshake::UserLimit,
+            ),
+        }
     }
 
     /// At the connection limit: answer 503 at once, without waiting for the request, so a flood of connections

@@ -1,6 +1,7 @@
-//! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames.
+//! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames, token failures.
 
 use herald_hub::metrics::labelled;
+use herald_protocol::token::TokenError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,10 +29,14 @@ pub enum CloseReason {
     Shutdown,
     /// Writing to the socket failed.
     WriteError,
+    /// The token expired without a REFRESH (4003).
+    TokenExpired,
+    /// The push API closed the user's connections (4004).
+    Disconnected,
 }
 
 impl CloseReason {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 9] = [
         Self::Client,
         Self::PeerGone,
         Self::Heartbeat,
@@ -39,6 +44,8 @@ impl CloseReason {
         Self::BadInput,
         Self::Shutdown,
         Self::WriteError,
+        Self::TokenExpired,
+        Self::Disconnected,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +57,8 @@ impl CloseReason {
             Self::BadInput => "bad_input",
             Self::Shutdown => "shutdown",
             Self::WriteError => "write_error",
+            Self::TokenExpired => "token_expired",
+            Self::Disconnected => "disconnected",
         }
     }
 }
@@ -73,10 +82,14 @@ pub enum BadInput {
     TooManyRooms,
     /// A JOIN or LEAVE with an empty or over-long room name (ERROR, or ignored).
     InvalidRoom,
+    /// A JOIN to a room the connection's token does not allow (ERROR `forbidden`, or ignored).
+    Forbidden,
+    /// A REFRESH or room token that did not verify (ERROR `invalid_token`, or ignored).
+    InvalidToken,
 }
 
 impl BadInput {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 10] = [
         Self::Protocol,
         Self::InvalidUtf8,
         Self::TooBig,
@@ -85,6 +98,8 @@ impl BadInput {
         Self::Binary,
         Self::TooManyRooms,
         Self::InvalidRoom,
+        Self::Forbidden,
+        Self::InvalidToken,
     ];
 
     fn label(self) -> &'static str {
@@ -97,6 +112,8 @@ impl BadInput {
             Self::Binary => "binary",
             Self::TooManyRooms => "too_many_rooms",
             Self::InvalidRoom => "invalid_room",
+            Self::Forbidden => "forbidden",
+            Self::InvalidToken => "invalid_token",
         }
     }
 }
@@ -114,15 +131,27 @@ pub enum Handshake {
     Timeout,
     /// Refused with 503: at the connection limit.
     OverLimit,
+    /// Refused with 401: no valid token (the reason is counted in `herald_auth_failures_total`).
+    Unauthorized,
+    /// Refused with 403: the `Origin` is not in `allowed_origins`.
+    ForbiddenOrigin,
+    /// Refused with 429: the user holds `max_connections_per_user` already.
+    UserLimit,
+    /// Refused with 429: the source address is over `handshake_rate_per_ip`.
+    RateLimited,
 }
 
 impl Handshake {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 9] = [
         Self::Upgraded,
         Self::Page,
         Self::Rejected,
         Self::Timeout,
         Self::OverLimit,
+        Self::Unauthorized,
+        Self::ForbiddenOrigin,
+        Self::UserLimit,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -132,6 +161,10 @@ impl Handshake {
             Self::Rejected => "rejected",
             Self::Timeout => "timeout",
             Self::OverLimit => "over_limit",
+            Self::Unauthorized => "unauthorized",
+            Self::ForbiddenOrigin => "forbidden_origin",
+            Self::UserLimit => "user_limit",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -154,6 +187,7 @@ pub struct GatewayMetrics {
     dropped_slow: Counter,
     dropped_closing: Counter,
     accept_errors: Counter,
+    auth_failures: [Counter; TokenError::ALL.len()],
 }
 
 impl GatewayMetrics {
@@ -163,6 +197,7 @@ impl GatewayMetrics {
         let bad = Family::<Label, Counter>::default();
         let handshakes = Family::<Label, Counter>::default();
         let dropped = Family::<Label, Counter>::default();
+        let auth = Family::<Label, Counter>::default();
         let by = |family: &Family<Label, Counter>, reason| labelled(family, Label { reason });
         let metrics = Self {
             closes: CloseReason::ALL.map(|r| by(&closes, r.label())),
@@ -171,6 +206,7 @@ impl GatewayMetrics {
             dropped_slow: by(&dropped, "slow_consumer"),
             dropped_closing: by(&dropped, "closing"),
             accept_errors: Counter::default(),
+            auth_failures: TokenError::ALL.map(|e| by(&auth, e.label())),
         };
         registry.register("herald_closes", "Connections closed, by reason", closes);
         registry.register("herald_bad_input", "Bad client input, by kind", bad);
@@ -183,6 +219,11 @@ impl GatewayMetrics {
             "herald_dropped_frames",
             "Frames not sent to a connection, by reason",
             dropped,
+        );
+        registry.register(
+            "herald_auth_failures",
+            "Tokens refused (at the handshake, on REFRESH, in a JOIN), by reason",
+            auth,
         );
         registry.register(
             "herald_accept_errors",
@@ -209,6 +250,10 @@ impl GatewayMetrics {
             DropReason::SlowConsumer => self.dropped_slow.inc_by(frames),
             DropReason::Closing => self.dropped_closing.inc_by(frames),
         };
+    }
+
+    pub(crate) fn auth_failure(&self, error: TokenError) {
+        self.auth_failures[error as usize].inc();
     }
 
     pub(crate) fn accept_error(&self) {

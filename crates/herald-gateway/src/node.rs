@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::AccessConfig;
 use crate::metrics::GatewayMetrics;
 use crate::{Gateway, GatewayConfig, Session};
 
@@ -25,17 +26,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the hub's workers and accepts connections on `listener` until `intake` is cancelled (the first step
-    /// of shutdown); metrics go into `registry`.
+    /// Starts the hub's workers and accepts connections on `listener`, admitted by `access`, until `intake` is
+    /// cancelled (the first step of shutdown); metrics go into `registry`.
     pub fn start(
         listener: TcpListener,
         hub: HubConfig,
         limits: GatewayConfig,
+        access: AccessConfig,
         registry: &mut Registry,
         intake: CancellationToken,
     ) -> Self {
         let hub = Hub::new(hub, HubMetrics::register(registry));
-        let gateway = Gateway::new(Arc::clone(&hub), limits, GatewayMetrics::register(registry));
+        let gateway = Gateway::new(Arc::clone(&hub), limits, access, GatewayMetrics::register(registry));
         let (hub_stop, hub_tasks) = (CancellationToken::new(), TaskTracker::new());
         hub.spawn_workers(&hub_tasks, hub_stop.clone());
         let (close_sessions, connections) = (CancellationToken::new(), TaskTracker::new());

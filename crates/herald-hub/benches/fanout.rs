@@ -28,6 +28,13 @@ impl Recipient for Counter {
         self.received.fetch_add(1, Ordering::Relaxed);
         drop(taken);
     }
+    fn user(&self) -> Option<&Arc<str>> {
+        None
+    }
+    fn info(&self) -> Option<&serde_json::value::RawValue> {
+        None
+    }
+    fn disconnect(&self) {}
 }
 
 fn fanout(c: &mut Criterion) {

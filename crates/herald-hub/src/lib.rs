@@ -15,6 +15,11 @@
 //!    its next flush, so frames of one room reach every connection in push order.
 //! 4. Broadcasts (`/push/all`) merge the same way in one hub-wide batch, whose worker walks every shard's
 //!    connection list.
+//! 5. A user is merged like a room: each authenticated connection is a member of its user's entry (in the shard
+//!    of the user's name, beside the rooms), so `/push/user` is step 1 to 3 with the user for the room. The
+//!    user's name is one shared `Arc<str>` for all its connections.
+//!
+//! The hub also answers presence and the server's disconnect ([`Hub::census`]) from the same member lists.
 //!
 //! # Layout
 //! - [`batch`]: the merge decision for one room.
@@ -33,10 +38,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
+use herald_protocol::bus::{Accepted, Bus, Census, PushFuture, Query, QueryFuture, Refused, Target};
 use herald_protocol::push::push_frame;
 use herald_protocol::stats::{HubStats, Stats};
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +65,16 @@ pub trait Recipient: Send + Sync + 'static {
     /// Hands one complete WebSocket frame to the connection. Must never block: a connection that cannot take it
     /// deals with that itself (the gateway closes it as a slow consumer).
     fn deliver(&self, frame: &Bytes);
+
+    /// The connection's user (its token's `sub`), when it has one. The hub makes it a member of that user's
+    /// entry for as long as it is registered.
+    fn user(&self) -> Option<&Arc<str>>;
+
+    /// The `info` claim of its token, as JSON text, for presence.
+    fn info(&self) -> Option<&RawValue>;
+
+    /// Closes the connection because the push API asked (`POST /disconnect/user`). Must never block.
+    fn disconnect(&self);
 }
 
 /// Hub settings.
@@ -86,13 +102,13 @@ pub struct Hub<R> {
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
 }
 
-/// A room gained its first member here, or lost its last one: what a gateway on a message bus subscribes and
-/// unsubscribes by.
+/// A room (or user) gained its first member here, or lost its last one: what a gateway on a message bus
+/// subscribes and unsubscribes by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interest {
-    /// The room.
-    pub room: Arc<str>,
-    /// True when the room has members now, false when it has none left.
+    /// The room or user ([`Target::Room`] or [`Target::User`]).
+    pub topic: Target,
+    /// True when it has members now, false when it has none left.
     pub wanted: bool,
 }
 
@@ -103,12 +119,14 @@ struct Shard<R> {
 
 struct ShardState<R> {
     rooms: HashMap<Arc<str>, Room<R>>,
+    /// Users whose name hashes to this shard, with their connections: merged and delivered like rooms.
+    users: HashMap<Arc<str>, Room<R>>,
     /// Connections whose id falls in this shard: the broadcast's recipients.
     everyone: Members<R>,
-    /// Rooms due now (room shards only).
-    ready: Vec<Arc<str>>,
-    /// Rooms due later (room shards only; entries may be stale: see [`Batch::is_due_at`]).
-    timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    /// Rooms and users due now (room shards only).
+    ready: Vec<Target>,
+    /// Rooms and users due later (room shards only; entries may be stale: see [`Batch::is_due_at`]).
+    timers: BinaryHeap<Reverse<(Instant, Target)>>,
     /// Items waiting in this shard's batches (bounded by `queue_items`).
     pending: usize,
     /// The broadcast's batch (used only in the hub's broadcast shard).
@@ -117,14 +135,71 @@ struct ShardState<R> {
     stopped: bool,
 }
 
+/// A room's (or a user's) members and its batch. The batch is made at the first push: an entry that is never
+/// pushed to (most users, idle rooms) keeps only its members.
 struct Room<R> {
     members: Members<R>,
-    batch: Batch,
+    batch: Option<Box<Batch>>,
+}
+
+impl<R> Room<R> {
+    fn has_items(&self) -> bool {
+        self.batch.as_ref().is_some_and(|batch| !batch.is_empty())
+    }
+}
+
+/// Rooms and users live in maps of their own, side by side in each shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Room,
+    User,
+}
+
+impl Kind {
+    fn of(topic: &Target) -> Self {
+        match topic {
+            Target::User(_) => Self::User,
+            _ => Self::Room,
+        }
+    }
+
+    fn topic(self, name: Arc<str>) -> Target {
+        match self {
+            Self::Room => Target::Room(name),
+            Self::User => Target::User(name),
+        }
+    }
+}
+
+impl<R> ShardState<R> {
+    fn map(&mut self, kind: Kind) -> &mut HashMap<Arc<str>, Room<R>> {
+        match kind {
+            Kind::Room => &mut self.rooms,
+            Kind::User => &mut self.users,
+        }
+    }
+
+    /// The map a topic lives in, and its name.
+    fn entries<'a>(&mut self, topic: &'a Target) -> (&mut HashMap<Arc<str>, Room<R>>, &'a Arc<str>) {
+        match topic {
+            Target::Room(name) => (&mut self.rooms, name),
+            Target::User(name) => (&mut self.users, name),
+            Target::All => unreachable!("broadcasts have no entry in a shard"),
+        }
+    }
+}
+
+/// The name of a room or a user.
+fn topic_name(topic: &Target) -> &Arc<str> {
+    match topic {
+        Target::Room(name) | Target::User(name) => name,
+        Target::All => unreachable!("broadcasts have no entry in a shard"),
+    }
 }
 
 /// A batch taken for sending, with who gets it.
 struct Flush<R> {
-    room: Option<Arc<str>>,
+    target: Target,
     items: Vec<Bytes>,
     members: Vec<Arc<Vec<Arc<R>>>>,
 }
@@ -134,6 +209,7 @@ impl<R> Shard<R> {
         Self {
             state: Mutex::new(ShardState {
                 rooms: HashMap::new(),
+                users: HashMap::new(),
                 everyone: Members::default(),
                 ready: Vec::new(),
                 timers: BinaryHeap::new(),
@@ -174,8 +250,9 @@ impl<R: Recipient> Hub<R> {
         tracker.spawn(Arc::clone(self).run_worker(None, stop));
     }
 
-    fn room_shard(&self, room: &str) -> &Shard<R> {
-        &self.shards[self.hasher.hash_one(room) as usize % self.shards.len()]
+    /// The shard of a room's or a user's entry (a room and a user of the same name share one; nothing else).
+    fn room_shard(&self, name: &str) -> &Shard<R> {
+        &self.shards[self.hasher.hash_one(name) as usize % self.shards.len()]
     }
 
     fn conn_shard(&self, id: u64) -> &Shard<R> {
@@ -191,55 +268,98 @@ impl<R: Recipient> Hub<R> {
         Some(receiver)
     }
 
-    /// Rooms that have members now (for a watcher that starts late or resubscribes).
-    pub fn rooms_with_members(&self) -> Vec<Arc<str>> {
-        let mut rooms = Vec::new();
+    /// Rooms and users that have members now (for a watcher that starts late or resubscribes).
+    pub fn topics_with_members(&self) -> Vec<Target> {
+        let mut topics = Vec::new();
         for shard in self.shards.iter() {
             let state = shard.state.lock();
-            rooms.extend(
-                state
-                    .rooms
+            let held = |entries: &HashMap<Arc<str>, Room<R>>| {
+                entries
                     .iter()
-                    .filter(|(_, room)| !room.members.is_empty())
-                    .map(|(name, _)| Arc::clone(name)),
-            );
+                    .filter(|(_, entry)| !entry.members.is_empty())
+                    .map(|(name, _)| Arc::clone(name))
+                    .collect::<Vec<_>>()
+            };
+            topics.extend(held(&state.rooms).into_iter().map(Target::Room));
+            topics.extend(held(&state.users).into_iter().map(Target::User));
         }
-        rooms
+        topics
     }
 
-    /// Called under the room's shard lock, so one room's events are sent in the order they happened.
-    fn interest_changed(&self, room: &str, wanted: bool) {
+    /// Called under the topic's shard lock, so one topic's events are sent in the order they happened.
+    fn interest_changed(&self, topic: Target, wanted: bool) {
         if let Some(watcher) = self.interest.get() {
             // A watcher gone (shutting down) has nothing left to subscribe.
-            let _ = watcher.send(Interest {
-                room: Arc::from(room),
-                wanted,
-            });
+            let _ = watcher.send(Interest { topic, wanted });
         }
     }
 
-    /// Adds a new connection (it will receive broadcasts).
+    /// Adds a new connection (it will receive broadcasts, and pushes to its user when it has one).
     pub fn register(&self, conn: &Arc<R>) {
         if self.conn_shard(conn.id()).state.lock().everyone.insert(conn) {
             self.metrics.connections.inc();
         }
+        if let Some(user) = conn.user() {
+            self.add_member(Kind::User, user, || Arc::clone(user), conn);
+        }
     }
 
-    /// Removes a connection from the hub and from each of `rooms`.
-    pub fn unregister<'a>(&self, id: u64, rooms: impl IntoIterator<Item = &'a str>) {
+    /// Removes a connection from the hub, from its user, and from each of `rooms`.
+    pub fn unregister<'a>(&self, conn: &R, rooms: impl IntoIterator<Item = &'a str>) {
+        let id = conn.id();
         for room in rooms {
             self.leave(room, id);
+        }
+        if let Some(user) = conn.user() {
+            self.remove_member(Kind::User, user, id);
         }
         if self.conn_shard(id).state.lock().everyone.remove(id) {
             self.metrics.connections.dec();
         }
     }
 
+    /// The one shared copy of a user's name, when the user already has a connection here (so a user's
+    /// connections do not each hold one); a new copy otherwise.
+    pub fn user_name(&self, user: &str) -> Arc<str> {
+        let state = self.room_shard(user).state.lock();
+        match state.users.get_key_value(user) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(user),
+        }
+    }
+
     /// Adds a connection to a room; false if it was a member already.
     pub fn join(&self, room: &str, conn: &Arc<R>) -> bool {
-        let mut state = self.room_shard(room).state.lock();
-        // `first`: the room had no member before this one.
-        let (joined, first) = match state.rooms.get_mut(room) {
+        let joined = self.add_member(Kind::Room, room, || Arc::from(room), conn);
+        if joined {
+            self.metrics.memberships.inc();
+        }
+        joined
+    }
+
+    /// Removes a connection from a room; false if it was not a member.
+    pub fn leave(&self, room: &str, id: u64) -> bool {
+        let left = self.remove_member(Kind::Room, room, id);
+        if left {
+            self.metrics.memberships.dec();
+        }
+        left
+    }
+
+    fn kind_gauge(&self, kind: Kind) -> &prometheus_client::metrics::gauge::Gauge {
+        match kind {
+            Kind::Room => &self.metrics.rooms,
+            Kind::User => &self.metrics.users,
+        }
+    }
+
+    /// Adds a member to a room's or a user's entry; false if it was one already. `key` makes the entry's key when
+    /// the entry is new (a room's name is copied then; a user's is the connection's shared one).
+    fn add_member(&self, kind: Kind, name: &str, key: impl FnOnce() -> Arc<str>, conn: &Arc<R>) -> bool {
+        let mut state = self.room_shard(name).state.lock();
+        let entries = state.map(kind);
+        // `first`: the entry had no member before this one.
+        let (joined, first) = match entries.get_mut(name) {
             Some(existing) => {
                 let first = existing.members.is_empty();
                 let joined = existing.members.insert(conn);
@@ -248,43 +368,73 @@ impl<R: Recipient> Hub<R> {
             None => {
                 let mut created = Room {
                     members: Members::default(),
-                    batch: Batch::default(),
+                    batch: None,
                 };
                 created.members.insert(conn);
-                state.rooms.insert(Arc::from(room), created);
-                self.metrics.rooms.inc();
+                entries.insert(key(), created);
+                self.kind_gauge(kind).inc();
                 (true, true)
             }
         };
-        if joined {
-            self.metrics.memberships.inc();
-        }
         if first {
-            self.interest_changed(room, true);
+            let (key, _) = entries.get_key_value(name).expect("present under the same lock");
+            self.interest_changed(kind.topic(Arc::clone(key)), true);
         }
         joined
     }
 
-    /// Removes a connection from a room; false if it was not a member.
-    pub fn leave(&self, room: &str, id: u64) -> bool {
-        let mut state = self.room_shard(room).state.lock();
-        let Some(existing) = state.rooms.get_mut(room) else {
+    /// Removes a member from a room's or a user's entry; false if it was not one.
+    fn remove_member(&self, kind: Kind, name: &str, id: u64) -> bool {
+        let mut state = self.room_shard(name).state.lock();
+        let entries = state.map(kind);
+        let Some((key, existing)) = entries.get_key_value(name) else {
             return false;
         };
+        let last = existing.members.len() == 1 && existing.members.contains(id);
+        let topic = last.then(|| kind.topic(Arc::clone(key)));
+        let existing = entries.get_mut(name).expect("present under the same lock");
         let left = existing.members.remove(id);
-        let last = left && existing.members.is_empty();
-        // A room with items still waiting stays until its worker flushes it (and then drops it).
-        if existing.members.is_empty() && existing.batch.is_empty() {
-            state.rooms.remove(room);
-            self.metrics.rooms.dec();
+        // An entry with items still waiting stays until its worker flushes it (and then drops it).
+        if existing.members.is_empty() && !existing.has_items() {
+            entries.remove(name);
+            self.kind_gauge(kind).dec();
         }
-        if left {
-            self.metrics.memberships.dec();
-        }
-        if last {
-            self.interest_changed(room, false);
+        if let Some(topic) = topic {
+            self.interest_changed(topic, false);
         }
         left
+    }
+
+    /// Answers a presence query, or closes a user's connections, from the member lists (taken under the shard
+    /// lock, walked after it).
+    pub fn census(&self, query: &Query) -> Census {
+        let (topic, name) = match query {
+            Query::Room(room) => (Target::Room(Arc::clone(room)), room),
+            Query::User(user) | Query::Disconnect(user) => (Target::User(Arc::clone(user)), user),
+        };
+        let members = {
+            let mut state = self.room_shard(name).state.lock();
+            let (entries, name) = state.entries(&topic);
+            match entries.get(&**name) {
+                Some(entry) => entry.members.snapshot(),
+                None => return Census::default(),
+            }
+        };
+        let mut census = Census {
+            connections: members.len() as u64,
+            ..Census::default()
+        };
+        match query {
+            Query::Room(_) => census.users = members.iter().filter_map(|m| m.user().cloned()).collect(),
+            Query::User(_) => {
+                census.info = members
+                    .iter()
+                    .filter_map(|m| m.info().map(RawValue::to_owned))
+                    .collect()
+            }
+            Query::Disconnect(_) => members.iter().for_each(|member| member.disconnect()),
+        }
+        census
     }
 
     /// Current number of connections.
@@ -292,15 +442,18 @@ impl<R: Recipient> Hub<R> {
         self.metrics.connections.get().max(0) as usize
     }
 
-    fn push_room(&self, room: &Arc<str>, items: Vec<Bytes>) -> Result<Accepted, Refused> {
-        let shard = self.room_shard(room);
+    /// A push to a room or a user.
+    fn push_topic(&self, topic: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused> {
+        let name = topic_name(topic);
+        let shard = self.room_shard(name);
         let count = items.len();
         let mut guard = shard.state.lock();
         let state = &mut *guard;
         if state.stopped {
             return Err(self.refuse_shutting_down());
         }
-        let Some(entry) = state.rooms.get_mut(&**room) else {
+        let (entries, name) = state.entries(topic);
+        let Some(entry) = entries.get_mut(&**name) else {
             // Nobody to deliver to: say so (recipients 0) and count the items as dropped.
             self.metrics.items_unrouted.inc_by(count as u64);
             return Ok(Accepted {
@@ -309,16 +462,21 @@ impl<R: Recipient> Hub<R> {
                 gateways: None,
             });
         };
+        let recipients = entry.members.len();
         if state.pending + count > self.config.queue_items {
             return Err(self.refuse_queue_full());
         }
-        let recipients = entry.members.len();
-        let wake = entry.batch.add(items, Instant::now(), self.config.merge);
+        let (entries, name) = state.entries(topic);
+        let entry = entries.get_mut(&**name).expect("found above, under the same lock");
+        let wake = entry
+            .batch
+            .get_or_insert_default()
+            .add(items, Instant::now(), self.config.merge);
         state.pending += count;
         match wake {
             Wake::Nothing => {}
-            Wake::Now => state.ready.push(Arc::clone(room)),
-            Wake::At(at) => state.timers.push(Reverse((at, Arc::clone(room)))),
+            Wake::Now => state.ready.push(topic.clone()),
+            Wake::At(at) => state.timers.push(Reverse((at, topic.clone()))),
         }
         drop(guard);
         if wake != Wake::Nothing {
@@ -412,31 +570,39 @@ impl<R: Recipient> Hub<R> {
             if *at > now && !everything {
                 break;
             }
-            let Reverse((at, room)) = state.timers.pop().expect("peeked");
-            if state.rooms.get(&room).is_some_and(|r| r.batch.is_due_at(at)) {
-                due.push(room);
+            let Reverse((at, topic)) = state.timers.pop().expect("peeked");
+            let (entries, name) = state.entries(&topic);
+            if entries
+                .get(&**name)
+                .and_then(|r| r.batch.as_ref())
+                .is_some_and(|batch| batch.is_due_at(at))
+            {
+                due.push(topic);
             }
         }
-        for room in due {
-            let Some(entry) = state.rooms.get_mut(&room) else {
+        for topic in due {
+            let (entries, name) = state.entries(&topic);
+            let Some(entry) = entries.get_mut(&**name) else {
                 continue;
             };
-            let items = entry
-                .batch
-                .take(now, self.config.merge, everything || entry.members.is_empty());
-            if let Some(at) = entry.batch.deadline() {
-                state.timers.push(Reverse((at, Arc::clone(&room))));
+            let Some(batch) = entry.batch.as_mut() else {
+                continue;
+            };
+            let items = batch.take(now, self.config.merge, everything || entry.members.is_empty());
+            let deadline = batch.deadline();
+            let members = vec![entry.members.snapshot()];
+            if entry.members.is_empty() {
+                entries.remove(&**name);
+                self.kind_gauge(Kind::of(&topic)).dec();
+            }
+            if let Some(at) = deadline {
+                state.timers.push(Reverse((at, topic.clone())));
             }
             state.pending -= items.len();
             self.metrics.pending_items.dec_by(items.len() as i64);
-            let members = vec![entry.members.snapshot()];
-            if entry.members.is_empty() {
-                state.rooms.remove(&room);
-                self.metrics.rooms.dec();
-            }
             if !items.is_empty() {
                 out.push(Flush {
-                    room: Some(room),
+                    target: topic,
                     items,
                     members,
                 });
@@ -459,7 +625,7 @@ impl<R: Recipient> Hub<R> {
             self.metrics.pending_items.dec_by(items.len() as i64);
             let members = self.shards.iter().map(|s| s.state.lock().everyone.snapshot()).collect();
             out.push(Flush {
-                room: None,
+                target: Target::All,
                 items,
                 members,
             });
@@ -481,7 +647,7 @@ impl<R: Recipient> Hub<R> {
         let frames: Arc<[Bytes]> = flush
             .items
             .chunks(self.config.merge.max_items)
-            .map(|chunk| push_frame(flush.room.as_deref(), chunk))
+            .map(|chunk| push_frame(&flush.target, chunk))
             .collect();
         for (frame, chunk) in frames.iter().zip(flush.items.chunks(self.config.merge.max_items)) {
             self.metrics.frames.inc();
@@ -580,11 +746,12 @@ impl<R: Recipient> Hub<R> {
         }
         let count = items.len() as u64;
         let accepted = match target {
-            Target::Room(room) => self.push_room(room, items),
+            Target::Room(_) | Target::User(_) => self.push_topic(target, items),
             Target::All => self.push_all(items),
         }?;
         match target {
             Target::Room(_) => self.metrics.pushes_room.inc(),
+            Target::User(_) => self.metrics.pushes_user.inc(),
             Target::All => self.metrics.pushes_all.inc(),
         };
         self.metrics.items.inc_by(count);
@@ -598,9 +765,10 @@ impl<R: Recipient> Hub<R> {
         HubStats {
             connections: gauge(&m.connections),
             rooms: gauge(&m.rooms),
+            users: gauge(&m.users),
             memberships: gauge(&m.memberships),
             pending_items: gauge(&m.pending_items),
-            pushes: m.pushes_room.get() + m.pushes_all.get(),
+            pushes: m.pushes_room.get() + m.pushes_all.get() + m.pushes_user.get(),
             items: m.items.get(),
             frames: m.frames.get(),
             frame_items: m.frame_items.get(),
@@ -633,6 +801,10 @@ impl<R: Recipient> Hub<R> {
 impl<R: Recipient> Bus for Hub<R> {
     fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_> {
         Box::pin(std::future::ready(Hub::push(self, &target, items)))
+    }
+
+    fn query(&self, query: Query) -> QueryFuture<'_> {
+        Box::pin(std::future::ready(Ok(self.census(&query))))
     }
 
     fn stats(&self) -> Stats {

@@ -22,6 +22,7 @@ struct ReasonLabel {
 pub struct HubMetrics {
     pub(crate) pushes_room: Counter,
     pub(crate) pushes_all: Counter,
+    pub(crate) pushes_user: Counter,
     pub(crate) items: Counter,
     pub(crate) refused_queue_full: Counter,
     pub(crate) refused_shutting_down: Counter,
@@ -32,6 +33,7 @@ pub struct HubMetrics {
     pub(crate) delivered_bytes: Counter,
     pub(crate) connections: Gauge,
     pub(crate) rooms: Gauge,
+    pub(crate) users: Gauge,
     pub(crate) memberships: Gauge,
     pub(crate) pending_items: Gauge,
 }
@@ -44,6 +46,7 @@ impl HubMetrics {
         let metrics = Self {
             pushes_room: labelled(&pushes, TargetLabel { target: "room" }),
             pushes_all: labelled(&pushes, TargetLabel { target: "all" }),
+            pushes_user: labelled(&pushes, TargetLabel { target: "user" }),
             items: Counter::default(),
             refused_queue_full: labelled(&refused, ReasonLabel { reason: "queue_full" }),
             refused_shutting_down: labelled(
@@ -59,6 +62,7 @@ impl HubMetrics {
             delivered_bytes: Counter::default(),
             connections: Gauge::default(),
             rooms: Gauge::default(),
+            users: Gauge::default(),
             memberships: Gauge::default(),
             pending_items: Gauge::default(),
         };
@@ -71,7 +75,7 @@ impl HubMetrics {
         );
         registry.register(
             "herald_items_unrouted",
-            "Items dropped because their room had no member (when pushed, or when their frame was sent)",
+            "Items dropped because their room (or user) had no connection here (when pushed, or when their frame was sent)",
             metrics.items_unrouted.clone(),
         );
         registry.register("herald_frames", "Merged PUSH frames encoded", metrics.frames.clone());
@@ -96,6 +100,11 @@ impl HubMetrics {
             metrics.connections.clone(),
         );
         registry.register("herald_rooms", "Rooms with at least one member", metrics.rooms.clone());
+        registry.register(
+            "herald_users",
+            "Users with at least one authenticated connection",
+            metrics.users.clone(),
+        );
         registry.register(
             "herald_memberships",
             "Room memberships over all connections",

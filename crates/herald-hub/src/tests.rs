@@ -9,7 +9,10 @@ use super::*;
 #[derive(Default)]
 struct Recorder {
     id: u64,
+    user: Option<Arc<str>>,
+    info: Option<Box<RawValue>>,
     frames: Mutex<Vec<Bytes>>,
+    disconnected: AtomicBool,
 }
 
 impl Recipient for Recorder {
@@ -19,11 +22,29 @@ impl Recipient for Recorder {
     fn deliver(&self, frame: &Bytes) {
         self.frames.lock().push(frame.clone());
     }
+    fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+    fn info(&self) -> Option<&RawValue> {
+        self.info.as_deref()
+    }
+    fn disconnect(&self) {
+        self.disconnected.store(true, Ordering::Release);
+    }
 }
 
 impl Recorder {
     fn new(id: u64) -> Arc<Self> {
         Arc::new(Self { id, ..Self::default() })
+    }
+
+    fn of_user(id: u64, user: &Arc<str>, info: Option<&str>) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            user: Some(Arc::clone(user)),
+            info: info.map(|info| RawValue::from_string(info.to_owned()).unwrap()),
+            ..Self::default()
+        })
     }
 
     /// The items of each received frame, as strings.
@@ -233,7 +254,7 @@ async fn unregister_leaves_every_room_and_empty_rooms_go_away() {
         hub.join(r, &a);
     }
     assert_eq!(hub.metrics.rooms.get(), 3);
-    hub.unregister(1, ["x", "y", "z"]);
+    hub.unregister(&*a, ["x", "y", "z"]);
     assert_eq!(
         (
             hub.metrics.rooms.get(),
@@ -313,7 +334,7 @@ async fn interest_follows_the_first_and_last_member() {
     assert!(hub.watch_interest().is_none(), "one watcher only");
     let (a, b) = (Recorder::new(1), Recorder::new(2));
     let event = |room: &str, wanted| Interest {
-        room: Arc::from(room),
+        topic: Target::Room(Arc::from(room)),
         wanted,
     };
 
@@ -324,17 +345,102 @@ async fn interest_follows_the_first_and_last_member() {
     assert_eq!(interest.try_recv().unwrap(), event("r", true));
     assert_eq!(interest.try_recv().unwrap(), event("s", true));
     assert!(interest.try_recv().is_err(), "a second member changes nothing");
-    assert_eq!(hub.rooms_with_members().len(), 2);
+    assert_eq!(hub.topics_with_members().len(), 2);
 
     hub.leave("r", 1);
     assert!(interest.try_recv().is_err(), "a member is left");
     // Items waiting keep the room alive past its last member; interest still ends with the last member.
     hub.push(&room("r"), items(&["1"])).unwrap();
     hub.push(&room("r"), items(&["2"])).unwrap();
-    hub.unregister(2, ["r", "s"]);
+    hub.unregister(&*b, ["r", "s"]);
     assert_eq!(interest.try_recv().unwrap(), event("r", false));
     assert_eq!(interest.try_recv().unwrap(), event("s", false));
     hub.join("r", &a);
     assert_eq!(interest.try_recv().unwrap(), event("r", true));
-    assert_eq!(hub.rooms_with_members(), vec![Arc::<str>::from("r")]);
+    assert_eq!(hub.topics_with_members(), vec![room("r")]);
+
+    let user: Arc<str> = Arc::from("u");
+    let c = Recorder::of_user(3, &user, None);
+    hub.register(&c);
+    assert_eq!(
+        interest.try_recv().unwrap(),
+        Interest {
+            topic: Target::User(Arc::clone(&user)),
+            wanted: true
+        }
+    );
+    hub.unregister(&*c, []);
+    assert_eq!(
+        interest.try_recv().unwrap(),
+        Interest {
+            topic: Target::User(user),
+            wanted: false
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_is_merged_like_a_room_and_only_its_connections_get_it() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let phone = Recorder::of_user(1, &hub.user_name("alice"), None);
+    hub.register(&phone);
+    // The second connection of a user takes the name the first one registered.
+    let laptop = Recorder::of_user(2, &hub.user_name("alice"), None);
+    let bob = Recorder::of_user(3, &hub.user_name("bob"), None);
+    let anonymous = Recorder::new(4);
+    for conn in [&laptop, &bob, &anonymous] {
+        hub.register(conn);
+    }
+    assert!(
+        Arc::ptr_eq(phone.user.as_ref().unwrap(), laptop.user.as_ref().unwrap()),
+        "one shared name"
+    );
+    let to_alice = Target::User(Arc::from("alice"));
+    assert_eq!(hub.push(&to_alice, items(&["1"])).unwrap().recipients, Some(2));
+    assert_eq!(hub.push(&to_alice, items(&["2"])).unwrap().recipients, Some(2));
+    tokio::time::sleep(WINDOW * 2).await;
+    tokio::task::yield_now().await;
+    for conn in [&phone, &laptop] {
+        assert_eq!(conn.items().concat(), ["1", "2"]);
+        let json: serde_json::Value = serde_json::from_slice(payload(&conn.frames.lock()[0])).unwrap();
+        assert_eq!(json["data"]["user"], "alice");
+    }
+    assert!(bob.items().is_empty() && anonymous.items().is_empty());
+    assert_eq!(
+        hub.push(&Target::User(Arc::from("carol")), items(&["3"]))
+            .unwrap()
+            .recipients,
+        Some(0)
+    );
+    assert_eq!(hub.stats().users, 2);
+    hub.unregister(&*phone, []);
+    hub.unregister(&*laptop, []);
+    assert_eq!(hub.stats().users, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn census_counts_rooms_users_and_disconnects() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let alice = hub.user_name("alice");
+    let a1 = Recorder::of_user(1, &alice, Some(r#"{"device":"phone"}"#));
+    let a2 = Recorder::of_user(2, &alice, None);
+    let bob = Recorder::of_user(3, &hub.user_name("bob"), Some("1"));
+    let anonymous = Recorder::new(4);
+    for conn in [&a1, &a2, &bob, &anonymous] {
+        hub.register(conn);
+        hub.join("r", conn);
+    }
+    let room = hub.census(&Query::Room(Arc::from("r")));
+    assert_eq!((room.connections, room.users.len()), (4, 2));
+    let user = hub.census(&Query::User(Arc::from("alice")));
+    assert_eq!(user.connections, 2);
+    assert_eq!(
+        user.info.iter().map(|i| i.get()).collect::<Vec<_>>(),
+        [r#"{"device":"phone"}"#]
+    );
+    assert_eq!(hub.census(&Query::Room(Arc::from("nobody"))).connections, 0);
+    let closed = hub.census(&Query::Disconnect(Arc::from("alice")));
+    assert_eq!(closed.connections, 2);
+    assert!(a1.disconnected.load(Ordering::Acquire) && a2.disconnected.load(Ordering::Acquire));
+    assert!(!bob.disconnected.load(Ordering::Acquire));
 }

@@ -1,24 +1,33 @@
 //! herald's push API: business services push here, and every answer tells the truth.
 //!
 //! # Endpoints
-//! - `POST /push/room`, `POST /push/all`: go-push's form fields or a JSON body ([`herald_protocol::api`]).
-//!   `200 {"items":N,"recipients":M}` when taken; `400 {"error":..,"field":..}` naming the field at fault;
-//!   `413` over the body limit; `503` with `Retry-After` when the bus cannot take the push.
+//! - `POST /push/room`, `POST /push/all`, `POST /push/user`: go-push's form fields or a JSON body
+//!   ([`herald_protocol::api`]). `200 {"items":N,"recipients":M}` when taken; `400 {"error":..,"field":..}`
+//!   naming the field at fault; `413` over the body limit; `503` with `Retry-After` when the bus cannot take it.
+//! - `POST /disconnect/user`: closes every connection of a user (4004), `200 {"user":..,"closed":N,"partial":..}`.
+//! - `GET /rooms/{room}`, `GET /users/{user}`: presence, summed over every gateway ([`herald_protocol::presence`]).
 //! - `GET /stats` (JSON), `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz`.
 //!
-//! The API never delivers anything itself: it validates, then hands the push to a [`Bus`].
+//! With `api_keys` set, every request but `/healthz` needs `Authorization: Bearer <key>` (else `401`); keys are
+//! compared in constant time and never logged.
+//!
+//! The API never delivers anything itself: it validates, then hands the push (or the query) to a [`Bus`].
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use herald_protocol::api::{Endpoint, FieldError, parse_push};
-use herald_protocol::bus::{Bus, Refused};
+use herald_protocol::api::{Endpoint, FieldError, parse_push, parse_user};
+use herald_protocol::bus::{Bus, Query, Refused};
+use herald_protocol::client::valid_room;
+use herald_protocol::presence::{Disconnected, RoomPresence, UserPresence};
+use herald_protocol::valid_user;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,10 +36,23 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the push API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiConfig {
     /// Largest request body taken, in bytes; larger ones are answered 413.
     pub max_body_bytes: usize,
+    /// Keys a caller must present (`Authorization: Bearer <key>`) on every request but `/healthz`; empty means
+    /// none is needed.
+    pub api_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("ApiConfig")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("api_keys", &self.api_keys.len())
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,13 +101,66 @@ struct Api {
 /// is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
 pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping: CancellationToken) -> Router {
     let api = Api::new(bus, registry, stopping);
-    Router::new()
+    let keys = Arc::new(config.api_keys);
+    let guarded = Router::new()
         .route("/push/room", post(push_room))
         .route("/push/all", post(push_all))
-        .merge(ops_routes())
+        .route("/push/user", post(push_user))
+        .route("/disconnect/user", post(disconnect_user))
+        .route("/rooms/{*room}", get(room_presence))
+        .route("/users/{*user}", get(user_presence))
+        .route("/stats", get(stats))
+        .route("/metrics", get(render_metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            (keys, Arc::clone(&api)),
+            require_key,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(api)
+}
+
+/// With `api_keys` set: a request without one of them is answered 401 (and counted), before its body is read.
+async fn require_key(
+    State((keys, api)): State<(Arc<Vec<String>>, Arc<Api>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if keys.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    // Every key is compared, in constant time, whatever matched: the time taken says nothing about the keys.
+    let matched = presented.is_some_and(|presented| {
+        keys.iter().fold(false, |found, key| {
+            found | constant_time_eq(presented.as_bytes(), key.as_bytes())
+        })
+    });
+    if matched {
+        return next.run(request).await;
+    }
+    api.metrics.count("unauthorized", StatusCode::UNAUTHORIZED);
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "authorization",
+        "this API needs `Authorization: Bearer <api key>`",
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Compares without an early exit (the length is not secret: keys are long random strings).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
@@ -122,10 +197,81 @@ async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<
     push(&api, Endpoint::All, &headers, body).await
 }
 
+async fn push_user(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    push(&api, Endpoint::User, &headers, body).await
+}
+
+async fn disconnect_user(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = match body {
+        Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
+        Ok(body) => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            match parse_user(content_type, body) {
+                Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
+                Ok(user) => match api.bus.query(Query::Disconnect(Arc::clone(&user))).await {
+                    Ok(census) => ok(Disconnected {
+                        user: user.to_string(),
+                        closed: census.connections,
+                        partial: census.partial,
+                    }),
+                    Err(refused) => unavailable(&refused),
+                },
+            }
+        }
+    };
+    api.metrics.count("/disconnect/user", response.status());
+    response
+}
+
+async fn room_presence(State(api): State<Arc<Api>>, Path(room): Path<String>) -> Response {
+    let response = if !valid_room(&room) {
+        error(StatusCode::BAD_REQUEST, "room", "must be 1 to 256 bytes")
+    } else {
+        match api.bus.query(Query::Room(Arc::from(room.as_str()))).await {
+            Ok(census) => ok(RoomPresence {
+                room,
+                connections: census.connections,
+                users: census.users.len() as u64,
+                partial: census.partial,
+            }),
+            Err(refused) => unavailable(&refused),
+        }
+    };
+    api.metrics.count("/rooms", response.status());
+    response
+}
+
+async fn user_presence(State(api): State<Arc<Api>>, Path(user): Path<String>) -> Response {
+    let response = if !valid_user(&user) {
+        error(StatusCode::BAD_REQUEST, "user", "must be 1 to 256 bytes")
+    } else {
+        match api.bus.query(Query::User(Arc::from(user.as_str()))).await {
+            Ok(census) => ok(UserPresence {
+                user,
+                connections: census.connections,
+                info: census.info,
+                partial: census.partial,
+            }),
+            Err(refused) => unavailable(&refused),
+        }
+    };
+    api.metrics.count("/users", response.status());
+    response
+}
+
+fn ok(document: impl serde::Serialize) -> Response {
+    (StatusCode::OK, axum_json(document)).into_response()
+}
+
 async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let name = match endpoint {
         Endpoint::Room => "/push/room",
         Endpoint::All => "/push/all",
+        Endpoint::User => "/push/user",
     };
     let response = match body {
         Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use herald_protocol::bus::Target;
 use herald_protocol::push::push_frame;
 
 fn encode(c: &mut Criterion) {
@@ -12,8 +13,9 @@ fn encode(c: &mut Criterion) {
             .map(|n| Bytes::from(format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(84))))
             .collect();
         group.throughput(Throughput::Elements(items as u64));
+        let lobby = Target::Room("lobby".into());
         group.bench_function(format!("{items} items of 100 bytes"), |b| {
-            b.iter(|| push_frame(Some("lobby"), std::hint::black_box(&batch)))
+            b.iter(|| push_frame(&lobby, std::hint::black_box(&batch)))
         });
     }
     group.finish();

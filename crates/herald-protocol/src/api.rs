@@ -1,8 +1,11 @@
 //! Push-API bodies: go-push's form fields or a JSON body, parsed into validated items.
 //!
 //! - form (`application/x-www-form-urlencoded`, or any body not declared JSON, as go-push's callers send):
-//!   `items=<JSON array>` and, for a room push, `room=<name>`.
-//! - JSON (`application/json`): `{"items": [...]}` and, for a room push, `"room": "name"`.
+//!   `items=<JSON array>` and, for a room push, `room=<name>`; for a push to a user, `user=<id>`.
+//! - JSON (`application/json`): `{"items": [...]}` and, for a room push, `"room": "name"`; for a user,
+//!   `"user": "id"`.
+//!
+//! `POST /disconnect/user` takes `user=<id>` or `{"user": "id"}` ([`parse_user`]).
 //!
 //! Each item is kept as the exact JSON text the caller sent (a slice of one shared buffer, no re-encode).
 
@@ -15,6 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::bus::Target;
 use crate::client::valid_room;
+use crate::valid_user;
 
 /// Which endpoint a body was sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub enum Endpoint {
     Room,
     /// `POST /push/all`: takes no room.
     All,
+    /// `POST /push/user`: needs a user.
+    User,
 }
 
 /// A validated push.
@@ -53,27 +59,70 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldErr
 
 /// Parses a push body sent to `endpoint` with the given `Content-Type`.
 pub fn parse_push(endpoint: Endpoint, content_type: Option<&str>, body: Bytes) -> Result<PushRequest, FieldError> {
-    let is_json = content_type
-        .and_then(|ct| ct.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    let (room, items) = if is_json {
+    let Fields { room, user, items } = if is_json(content_type) {
         parse_json(&body)?
     } else {
         parse_form(&body)?
     };
-    let target = match (endpoint, room) {
-        (Endpoint::All, None) => Target::All,
-        (Endpoint::All, Some(_)) => return Err(field_error("room", "not taken by /push/all")),
-        (Endpoint::Room, None) => return Err(field_error("room", "required")),
-        (Endpoint::Room, Some(room)) if !valid_room(&room) => {
-            return Err(field_error("room", "must be 1 to 256 bytes"));
-        }
-        (Endpoint::Room, Some(room)) => Target::Room(Arc::from(room)),
+    let not_taken = |field: &str| field_error(field, "not taken by this endpoint");
+    let target = match endpoint {
+        Endpoint::All if room.is_some() => return Err(not_taken("room")),
+        Endpoint::All | Endpoint::Room if user.is_some() => return Err(not_taken("user")),
+        Endpoint::User if room.is_some() => return Err(not_taken("room")),
+        Endpoint::All => Target::All,
+        Endpoint::Room => Target::Room(checked_room(room)?),
+        Endpoint::User => Target::User(checked_user(user)?),
     };
+    let items = items.ok_or_else(|| field_error("items", "required"))?;
     if items.is_empty() {
         return Err(field_error("items", "must hold at least one item"));
     }
     Ok(PushRequest { target, items })
+}
+
+/// Parses a `POST /disconnect/user` body: the user whose connections are closed.
+pub fn parse_user(content_type: Option<&str>, body: Bytes) -> Result<Arc<str>, FieldError> {
+    let fields = if is_json(content_type) {
+        parse_json(&body)?
+    } else {
+        parse_form(&body)?
+    };
+    if fields.room.is_some() {
+        return Err(field_error("room", "not taken by this endpoint"));
+    }
+    if fields.items.is_some() {
+        return Err(field_error("items", "not taken by this endpoint"));
+    }
+    checked_user(fields.user)
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn checked_room(room: Option<String>) -> Result<Arc<str>, FieldError> {
+    match room {
+        None => Err(field_error("room", "required")),
+        Some(room) if !valid_room(&room) => Err(field_error("room", "must be 1 to 256 bytes")),
+        Some(room) => Ok(Arc::from(room)),
+    }
+}
+
+fn checked_user(user: Option<String>) -> Result<Arc<str>, FieldError> {
+    match user {
+        None => Err(field_error("user", "required")),
+        Some(user) if !valid_user(&user) => Err(field_error("user", "must be 1 to 256 bytes")),
+        Some(user) => Ok(Arc::from(user)),
+    }
+}
+
+/// The fields a body may carry, before the endpoint says which it needs.
+struct Fields {
+    room: Option<String>,
+    user: Option<String>,
+    items: Option<Vec<Bytes>>,
 }
 
 #[derive(Deserialize)]
@@ -81,11 +130,13 @@ pub fn parse_push(endpoint: Endpoint, content_type: Option<&str>, body: Bytes) -
 struct JsonBody<'a> {
     #[serde(default, borrow)]
     room: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    items: Vec<&'a RawValue>,
+    #[serde(default, borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a RawValue>>,
 }
 
-fn parse_json(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> {
+fn parse_json(body: &Bytes) -> Result<Fields, FieldError> {
     let parsed: JsonBody<'_> = serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
         // serde names the field in its message ("missing field `items`", "unknown field `x`"); pass it on.
@@ -98,18 +149,22 @@ fn parse_json(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> 
     })?;
     let items = parsed
         .items
-        .iter()
-        .map(|raw| body.slice_ref(raw.get().as_bytes()))
-        .collect();
-    Ok((parsed.room.map(Cow::into_owned), items))
+        .map(|items| items.iter().map(|raw| body.slice_ref(raw.get().as_bytes())).collect());
+    Ok(Fields {
+        room: parsed.room.map(Cow::into_owned),
+        user: parsed.user.map(Cow::into_owned),
+        items,
+    })
 }
 
-fn parse_form(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> {
+fn parse_form(body: &Bytes) -> Result<Fields, FieldError> {
     let mut room = None;
+    let mut user = None;
     let mut items = None;
     for (key, value) in form_urlencoded::parse(body) {
         let slot = match &*key {
             "room" => &mut room,
+            "user" => &mut user,
             "items" => &mut items,
             other => return Err(field_error(other, "unknown field")),
         };
@@ -117,14 +172,16 @@ fn parse_form(body: &Bytes) -> Result<(Option<String>, Vec<Bytes>), FieldError> 
             return Err(field_error(key, "given more than once"));
         }
     }
-    let items = items.ok_or_else(|| field_error("items", "required"))?;
-    let items = Bytes::from(items);
-    let raws: Vec<&RawValue> =
-        serde_json::from_slice(&items).map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
-    Ok((
-        room,
-        raws.iter().map(|raw| items.slice_ref(raw.get().as_bytes())).collect(),
-    ))
+    let items = match items {
+        None => None,
+        Some(items) => {
+            let items = Bytes::from(items);
+            let raws: Vec<&RawValue> = serde_json::from_slice(&items)
+                .map_err(|e| field_error("items", format!("must be a JSON array: {e}")))?;
+            Some(raws.iter().map(|raw| items.slice_ref(raw.get().as_bytes())).collect())
+        }
+    };
+    Ok(Fields { room, user, items })
 }
 
 #[cfg(test)]
@@ -154,6 +211,41 @@ mod tests {
     }
 
     #[test]
+    fn takes_pushes_to_a_user_and_disconnects() {
+        let req = parse_push(Endpoint::User, None, Bytes::from("user=u%201&items=[1]")).unwrap();
+        assert_eq!(req.target, Target::User("u 1".into()));
+        let json = Bytes::from(r#"{"user":"u","items":[1]}"#);
+        let req = parse_push(Endpoint::User, Some("application/json"), json).unwrap();
+        assert_eq!(req.target, Target::User("u".into()));
+        for (body, field) in [
+            ("items=[1]", "user"),
+            ("user=&items=[1]", "user"),
+            ("user=u&room=r&items=[1]", "room"),
+        ] {
+            assert_eq!(
+                parse_push(Endpoint::User, None, Bytes::from(body)).unwrap_err().field,
+                field
+            );
+        }
+        assert_eq!(
+            parse_push(Endpoint::Room, None, Bytes::from("room=r&user=u&items=[1]"))
+                .unwrap_err()
+                .field,
+            "user"
+        );
+        assert_eq!(&*parse_user(None, Bytes::from("user=u")).unwrap(), "u");
+        assert_eq!(
+            &*parse_user(Some("application/json"), Bytes::from(r#"{"user":"v"}"#)).unwrap(),
+            "v"
+        );
+        assert_eq!(parse_user(None, Bytes::from("")).unwrap_err().field, "user");
+        assert_eq!(
+            parse_user(None, Bytes::from("user=u&items=[1]")).unwrap_err().field,
+            "items"
+        );
+    }
+
+    #[test]
     fn names_the_field_at_fault() {
         let cases: [(Endpoint, Option<&str>, &str, &str); 11] = [
             (Endpoint::Room, None, "items=[1]", "room"),
@@ -165,7 +257,7 @@ mod tests {
             (Endpoint::Room, None, "room=a&items=[1]&items=[2]", "items"),
             (Endpoint::Room, None, "room=a&items=[1]&colour=red", "colour"),
             (Endpoint::All, Some("application/json"), r#"{"items":[1"#, "body"),
-            (Endpoint::All, Some("application/json"), r#"{"room":"a"}"#, "items"),
+            (Endpoint::Room, Some("application/json"), r#"{"room":"a"}"#, "items"),
             (
                 Endpoint::All,
                 Some("application/json"),

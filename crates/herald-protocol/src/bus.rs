@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use crate::presence::{Census, Query};
 use crate::stats::Stats;
 
 /// Where a push goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// Every connection that has joined this room.
     Room(Arc<str>),
+    /// Every connection of this user (the `sub` of its token), on every gateway.
+    User(Arc<str>),
     /// Every connection.
     All,
 }
@@ -76,10 +79,17 @@ pub enum Refused {
 /// The answer to a push, once the bus knows it.
 pub type PushFuture<'a> = Pin<Box<dyn Future<Output = Result<Accepted, Refused>> + Send + 'a>>;
 
+/// The answer to a [`Query`], once every gateway that could be asked has answered (or the bound passed).
+pub type QueryFuture<'a> = Pin<Box<dyn Future<Output = Result<Census, Refused>> + Send + 'a>>;
+
 /// Something that takes pushes and delivers them.
 pub trait Bus: Send + Sync + 'static {
     /// Takes `items` (each one complete JSON value) for `target`, or refuses all of them.
     fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_>;
+
+    /// Asks every gateway about a room or a user (presence), or has them close a user's connections; the
+    /// answers are summed into one [`Census`].
+    fn query(&self, query: Query) -> QueryFuture<'_>;
 
     /// A snapshot of the bus's state, for `GET /stats`.
     fn stats(&self) -> Stats;

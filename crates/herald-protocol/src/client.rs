@@ -27,10 +27,17 @@ pub struct ClientMessage<'a> {
 pub enum Command<'a> {
     /// Liveness check; answered with `PONG`.
     Ping,
-    /// Join a room.
-    Join(Cow<'a, str>),
+    /// Join a room, with a room token when the connection's own token does not allow the room.
+    Join {
+        /// The room.
+        room: Cow<'a, str>,
+        /// A room token (`data.token`).
+        token: Option<Cow<'a, str>>,
+    },
     /// Leave a room.
     Leave(Cow<'a, str>),
+    /// Replace the connection's token with a newer one of the same user, before the old one expires.
+    Refresh(Cow<'a, str>),
 }
 
 /// Why a client message was refused; the connection is closed with [`MessageError::close_code`].
@@ -71,6 +78,22 @@ struct RoomData<'a> {
     room: Cow<'a, str>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinData<'a> {
+    #[serde(borrow)]
+    room: Cow<'a, str>,
+    #[serde(default, borrow)]
+    token: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshData<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+}
+
 /// Parses one client text message.
 pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
@@ -80,24 +103,29 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
             MessageError::Unknown(e.to_string())
         }
     })?;
-    let room = || -> Result<Cow<'_, str>, MessageError> {
-        let data = envelope
-            .data
-            .ok_or_else(|| MessageError::Unknown("missing data.room".into()))?;
-        let data: RoomData<'_> =
-            serde_json::from_str(data.get()).map_err(|e| MessageError::Unknown(format!("data: {e}")))?;
-        Ok(data.room)
-    };
     let command = match &*envelope.kind {
         "PING" => Command::Ping,
-        "JOIN" => Command::Join(room()?),
-        "LEAVE" => Command::Leave(room()?),
+        "JOIN" => {
+            let data: JoinData<'_> = data(envelope.data, "data.room")?;
+            Command::Join {
+                room: data.room,
+                token: data.token,
+            }
+        }
+        "LEAVE" => Command::Leave(data::<RoomData<'_>>(envelope.data, "data.room")?.room),
+        "REFRESH" => Command::Refresh(data::<RefreshData<'_>>(envelope.data, "data.token")?.token),
         other => return Err(MessageError::Unknown(format!("type {other:?}"))),
     };
     Ok(ClientMessage {
         command,
         id: envelope.id,
     })
+}
+
+/// The message's `data`, as `T`.
+fn data<'a, T: Deserialize<'a>>(data: Option<&'a RawValue>, needed: &str) -> Result<T, MessageError> {
+    let data = data.ok_or_else(|| MessageError::Unknown(format!("missing {needed}")))?;
+    serde_json::from_str(data.get()).map_err(|e| MessageError::Unknown(format!("data: {e}")))
 }
 
 /// Why a well-formed request was not carried out; sent back as `ERROR` when the message had an id.
@@ -107,6 +135,12 @@ pub enum RequestError {
     InvalidRoom,
     /// The connection is already in the maximum number of rooms.
     TooManyRooms,
+    /// Auth is on and neither the connection's token, nor `public_rooms`, nor a room token allows the room.
+    Forbidden,
+    /// A REFRESH or room token that does not verify (the token's own reason is counted by the gateway).
+    InvalidToken,
+    /// A REFRESH on a connection without a token (auth is off).
+    NotAuthenticated,
 }
 
 impl RequestError {
@@ -115,6 +149,9 @@ impl RequestError {
         match self {
             Self::InvalidRoom => "invalid_room",
             Self::TooManyRooms => "too_many_rooms",
+            Self::Forbidden => "forbidden",
+            Self::InvalidToken => "invalid_token",
+            Self::NotAuthenticated => "not_authenticated",
         }
     }
 
@@ -123,6 +160,9 @@ impl RequestError {
         match self {
             Self::InvalidRoom => "room must be 1 to 256 bytes",
             Self::TooManyRooms => "connection is in the maximum number of rooms",
+            Self::Forbidden => "the connection's token does not allow this room",
+            Self::InvalidToken => "the token does not verify, has expired, or is for another user or room",
+            Self::NotAuthenticated => "this server takes no tokens",
         }
     }
 }
@@ -168,11 +208,39 @@ mod tests {
         assert_eq!(parse(r#"{"type":"PING","data":{}}"#).unwrap().command, Command::Ping);
         assert_eq!(parse(r#"{"type":"PING"}"#).unwrap().command, Command::Ping);
         let join = parse(r#"{"type":"JOIN","data":{"room":"news\u00e9"}}"#).unwrap();
-        assert_eq!(join.command, Command::Join("newsé".into()));
+        assert_eq!(
+            join.command,
+            Command::Join {
+                room: "newsé".into(),
+                token: None
+            }
+        );
         assert!(join.id.is_none());
         let leave = parse(r#"{"id":7,"type":"LEAVE","data":{"room":"a"}}"#).unwrap();
         assert_eq!(leave.command, Command::Leave("a".into()));
         assert_eq!(leave.id.unwrap().get(), "7");
+    }
+
+    #[test]
+    fn parses_herald_extensions() {
+        let join = parse(r#"{"type":"JOIN","id":1,"data":{"room":"r","token":"a.b.c"}}"#).unwrap();
+        assert_eq!(
+            join.command,
+            Command::Join {
+                room: "r".into(),
+                token: Some("a.b.c".into())
+            }
+        );
+        let refresh = parse(r#"{"type":"REFRESH","id":2,"data":{"token":"t"}}"#).unwrap();
+        assert_eq!(refresh.command, Command::Refresh("t".into()));
+        for bad in [
+            r#"{"type":"REFRESH"}"#,
+            r#"{"type":"REFRESH","data":{}}"#,
+            r#"{"type":"REFRESH","data":{"token":1}}"#,
+            r#"{"type":"LEAVE","data":{"room":"r","token":"t"}}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().close_code(), close::POLICY_VIOLATION, "{bad}");
+        }
     }
 
     #[test]

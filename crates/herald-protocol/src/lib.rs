@@ -8,14 +8,26 @@
 //! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
 //! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.
 //! - [`bus`]: the contract between the push API and whatever delivers pushes (the hub, the cluster, NATS).
+//! - [`presence`]: who is in a room, a user's connections, the server's disconnect: queries every gateway answers.
+//! - [`token`]: the claims of herald's connection and room tokens (JWT), as the gateway reads them.
 //! - [`stats`]: the documents operators and tools read: `/stats` of every mode, a gateway's announcement.
 
 pub mod api;
 pub mod bus;
 pub mod client;
+pub mod presence;
 pub mod push;
 pub mod stats;
+pub mod token;
 pub mod ws;
 
 /// Longest room name accepted, in bytes, from clients and from the push API alike.
 pub const MAX_ROOM_BYTES: usize = 256;
+
+/// Longest user id (a token's `sub`) accepted, in bytes, from tokens and from the push API alike.
+pub const MAX_USER_BYTES: usize = 256;
+
+/// Checks a user id from a token or the push API.
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= MAX_USER_BYTES
+}

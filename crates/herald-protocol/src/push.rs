@@ -1,22 +1,29 @@
 //! The `PUSH` frame: a merged batch of items, encoded once into a complete WebSocket frame.
 //!
 //! `{"type":"PUSH","data":{"items":[item, ...]}}` exactly as go-push sends it, plus `"room"` inside `data` for
-//! room pushes (go-push clients ignore it). Items are the JSON texts the business pushed, copied in verbatim: no
+//! room pushes and `"user"` for pushes to a user (go-push clients ignore both). Items are the JSON texts the business pushed, copied in verbatim: no
 //! parse, no re-encode, so unicode, escapes and number formats arrive as sent.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::bus::Target;
 use crate::ws::{self, OpCode};
 
 const PREFIX: &[u8] = br#"{"type":"PUSH","data":{"#;
 const ITEMS_OPEN: &[u8] = br#""items":["#;
 const CLOSE: &[u8] = b"]}}";
 
-/// Encodes `items` (each a complete JSON value) as one complete WebSocket text frame, header included.
-pub fn push_frame(room: Option<&str>, items: &[Bytes]) -> Bytes {
-    let room_json = room.map(|room| {
-        let mut field = br#""room":"#.to_vec();
-        serde_json::to_writer(&mut field, room).expect("writing a string to a Vec cannot fail");
+/// Encodes `items` (each a complete JSON value) pushed to `target` as one complete WebSocket text frame, header
+/// included.
+pub fn push_frame(target: &Target, items: &[Bytes]) -> Bytes {
+    let named = match target {
+        Target::Room(room) => Some((&br#""room":"#[..], room)),
+        Target::User(user) => Some((&br#""user":"#[..], user)),
+        Target::All => None,
+    };
+    let room_json = named.map(|(key, name)| {
+        let mut field = key.to_vec();
+        serde_json::to_writer(&mut field, &**name).expect("writing a string to a Vec cannot fail");
         field.push(b',');
         field
     });
@@ -62,7 +69,7 @@ mod tests {
             Bytes::from_static(br#"{"n":1.50,"s":"\u00e9"}"#),
             Bytes::from_static(b"2"),
         ];
-        let frame = push_frame(Some("r\"1"), &items);
+        let frame = push_frame(&Target::Room("r\"1".into()), &items);
         assert_eq!(frame[0], 0x81);
         let text = std::str::from_utf8(payload(&frame)).unwrap();
         assert_eq!(
@@ -76,10 +83,20 @@ mod tests {
     #[test]
     fn broadcast_frames_carry_no_room_and_long_frames_get_long_headers() {
         let big = Bytes::from(format!("\"{}\"", "x".repeat(70_000)));
-        let frame = push_frame(None, &[big]);
+        let frame = push_frame(&Target::All, &[big]);
         assert_eq!(frame[1], 127);
         let json: serde_json::Value = serde_json::from_slice(payload(&frame)).unwrap();
         assert!(json["data"].get("room").is_none());
         assert_eq!(json["data"]["items"][0].as_str().unwrap().len(), 70_000);
+    }
+
+    #[test]
+    fn user_frames_name_the_user() {
+        let frame = push_frame(&Target::User("u\u{e9}".into()), &[Bytes::from_static(b"1")]);
+        let text = std::str::from_utf8(payload(&frame)).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\":\"PUSH\",\"data\":{\"user\":\"u\u{e9}\",\"items\":[1]}}"
+        );
     }
 }

@@ -23,6 +23,8 @@ pub struct HubStats {
     pub connections: u64,
     /// Rooms with at least one member.
     pub rooms: u64,
+    /// Users with at least one authenticated connection.
+    pub users: u64,
     /// Room memberships over all connections.
     pub memberships: u64,
     /// Items waiting for their merged frame.

@@ -29,6 +29,10 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// herald: nothing was received from the connection within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// herald: the connection's token expired and no REFRESH brought a new one in time.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// herald: the push API closed the user's connections (`POST /disconnect/user`).
+    pub const DISCONNECTED: u16 = 4004;
 }
 
 /// Frame opcodes.

@@ -22,11 +22,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Command};
 use herald_cluster::logic::ClusterConfig;
 use herald_cluster::nats::NatsConfig;
+use herald_gateway::access::AccessConfig;
 use herald_hub::HubConfig;
 
 pub use self::duration::DurationValue;
 pub use self::parts::{
-    BusSettings, HubSettings, Internal, InternalSettings, LinkSettings, MAX_API_THREADS, Part, Process,
+    AccessSettings, BusSettings, HubSettings, Internal, InternalSettings, LinkSettings, MAX_API_THREADS, Part, Process,
     ProcessSettings, PublishSettings, PushApi, PushApiSettings, SecretSettings, WebSocket, WebSocketSettings,
 };
 
@@ -79,6 +80,7 @@ impl SettingsFile {
         };
         layers.under(ProcessSettings::default())?.resolve()?;
         layers.under(WebSocketSettings::default())?.resolve()?;
+        layers.under(AccessSettings::default())?.resolve()?;
         layers.under(HubSettings::default())?.resolve()?;
         layers.under(PushApiSettings::default())?.resolve()?;
         layers.under(InternalSettings::default())?.resolve()?;
@@ -125,6 +127,7 @@ pub fn setting_keys() -> Vec<String> {
     let mut keys = Vec::new();
     ids::<ProcessSettings>(&mut keys);
     ids::<WebSocketSettings>(&mut keys);
+    ids::<AccessSettings>(&mut keys);
     ids::<HubSettings>(&mut keys);
     ids::<PushApiSettings>(&mut keys);
     ids::<SecretSettings>(&mut keys);
@@ -165,6 +168,9 @@ pub struct ServeArgs {
     pub websocket: WebSocketSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub access: AccessSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub hub: HubSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -184,6 +190,8 @@ pub struct Serve {
     pub process: Process,
     /// The WebSocket listener and its limits.
     pub websocket: WebSocket,
+    /// Who may connect and join what.
+    pub access: AccessConfig,
     /// The fan-out engine.
     pub hub: HubConfig,
     /// The push API.
@@ -199,6 +207,7 @@ impl ServeArgs {
         Ok(Serve {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
+            access: layers.under(self.access)?.resolve()?,
             hub: layers.under(self.hub)?.resolve()?,
             api: layers.under(self.api)?.resolve()?,
             nats: layers.under(self.bus)?.resolve(layers.under(self.publish)?)?,
@@ -221,6 +230,9 @@ pub struct GatewayArgs {
     pub websocket: WebSocketSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub access: AccessSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub hub: HubSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -240,6 +252,8 @@ pub struct Gateway {
     pub process: Process,
     /// The WebSocket listener and its limits.
     pub websocket: WebSocket,
+    /// Who may connect and join what.
+    pub access: AccessConfig,
     /// The fan-out engine.
     pub hub: HubConfig,
     /// The internal listener (gRPC from logic, `/healthz`, `/stats`, `/metrics`).
@@ -257,6 +271,7 @@ impl GatewayArgs {
         Ok(Gateway {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
+            access: layers.under(self.access)?.resolve()?,
             hub: layers.under(self.hub)?.resolve()?,
             internal: layers.under(self.internal)?.resolve()?,
             secret: layers.under(self.secret)?.resolve()?,

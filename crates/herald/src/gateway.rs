@@ -40,6 +40,7 @@ pub async fn run(
         ws,
         config.hub,
         config.websocket.limits,
+        config.access.clone(),
         &mut registry,
         running.intake.clone(),
     );

@@ -32,6 +32,7 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         ws,
         config.hub,
         config.websocket.limits,
+        config.access.clone(),
         &mut registry,
         running.intake.clone(),
     );
@@ -45,7 +46,7 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         }
         None => node.hub.clone(),
     };
-    let router = herald_logic::router(bus, registry, config.api.limits, running.intake.clone());
+    let router = herald_logic::router(bus, registry, config.api.limits.clone(), running.intake.clone());
     running.node = Some(node);
     let alarm = running.failure_alarm();
     running.servers.push(Server::on_own_threads(

@@ -78,6 +78,8 @@ pub(super) struct LinkState {
     pub(super) last_error: Option<String>,
     /// The gateway's last reported status.
     pub(super) status: Option<GatewayStatus>,
+    /// A client on the link's connection while it is up, for the unary calls beside the stream (queries).
+    pub(super) client: Option<Client>,
 }
 
 pub(super) type Client = GatewayClient<InterceptedService<Channel, SecretHeader>>;
@@ -212,9 +214,10 @@ impl Link {
             Err(error) => return StreamEnd::Failed { error, healthy: false },
         };
 
-        // Status is fetched beside the stream, on the same HTTP/2 connection.
+        // Status is fetched (and queries asked) beside the stream, on the same HTTP/2 connection.
         let status_stop = stop.child_token();
         let _stop_status = status_stop.clone().drop_guard();
+        self.state.lock().client = Some(client.clone());
         tokio::spawn(Arc::clone(self).poll_status(client, status_stop));
         self.set_up();
         let up_since = Instant::now();
@@ -275,6 +278,7 @@ impl Link {
         let mut state = self.state.lock();
         // What the gateway last reported no longer holds: it is not reachable through this link.
         state.status = None;
+        state.client = None;
         let was_up = state.last_error.is_none() && state.since.is_some();
         if was_up {
             state.since = Some(Instant::now());
@@ -321,6 +325,18 @@ impl Link {
                     tracing::debug!(gateway = %self.addr, error = %describe(&status), "status call failed")
                 }
                 Err(_) => tracing::debug!(gateway = %self.addr, "status call timed out"),
+            }
+        }
+    }
+
+    /// Asks the gateway a query on the link's connection; `None` while the link is down or when the call fails.
+    pub(super) async fn query(&self, request: pb::QueryRequest) -> Option<pb::QueryReply> {
+        let mut client = self.state.lock().client.clone()?;
+        match client.query(request).await {
+            Ok(reply) => Some(reply.into_inner()),
+            Err(status) => {
+                tracing::debug!(gateway = %self.addr, error = %describe(&status), "query failed");
+                None
             }
         }
     }

@@ -1,5 +1,5 @@
-//! A gateway's side on NATS: subscriptions that follow the rooms its hub holds, the broadcast subscription, and
-//! the announcements.
+//! A gateway's side on NATS: subscriptions that follow the rooms and users its hub holds, the broadcast
+//! subscription, the answers to presence queries, and the announcements.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_hub::{Hub, Interest, Recipient};
+use herald_protocol::bus::Target;
 use herald_protocol::stats::Announcement;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{NatsConfig, NatsError};
 use super::metrics::NatsMetrics;
-use super::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, room_subject};
+use super::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, QUERY_SUBJECT, subject};
 use crate::hop;
 use crate::pb;
 
@@ -56,6 +57,7 @@ pub fn spawn_gateway_feed<R: Recipient>(
     });
     tracker.spawn(Arc::clone(&feed).answer_probes(stop.clone()));
     tracker.spawn(Arc::clone(&feed).follow(ALL_SUBJECT.to_owned(), "all", stop.clone()));
+    tracker.spawn(Arc::clone(&feed).answer_queries(stop.clone()));
     tracker.spawn(Arc::clone(&feed).follow_interest(interest, stop.clone()));
     tracker.spawn(feed.announce(announce, config.announce_interval, stop));
     Ok(())
@@ -72,16 +74,16 @@ struct Feed<R> {
 }
 
 impl<R: Recipient> Feed<R> {
-    /// Subscribes to a room when its first member joins and unsubscribes when its last leaves.
+    /// Subscribes to a room (or user) when its first member joins and unsubscribes when its last leaves.
     async fn follow_interest(
         self: Arc<Self>,
         mut interest: mpsc::UnboundedReceiver<Interest>,
         stop: CancellationToken,
     ) {
-        let mut rooms: HashMap<Arc<str>, CancellationToken> = HashMap::new();
-        // Rooms joined before the watch began (none when the feed starts with the gateway).
-        for room in self.hub.rooms_with_members() {
-            self.subscribe(&mut rooms, room, &stop);
+        let mut rooms: HashMap<Target, CancellationToken> = HashMap::new();
+        // Rooms and users joined before the watch began (none when the feed starts with the gateway).
+        for topic in self.hub.topics_with_members() {
+            self.subscribe(&mut rooms, topic, &stop);
         }
         loop {
             let change = tokio::select! {
@@ -92,8 +94,8 @@ impl<R: Recipient> Feed<R> {
                 },
             };
             if change.wanted {
-                self.subscribe(&mut rooms, change.room, &stop);
-            } else if let Some(unsubscribe) = rooms.remove(&change.room) {
+                self.subscribe(&mut rooms, change.topic, &stop);
+            } else if let Some(unsubscribe) = rooms.remove(&change.topic) {
                 unsubscribe.cancel();
             }
         }
@@ -104,16 +106,21 @@ impl<R: Recipient> Feed<R> {
 
     fn subscribe(
         self: &Arc<Self>,
-        rooms: &mut HashMap<Arc<str>, CancellationToken>,
-        room: Arc<str>,
+        rooms: &mut HashMap<Target, CancellationToken>,
+        topic: Target,
         stop: &CancellationToken,
     ) {
         let unsubscribe = stop.child_token();
-        if let Some(previous) = rooms.insert(Arc::clone(&room), unsubscribe.clone()) {
+        let kind = if matches!(topic, Target::User(_)) {
+            "user"
+        } else {
+            "room"
+        };
+        let subject = subject(&topic);
+        if let Some(previous) = rooms.insert(topic, unsubscribe.clone()) {
             previous.cancel();
         }
-        self.tracker
-            .spawn(Arc::clone(self).follow(room_subject(&room), "room", unsubscribe));
+        self.tracker.spawn(Arc::clone(self).follow(subject, kind, unsubscribe));
     }
 
     /// Hands every message on `subject` to the hub, in order, until `unsubscribe`.
@@ -129,7 +136,7 @@ impl<R: Recipient> Feed<R> {
         };
         // The gauge counts only subscriptions the server has confirmed: from then on this gateway gets the
         // subject's messages.
-        let confirmed = kind == "room"
+        let confirmed = kind != "all"
             && tokio::select! {
                 confirmed = self.confirm() => confirmed,
                 () = unsubscribe.cancelled() => false,
@@ -156,6 +163,29 @@ impl<R: Recipient> Feed<R> {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// Answers every presence query and disconnect on [`QUERY_SUBJECT`] from the hub.
+    async fn answer_queries(self: Arc<Self>, stop: CancellationToken) {
+        let Ok(mut queries) = self.client.subscribe(QUERY_SUBJECT).await else {
+            return;
+        };
+        loop {
+            let query = tokio::select! {
+                () = stop.cancelled() => return,
+                query = queries.next() => match query {
+                    Some(query) => query,
+                    None => return,
+                },
+            };
+            let (Some(reply), Ok(request)) = (query.reply, pb::QueryRequest::decode(query.payload)) else {
+                self.metrics.refused("undecodable");
+                continue;
+            };
+            if let Some(answer) = hop::answer(&self.hub, request) {
+                let _ = self.client.publish(reply, Bytes::from(answer.encode_to_vec())).await;
             }
         }
     }

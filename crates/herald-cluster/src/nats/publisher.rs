@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_protocol::bus::{Accepted, Bus, PushFuture, Refused, Target};
+use herald_protocol::bus::{Accepted, Bus, Census, PushFuture, Query, QueryFuture, Refused, Target};
 use herald_protocol::stats::{Announcement, HeardGateway, NatsBusName, NatsConnection, NatsStats, Stats};
 use parking_lot::Mutex;
 use prost::Message as _;
@@ -19,8 +19,12 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{NatsConfig, nats_state};
 use super::metrics::NatsMetrics;
-use super::subjects::{ANNOUNCE_SUBJECT, subject};
-use crate::hop::wire_push;
+use super::subjects::{ANNOUNCE_SUBJECT, QUERY_SUBJECT, subject};
+use crate::hop::{census_of, wire_push, wire_query};
+use crate::pb;
+
+/// How long a query waits for every gateway heard from to answer; past it the answer is `partial`.
+pub const QUERY_WAIT: Duration = Duration::from_secs(1);
 
 /// Logic's bus on NATS: publishes each push on its target's subject, and lists the gateways that announce
 /// themselves.
@@ -157,6 +161,64 @@ impl NatsBus {
     }
 }
 
+impl NatsBus {
+    /// Asks every gateway (a request on [`QUERY_SUBJECT`], answered by each on the request's inbox) and sums the
+    /// answers that come within [`QUERY_WAIT`]. `partial` when fewer gateways answered than announce themselves.
+    async fn ask(&self, query: Query) -> Result<Census, Refused> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        let state = self.client.connection_state();
+        if state != State::Connected {
+            return Err(Refused::Unavailable {
+                retry_after_secs: 1,
+                detail: format!("NATS is {}", nats_state(&state).label()),
+            });
+        }
+        let expected = self.live_gateways();
+        let unavailable = |e: &dyn std::fmt::Display| Refused::Unavailable {
+            retry_after_secs: 1,
+            detail: format!("NATS query failed: {e}"),
+        };
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let payload = Bytes::from(wire_query(&query).encode_to_vec());
+        self.client
+            .publish_with_reply(QUERY_SUBJECT, inbox, payload)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let deadline = Instant::now() + QUERY_WAIT;
+        let mut census = Census::default();
+        let mut answered = 0;
+        while expected == 0 || answered < expected {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(message)) => {
+                    if let Ok(reply) = pb::QueryReply::decode(message.payload) {
+                        census.add(census_of(reply));
+                        answered += 1;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        census.partial = answered < expected;
+        Ok(census)
+    }
+
+    /// Gateways heard from within `gateway_ttl`.
+    fn live_gateways(&self) -> usize {
+        let gateways = self.gateways.lock();
+        gateways
+            .values()
+            .filter(|(seen, announced)| seen.elapsed() < self.gateway_ttl && announced.serving)
+            .count()
+    }
+}
+
 fn encode(target: Target, items: Vec<Bytes>) -> Bytes {
     Bytes::from(wire_push(target, items).encode_to_vec())
 }
@@ -164,6 +226,10 @@ fn encode(target: Target, items: Vec<Bytes>) -> Bytes {
 impl Bus for NatsBus {
     fn push(&self, target: Target, items: Vec<Bytes>) -> PushFuture<'_> {
         Box::pin(self.publish(target, items))
+    }
+
+    fn query(&self, query: Query) -> QueryFuture<'_> {
+        Box::pin(self.ask(query))
     }
 
     fn stats(&self) -> Stats {

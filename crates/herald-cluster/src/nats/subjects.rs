@@ -7,26 +7,31 @@ use herald_protocol::bus::Target;
 pub const ALL_SUBJECT: &str = "herald.all";
 /// Subject of the gateways' announcements.
 pub const ANNOUNCE_SUBJECT: &str = "herald.gateways";
+/// Subject of presence queries and disconnects: every gateway answers each request.
+pub const QUERY_SUBJECT: &str = "herald.query";
 const ROOM_PREFIX: &str = "herald.room.";
+const USER_PREFIX: &str = "herald.user.";
 
 /// The subject of a push's target (see the module docs for the encoding of room names).
 pub fn subject(target: &Target) -> String {
     match target {
-        Target::Room(room) => room_subject(room),
+        Target::Room(room) => encoded(ROOM_PREFIX, room),
+        Target::User(user) => encoded(USER_PREFIX, user),
         Target::All => ALL_SUBJECT.to_owned(),
     }
 }
 
-pub(super) fn room_subject(room: &str) -> String {
-    let plain = room
+/// `prefix` and the name as one subject token: the name itself when plain, else `~` and its base64.
+fn encoded(prefix: &str, name: &str) -> String {
+    let plain = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if plain && !room.is_empty() {
-        format!("{ROOM_PREFIX}{room}")
+    if plain && !name.is_empty() {
+        format!("{prefix}{name}")
     } else {
         format!(
-            "{ROOM_PREFIX}~{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(room)
+            "{prefix}~{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
         )
     }
 }
@@ -40,6 +45,8 @@ mod tests {
         assert_eq!(subject(&Target::Room("news".into())), "herald.room.news");
         assert_eq!(subject(&Target::Room("user_42-a".into())), "herald.room.user_42-a");
         assert_eq!(subject(&Target::All), "herald.all");
+        assert_eq!(subject(&Target::User("u-1".into())), "herald.user.u-1");
+        assert_eq!(subject(&Target::User("a@b".into())), "herald.user.~YUBi");
     }
 
     #[test]

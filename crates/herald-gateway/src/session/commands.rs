@@ -1,12 +1,19 @@
-//! The commands a client sends (PING, JOIN, LEAVE, with an optional id to acknowledge) and the answer each gets;
-//! bad input closes the connection with the fitting code.
+//! The commands a client sends (PING, JOIN, LEAVE, REFRESH, with an optional id to acknowledge) and the answer each
+//! gets; bad input closes the connection with the fitting code.
+//!
+//! With auth on, a JOIN is carried out when the connection's token allows the room (`rooms`), when
+//! `public_rooms` does, or when the JOIN carries a room token for this user and room; a REFRESH replaces the
+//! token's expiry and rooms with a newer token's of the same user.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_hub::Recipient;
 use herald_protocol::client::{self, Command, RequestError};
+use herald_protocol::token::{RoomPatterns, TokenError};
 use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::writer::Session;
 use crate::metrics::{BadInput, CloseReason};
@@ -24,10 +31,37 @@ pub(super) enum Flow {
     PeerClosed(Option<u16>),
 }
 
+/// What an authenticated connection's task keeps of its token: when it expires and which rooms it allows.
+pub(crate) struct Auth {
+    expires: Instant,
+    rooms: RoomPatterns,
+}
+
+impl Auth {
+    /// `expires` in seconds since the Unix epoch (a token's `exp`).
+    pub(crate) fn new(expires: u64, rooms: RoomPatterns) -> Self {
+        Self {
+            expires: instant_of(expires),
+            rooms,
+        }
+    }
+
+    pub(super) fn expires(&self) -> Instant {
+        self.expires
+    }
+}
+
+/// The moment a Unix time in seconds comes (now, if it has passed).
+fn instant_of(unix_secs: u64) -> Instant {
+    let at = UNIX_EPOCH + Duration::from_secs(unix_secs);
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
 /// What handling one message needs (kept apart from the assembler that lends the message).
 pub(super) struct Commands<'a> {
     pub(super) session: &'a Arc<Session>,
     pub(super) rooms: &'a mut Vec<Box<str>>,
+    pub(super) auth: &'a mut Option<Auth>,
     /// Our close is under way: data messages are ignored, only the peer's close matters.
     pub(super) closing: bool,
 }
@@ -80,14 +114,15 @@ impl Commands<'_> {
                 self.session.deliver(&client::pong(message.id));
                 return Flow::Continue;
             }
-            Command::Join(room) => self.join(room),
+            Command::Join { room, token } => self.join(room, token.as_deref()),
             Command::Leave(room) => self.leave(room),
+            Command::Refresh(token) => self.refresh(token),
         };
         self.reply(message.id, result);
         Flow::Continue
     }
 
-    fn join(&mut self, room: &str) -> Result<(), RequestError> {
+    fn join(&mut self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
         let context = &self.session.context;
         if !client::valid_room(room) {
             return Err(RequestError::InvalidRoom);
@@ -95,12 +130,56 @@ impl Commands<'_> {
         if self.rooms.iter().any(|r| **r == *room) {
             return Ok(());
         }
+        self.authorize(room, token)?;
         if self.rooms.len() >= context.limits.max_rooms_per_connection {
             return Err(RequestError::TooManyRooms);
         }
         context.hub.join(room, self.session);
         self.rooms.push(room.into());
         Ok(())
+    }
+
+    /// Whether this connection may join `room` (always, with auth off).
+    fn authorize(&self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
+        let (Some(auth), Some(verifier), Some(user)) = (
+            self.auth.as_ref(),
+            self.session.context.access.config.verifier.as_ref(),
+            self.session.user.as_deref(),
+        ) else {
+            return Ok(());
+        };
+        if self.session.context.access.may_join(&auth.rooms, room) {
+            return Ok(());
+        }
+        let Some(token) = token else {
+            return Err(RequestError::Forbidden);
+        };
+        verifier
+            .room(token, user, room)
+            .map(drop)
+            .map_err(|error| self.token_refused(error))
+    }
+
+    /// REFRESH: a newer token of the same user moves the expiry and replaces the rooms it allows.
+    fn refresh(&mut self, token: &str) -> Result<(), RequestError> {
+        let (Some(verifier), Some(user)) = (
+            self.session.context.access.config.verifier.as_ref(),
+            self.session.user.as_deref(),
+        ) else {
+            return Err(RequestError::NotAuthenticated);
+        };
+        let identity = verifier.connection(token).map_err(|e| self.token_refused(e))?;
+        if identity.user != user {
+            return Err(self.token_refused(TokenError::WrongSubject));
+        }
+        *self.auth = Some(Auth::new(identity.expires, identity.rooms));
+        Ok(())
+    }
+
+    fn token_refused(&self, error: TokenError) -> RequestError {
+        self.session.context.metrics.auth_failure(error);
+        tracing::debug!(id = self.session.id, reason = error.label(), "token refused");
+        RequestError::InvalidToken
     }
 
     fn leave(&mut self, room: &str) -> Result<(), RequestError> {
@@ -120,6 +199,8 @@ impl Commands<'_> {
             let kind = match error {
                 RequestError::InvalidRoom => BadInput::InvalidRoom,
                 RequestError::TooManyRooms => BadInput::TooManyRooms,
+                RequestError::Forbidden => BadInput::Forbidden,
+                RequestError::InvalidToken | RequestError::NotAuthenticated => BadInput::InvalidToken,
             };
             self.session.context.metrics.bad_input(kind);
         }

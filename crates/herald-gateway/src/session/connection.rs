@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{Commands, Flow};
+use super::commands::{Auth, Commands, Flow};
 use super::writer::Session;
 use crate::metrics::{CloseReason, DropReason};
 
@@ -96,6 +96,8 @@ impl State {
 struct Conn {
     session: Arc<Session>,
     rooms: Vec<Box<str>>,
+    /// The token's expiry and the rooms it allows; `None` with auth off.
+    auth: Option<Auth>,
     partial: Vec<u8>,
     assembler: Assembler,
     last_seen: Instant,
@@ -103,12 +105,13 @@ struct Conn {
 }
 
 /// Runs a connection to its end. `early` holds bytes that arrived with the handshake.
-pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: CancellationToken) {
+pub(crate) async fn run(session: Arc<Session>, auth: Option<Auth>, early: Vec<u8>, shutdown: CancellationToken) {
     let context = Arc::clone(&session.context);
     context.hub.register(&session);
     let mut conn = Conn {
         session,
         rooms: Vec::new(),
+        auth,
         partial: Vec::new(),
         assembler: Assembler::default(),
         last_seen: Instant::now(),
@@ -120,7 +123,7 @@ pub(crate) async fn run(session: Arc<Session>, early: Vec<u8>, shutdown: Cancell
     }
     let reason = conn.drive(&shutdown).await;
     let Conn { session, rooms, .. } = conn;
-    context.hub.unregister(session.id, rooms.iter().map(|r| &**r));
+    context.hub.unregister(&session, rooms.iter().map(|r| &**r));
     session.abandon(if reason == CloseReason::SlowConsumer {
         DropReason::SlowConsumer
     } else {
@@ -136,21 +139,22 @@ impl Conn {
         let timer = sleep_until(self.last_seen + limits.heartbeat_timeout);
         tokio::pin!(timer);
         loop {
-            let (queued, closing, failed, last_progress) = {
+            let (queued, closing, failed, last_progress, ended_by) = {
                 let outbox = self.session.outbox.lock();
                 (
                     !outbox.frames.is_empty(),
                     outbox.closing,
                     outbox.failed,
                     outbox.last_progress,
+                    outbox.ended_by,
                 )
             };
             if failed {
                 return self.state.why().unwrap_or(CloseReason::WriteError);
             }
             if closing {
-                // A close the writer began (a full outbox) is found here.
-                let state = self.state.closing(CloseReason::SlowConsumer);
+                // A close the writer began (a full outbox, the push API's disconnect) is found here.
+                let state = self.state.closing(ended_by.unwrap_or(CloseReason::SlowConsumer));
                 if !queued && state.input == Input::Done {
                     return state.why;
                 }
@@ -170,6 +174,9 @@ impl Conn {
                 timer.as_mut().reset(deadline);
             } else {
                 let mut deadline = self.last_seen + limits.heartbeat_timeout;
+                if let Some(expires) = self.auth.as_ref().map(Auth::expires) {
+                    deadline = deadline.min(expires);
+                }
                 if let (true, Some(progress)) = (queued, last_progress) {
                     deadline = deadline.min(progress + limits.write_timeout);
                 }
@@ -210,7 +217,10 @@ impl Conn {
                         // Nothing moved for a whole write timeout: a close frame would not get through either.
                         return CloseReason::SlowConsumer;
                     }
-                    if now >= self.last_seen + limits.heartbeat_timeout {
+                    if self.auth.as_ref().is_some_and(|auth| now >= auth.expires()) {
+                        self.state.closing(CloseReason::TokenExpired);
+                        self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
+                    } else if now >= self.last_seen + limits.heartbeat_timeout {
                         self.state.closing(CloseReason::Heartbeat);
                         self.session.begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
                     }
@@ -317,6 +327,7 @@ impl Conn {
                     let mut commands = Commands {
                         session: &self.session,
                         rooms: &mut self.rooms,
+                        auth: &mut self.auth,
                         closing,
                     };
                     commands.on_message(message)
@@ -336,6 +347,7 @@ impl Conn {
         Commands {
             session: &self.session,
             rooms: &mut self.rooms,
+            auth: &mut self.auth,
             closing,
         }
     }

@@ -12,14 +12,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_hub::{Hub, Recipient};
+use herald_protocol::token::Identity;
 use herald_protocol::ws::{self, close};
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::commands::Auth;
 use crate::GatewayConfig;
-use crate::metrics::{DropReason, GatewayMetrics};
+use crate::access::Access;
+use crate::metrics::{CloseReason, DropReason, GatewayMetrics};
 
 /// What every session of one gateway shares.
 pub(crate) struct Context {
@@ -27,6 +31,8 @@ pub(crate) struct Context {
     pub(crate) hub: Arc<Hub<Session>>,
     /// Limits of a connection.
     pub(crate) limits: GatewayConfig,
+    /// Who may connect and join what.
+    pub(crate) access: Access,
     pub(crate) metrics: GatewayMetrics,
     /// Conformance mode (see `Gateway::new_echo`): every data message is echoed.
     #[cfg(feature = "conformance")]
@@ -41,17 +47,39 @@ pub struct Session {
     /// Wakes the session's task: something was queued, or the connection must close.
     pub(super) wake: Notify,
     pub(super) context: Arc<Context>,
+    /// The user (its token's `sub`), shared with the user's other connections here; `None` with auth off.
+    pub(super) user: Option<Arc<str>>,
+    /// Its token's `info` claim, for presence.
+    info: Option<Box<RawValue>>,
 }
 
 impl Session {
-    pub(crate) fn new(id: u64, stream: TcpStream, context: Arc<Context>) -> Arc<Self> {
-        Arc::new(Self {
+    /// A session for an upgraded connection. Of its token's claims, the user and `info` go with the session
+    /// (the hub reads them); the expiry and the rooms it allows stay with the connection's task ([`Auth`]).
+    pub(crate) fn new(
+        id: u64,
+        stream: TcpStream,
+        context: Arc<Context>,
+        identity: Option<Identity>,
+    ) -> (Arc<Self>, Option<Auth>) {
+        let (user, info, auth) = match identity {
+            None => (None, None, None),
+            Some(identity) => (
+                Some(context.hub.user_name(&identity.user)),
+                identity.info,
+                Some(Auth::new(identity.expires, identity.rooms)),
+            ),
+        };
+        let session = Arc::new(Self {
             id,
             stream,
             outbox: Mutex::default(),
             wake: Notify::new(),
             context,
-        })
+            user,
+            info,
+        });
+        (session, auth)
     }
 }
 
@@ -70,6 +98,8 @@ pub(super) struct Outbox {
     pub(super) last_progress: Option<Instant>,
     /// A write failed; the connection is dead.
     pub(super) failed: bool,
+    /// Why the writer's side began the close, when it did (a full outbox, the push API's disconnect).
+    pub(super) ended_by: Option<CloseReason>,
 }
 
 impl Recipient for Session {
@@ -107,6 +137,7 @@ impl Recipient for Session {
             drop(outbox);
             self.wake.notify_one();
         } else if outbox.frames.len() >= self.context.limits.outbox_frames {
+            outbox.ended_by.get_or_insert(CloseReason::SlowConsumer);
             let discarded = outbox.begin_close(close::SLOW_CONSUMER, "slow consumer", true);
             drop(outbox);
             self.context
@@ -116,6 +147,27 @@ impl Recipient for Session {
         } else {
             outbox.frames.push_back(frame.clone());
         }
+    }
+
+    fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    fn info(&self) -> Option<&RawValue> {
+        self.info.as_deref()
+    }
+
+    fn disconnect(&self) {
+        {
+            let mut outbox = self.outbox.lock();
+            if outbox.closing {
+                return;
+            }
+            outbox.ended_by = Some(CloseReason::Disconnected);
+            // What is queued still goes out first: the user was pushed it before the disconnect.
+            outbox.begin_close(close::DISCONNECTED, "disconnected by the server", false);
+        }
+        self.wake.notify_one();
     }
 }
 

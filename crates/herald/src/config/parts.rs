@@ -13,9 +13,11 @@ use herald_cluster::gateway::ServerTls;
 use herald_cluster::logic::ClusterConfig;
 use herald_cluster::nats::NatsConfig;
 use herald_gateway::GatewayConfig;
+use herald_gateway::access::AccessConfig;
 use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
 use herald_logic::ApiConfig;
+use herald_protocol::token::{PublicKeyPem, RoomPatterns, Verifier};
 use serde::Deserialize;
 
 use super::duration::DurationValue;
@@ -174,6 +176,98 @@ impl WebSocketSettings {
     }
 }
 
+/// Who may connect and join what (serve, gateway).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[command(next_help_heading = "Identity")]
+pub struct AccessSettings {
+    /// HS256 secrets that verify connection tokens; any may (so keys rotate). Prefer the env var or the file
+    #[arg(
+        long = "auth-hmac-secret",
+        id = "auth_hmac_secrets",
+        env = "HERALD_AUTH_HMAC_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_hmac_secrets: Option<Vec<String>>,
+    /// PEM public keys (RSA: RS256, P-256: ES256, Ed25519: EdDSA) that verify tokens; a key's kid is its file name
+    #[arg(
+        long = "auth-public-key",
+        id = "auth_public_keys",
+        env = "HERALD_AUTH_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub auth_public_keys: Option<Vec<PathBuf>>,
+    /// With auth on: a token's `iss` must be this
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// With auth on: a token's `aud` must name this
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// With auth on: rooms any authenticated connection may join (names, or prefixes ending in `*`)
+    #[arg(long, env = "HERALD_PUBLIC_ROOMS", value_delimiter = ',')]
+    pub public_rooms: Option<Vec<String>>,
+    /// Origins a browser may connect from (`https://app.example.com`, `https://*.example.com`); none means any
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Connections one user may hold on one gateway; one more gets 429 at the handshake; 0 means no limit
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Handshakes a second from one source address (a token bucket); over it, 429 with Retry-After; 0 means off
+    #[arg(long, env = "HERALD_HANDSHAKE_RATE_PER_IP")]
+    pub handshake_rate_per_ip: Option<f64>,
+}
+part!(AccessSettings {
+    auth_hmac_secrets,
+    auth_public_keys,
+    auth_issuer,
+    auth_audience,
+    public_rooms,
+    allowed_origins,
+    max_connections_per_user,
+    handshake_rate_per_ip,
+});
+
+impl AccessSettings {
+    pub(crate) fn resolve(self) -> anyhow::Result<AccessConfig> {
+        let secrets: Vec<Vec<u8>> = self
+            .auth_hmac_secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
+        let mut public_keys = Vec::new();
+        for path in self.auth_public_keys.unwrap_or_default() {
+            let kid = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .with_context(|| format!("auth_public_keys: {} names no file", path.display()))?;
+            public_keys.push(PublicKeyPem {
+                pem: read_file("auth_public_keys", &path)?,
+                kid,
+            });
+        }
+        let verifier = Verifier::new(&secrets, &public_keys, self.auth_issuer, self.auth_audience)?;
+        let public_rooms = self.public_rooms.unwrap_or_default();
+        let public_rooms = RoomPatterns::new(&public_rooms)
+            .context("public_rooms: each must be a room name or a prefix ending in `*`, 1 to 256 bytes")?;
+        let allowed_origins = self.allowed_origins.unwrap_or_default();
+        if let Some(bad) = allowed_origins.iter().find(|origin| !origin.contains("://")) {
+            bail!("allowed_origins: `{bad}` is not scheme://host (e.g. https://app.example.com)");
+        }
+        let rate = given(self.handshake_rate_per_ip);
+        if !(rate >= 0.0 && rate.is_finite()) {
+            bail!("handshake_rate_per_ip: must be 0 (off) or a positive number, got {rate}");
+        }
+        Ok(AccessConfig {
+            verifier: verifier.map(std::sync::Arc::new),
+            public_rooms,
+            allowed_origins,
+            max_connections_per_user: given(self.max_connections_per_user),
+            handshake_rate_per_ip: rate,
+        })
+    }
+}
+
 /// The fan-out engine (serve, gateway).
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[command(next_help_heading = "Fan-out")]
@@ -228,11 +322,21 @@ pub struct PushApiSettings {
     /// Largest push-API request body, in bytes; larger is answered 413
     #[arg(long, env = "HERALD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Keys callers must send as `Authorization: Bearer KEY` (all but /healthz). Prefer the env var or the file
+    #[arg(
+        long = "api-key",
+        id = "api_keys",
+        env = "HERALD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
 }
 part!(PushApiSettings {
     api_addr,
     api_threads,
     max_body_bytes,
+    api_keys,
 });
 
 /// The push API's listener and limits.
@@ -255,9 +359,22 @@ impl PushApiSettings {
         Ok(PushApi {
             addr: given(self.api_addr),
             threads: at_most("api_threads", threads, MAX_API_THREADS)?,
-            limits: ApiConfig { max_body_bytes },
+            limits: ApiConfig {
+                max_body_bytes,
+                api_keys: checked_keys(self.api_keys.unwrap_or_default())?,
+            },
         })
     }
+}
+
+fn checked_keys(keys: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if keys
+        .iter()
+        .any(|key| key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        bail!("api_keys: each key must be non-empty printable ASCII without spaces");
+    }
+    Ok(keys)
 }
 
 /// The cluster's shared secret (gateway, logic).

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
 
 pub mod cluster;
+pub mod jwt;
 
 /// How long any single expected event may take before the test fails.
 pub const FAILSAFE: Duration = Duration::from_secs(20);
@@ -229,12 +230,38 @@ pub struct Client {
 impl Client {
     /// Connects to the WebSocket listener at `ws`.
     pub async fn connect(ws: SocketAddr) -> Self {
-        let uri = format!("ws://{ws}/connect");
+        Self::connect_to(ws, "/connect").await
+    }
+
+    /// Connects to `path` (e.g. `/connect?token=...`) of the WebSocket listener at `ws`.
+    pub async fn connect_to(ws: SocketAddr, path: &str) -> Self {
+        let uri = format!("ws://{ws}{path}");
         let (ws, _) = tokio::time::timeout(FAILSAFE, ClientBuilder::new().uri(&uri).unwrap().connect())
             .await
             .expect("connect in time")
             .expect("connect");
         Client { ws, next_id: 1 }
+    }
+
+    /// Connects with a connection token (`?token=`).
+    pub async fn with_token(ws: SocketAddr, token: &str) -> Self {
+        let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        Self::connect_to(ws, &format!("/connect?token={token}")).await
+    }
+
+    /// Sends `{"type": kind, "id": .., "data": data}` and returns the reply with that id.
+    pub async fn request_data(&mut self, kind: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_text(&serde_json::json!({ "type": kind, "id": id, "data": data }).to_string())
+            .await;
+        loop {
+            let reply = self.next_json().await;
+            // PUSH frames may come first; the reply is the message with this id.
+            if reply["id"] == id {
+                return reply;
+            }
+        }
     }
 
     /// A client of `ws` that has joined `room` (acknowledged, so pushes after this reach it).
@@ -271,6 +298,17 @@ impl Client {
         let json = self.next_json().await;
         assert_eq!(json["type"], "PUSH", "{json}");
         json["data"].clone()
+    }
+
+    /// The next `PUSH` frame's `data` if one comes within a moment (for a push that may not be routed yet).
+    pub async fn next_push_within(&mut self) -> Option<Value> {
+        let message = tokio::time::timeout(Duration::from_millis(500), self.ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        let json: Value = serde_json::from_str(message.as_text()?).ok()?;
+        assert_eq!(json["type"], "PUSH", "{json}");
+        Some(json["data"].clone())
     }
 
     /// Reads PUSH frames until `count` items have arrived (a frame may carry several); returns them in order.
@@ -359,8 +397,41 @@ impl HttpResponse {
 
 /// One HTTP/1.1 request with `Connection: close`, read to the end.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> HttpResponse {
+    http_with(addr, method, path, &[], content_type, body).await
+}
+
+/// A WebSocket handshake on `path` with extra `headers` that the server is expected to refuse: its answer.
+pub async fn refused_handshake(ws: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    all.extend_from_slice(headers);
+    let response = http_with(ws, "GET", path, &all, None, b"").await;
+    assert_ne!(response.status, 101, "the handshake was not refused");
+    response
+}
+
+/// One HTTP/1.1 request with extra `headers` (the `Connection` header is `close` unless given), read to the end.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let connection = if headers.iter().any(|(name, _)| *name == "Upgrade") {
+        "Upgrade"
+    } else {
+        "close"
+    };
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(content_type) = content_type {
         request.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
