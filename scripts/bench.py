@@ -33,6 +33,9 @@ START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 SCENARIOS = {
     "idle": ("19,000 idle connections in one room",
              ["connections", "--conns", "19000", "--secs", "3"]),
+    "idle_auth": ("19,000 idle authenticated connections in one room (an HS256 token each, one user per connection: "
+                  "the most a user costs)",
+                  ["connections", "--conns", "19000", "--secs", "3", "--token-secret", "bench-only-secret"]),
     "window_1s": ("10,000 connections, one room, 10 pushes/s of one 100-byte item, 1 s window, 30 s",
                   ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--item-bytes", "100",
                    "--secs", "30", "--merge-window", "1s"]),
@@ -111,6 +114,8 @@ CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "closed_early", 
 # (scenario, figure, label, go-push, raw ceiling, target text, check)
 TARGETS = [
     ("idle", "server_rss_per_conn_bytes", "server RSS per idle connection", "44–46 KB", "2.1 KB", "≤ 3 KB",
+     lambda v: v <= 3000),
+    ("idle_auth", "server_rss_per_conn_bytes", "server RSS per idle authenticated connection", "—", "—", "≤ 3 KB",
      lambda v: v <= 3000),
     ("window_1s", "server_cpu_secs", "1 s window: server CPU seconds", "5.0 s", "2.0 s", "≤ 2.4 s, nothing lost",
      lambda v: v <= 2.4),

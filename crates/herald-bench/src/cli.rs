@@ -58,6 +58,10 @@ pub struct Target {
     /// Print one JSON line instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Sign a connection token (HS256, one user per connection) with this secret for every connection; a herald the
+    /// bench starts verifies them (it gets the secret as HERALD_AUTH_HMAC_SECRETS, never as a flag)
+    #[arg(long, env = "HERALD_BENCH_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
 }
 
 impl Target {

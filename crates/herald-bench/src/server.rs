@@ -22,6 +22,8 @@ pub(crate) struct Server {
     /// Every process of the server, whose CPU and memory are summed.
     pub(crate) pids: Vec<u32>,
     pub(crate) children: Vec<Child>,
+    /// The HMAC secret the herald processes it starts verify tokens with (given by env, never as a flag).
+    auth_secret: Option<String>,
 }
 
 impl Server {
@@ -38,6 +40,7 @@ impl Server {
                 pids: target.server_pid.into_iter().collect(),
                 children: Vec::new(),
                 gateways: None,
+                auth_secret: None,
             });
         }
         let merge = [
@@ -52,6 +55,7 @@ impl Server {
             pids: Vec::new(),
             children: Vec::new(),
             gateways: None,
+            auth_secret: target.token_secret.clone(),
         };
         let api = free_port()?;
         match (target.cluster, target.nats) {
@@ -120,7 +124,11 @@ impl Server {
 
     /// Starts one herald process: `herald <args> --log warn <more>`.
     pub(crate) fn spawn<'a>(&mut self, args: [&str; 5], more: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
-        let child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        if let Some(secret) = &self.auth_secret {
+            command.env("HERALD_AUTH_HMAC_SECRETS", secret);
+        }
+        let child = command
             .args(args)
             .args(["--log", "warn"])
             .args(more)

@@ -66,6 +66,28 @@ pub struct Plan {
     /// How long the churn lasts.
     #[serde(default)]
     pub churn_secs: f64,
+    /// Sign each connection a token (HS256) with this secret: user `bench-INDEX-N`, any room, valid for a day.
+    #[serde(default)]
+    pub token_secret: Option<String>,
+}
+
+/// The `?token=` query of connection `n` of worker `index`, when the plan signs tokens.
+fn token_query(plan: &Plan, n: usize) -> String {
+    let Some(secret) = &plan.token_secret else {
+        return String::new();
+    };
+    let claims = serde_json::json!({
+        "sub": format!("bench-{}-{n}", plan.index),
+        "exp": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 86_400,
+        "rooms": ["*"],
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail");
+    format!("?token={token}")
 }
 
 /// What a worker reports.
@@ -248,8 +270,9 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
         let (target, join, done_tx) = (plan.target, join.clone(), done_tx.clone());
         let (shared, stop) = (Arc::clone(shared), stop.clone());
         let ping_every = Duration::from_millis(plan.ping_every_ms);
+        let query = token_query(plan, i);
         tokio::spawn(async move {
-            let opened = open(SocketAddrV4::new(source, port), target, join.as_deref(), false).await;
+            let opened = open(SocketAddrV4::new(source, port), target, &query, join.as_deref(), false).await;
             drop(permit);
             let _ = done_tx.send(opened.is_ok());
             drop(done_tx);
@@ -275,6 +298,7 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
 async fn open(
     source: SocketAddrV4,
     target: SocketAddr,
+    query: &str,
     join: Option<&[u8]>,
     reset_on_close: bool,
 ) -> io::Result<TcpStream> {
@@ -298,7 +322,7 @@ async fn open(
     stream.set_nodelay(true)?;
     setsockopt(&stream, sockopt::ReceiveTimestampns, &true)?;
     let request = format!(
-        "GET /connect HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /connect{query} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
@@ -344,8 +368,9 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
         let source = Ipv4Addr::new(127, 2, plan.index, 1 + (n % 200) as u8);
         let (target, join, shared) = (plan.target, join.clone(), Arc::clone(&shared));
         let hold = Duration::from_millis(plan.churn_hold_ms);
+        let query = token_query(&plan, n as usize);
         tokio::spawn(async move {
-            match open_churning(source, target, join.as_deref()).await {
+            match open_churning(source, target, &query, join.as_deref()).await {
                 Ok(stream) => {
                     shared.totals.lock().unwrap().churn_cycles += 1;
                     tokio::time::sleep(hold).await;
@@ -358,9 +383,14 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
     }
 }
 
-async fn open_churning(source: Ipv4Addr, target: SocketAddr, join: Option<&[u8]>) -> io::Result<TcpStream> {
+async fn open_churning(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    query: &str,
+    join: Option<&[u8]>,
+) -> io::Result<TcpStream> {
     // Port 0: the kernel picks one of this source address's ports. Linger 0: closing resets the connection.
-    open(SocketAddrV4::new(source, 0), target, join, true).await
+    open(SocketAddrV4::new(source, 0), target, query, join, true).await
 }
 
 async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, ping_every: Duration) {

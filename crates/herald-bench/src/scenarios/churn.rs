@@ -30,6 +30,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
             churn_per_sec: args.churn,
             churn_hold_ms: args.hold_ms,
             churn_secs: args.secs,
+            token_secret: args.target.token_secret.clone(),
         })
         .await?;
     // Settled, before the storm.
