@@ -22,14 +22,24 @@ fn verify(c: &mut Criterion) {
         kid: name.to_owned(),
         pem: key(&format!("{name}.pem")),
     });
-    let verifier = Verifier::new(&[SECRET.to_vec()], &public, None, None)
-        .unwrap()
-        .unwrap();
+    let verifier = Verifier::new(&[SECRET.to_vec()], &public, None, None).unwrap().unwrap();
     let cases = [
         ("HS256", Algorithm::HS256, EncodingKey::from_secret(SECRET)),
-        ("RS256", Algorithm::RS256, EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap()),
-        ("ES256", Algorithm::ES256, EncodingKey::from_ec_pem(&key("ec.key")).unwrap()),
-        ("EdDSA", Algorithm::EdDSA, EncodingKey::from_ed_pem(&key("ed.key")).unwrap()),
+        (
+            "RS256",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap(),
+        ),
+        (
+            "ES256",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&key("ec.key")).unwrap(),
+        ),
+        (
+            "EdDSA",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&key("ed.key")).unwrap(),
+        ),
     ];
     let mut group = c.benchmark_group("verify_connection_token");
     for (name, algorithm, encoding) in cases {
