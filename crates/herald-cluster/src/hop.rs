@@ -154,6 +154,7 @@ pub(crate) fn answer<R: Recipient>(hub: &Hub<R>, request: pb::QueryRequest) -> O
         connections: census.connections,
         users: census.users.iter().map(|user| user.to_string()).collect(),
         info: census.info.iter().map(|info| info.get().to_owned()).collect(),
+        gateway: String::new(),
     })
 }
 

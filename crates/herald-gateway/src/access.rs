@@ -22,6 +22,9 @@ use tokio::time::Instant;
 
 /// Buckets kept before full ones (addresses that have not connected for a while) are forgotten.
 const PRUNE_ABOVE: usize = 65_536;
+/// Pruning walks every bucket under the lock: at most this often, so a flood from many addresses does not make
+/// every handshake walk them all.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// The access settings of the WebSocket side. The default admits anyone to any room (go-push's behaviour).
 #[derive(Debug, Clone, Default)]
@@ -62,8 +65,15 @@ pub(crate) struct Admitted {
 /// The gateway's admission state.
 pub(crate) struct Access {
     pub(crate) config: AccessConfig,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<Buckets>,
     per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The per-address buckets, and when they were last pruned.
+#[derive(Default)]
+struct Buckets {
+    by_source: HashMap<IpAddr, Bucket>,
+    pruned: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,10 +122,14 @@ impl Access {
         let depth = rate.max(1.0);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        if buckets.len() > PRUNE_ABOVE {
-            buckets.retain(|_, bucket| bucket.refilled(now, rate, depth) < depth);
+        let Buckets { by_source, pruned } = &mut *buckets;
+        if by_source.len() > PRUNE_ABOVE && pruned.is_none_or(|at| now >= at + PRUNE_EVERY) {
+            by_source.retain(|_, bucket| bucket.refilled(now, rate, depth) < depth);
+            *pruned = Some(now);
         }
-        let bucket = buckets.entry(peer).or_insert(Bucket { tokens: depth, at: now });
+        let bucket = by_source
+            .entry(source_of(peer))
+            .or_insert(Bucket { tokens: depth, at: now });
         bucket.tokens = bucket.refilled(now, rate, depth);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
@@ -153,6 +167,21 @@ impl Access {
     /// Whether an authenticated connection whose token allows `granted` may join `room` without a room token.
     pub(crate) fn may_join(&self, granted: &RoomPatterns, room: &str) -> bool {
         granted.allow(room) || self.config.public_rooms.allow(room)
+    }
+}
+
+/// The source a bucket is kept for: the address, or for IPv6 its /64 (one host usually holds a whole /64, so
+/// counting each address apart would let it through).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -228,6 +257,10 @@ mod tests {
             access.admit(other, None, None).is_ok(),
             "one address does not spend another's"
         );
+        let (v6a, v6b): (IpAddr, IpAddr) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        assert!(access.admit(v6a, None, None).is_ok());
+        assert!(access.admit(v6b, None, None).is_ok());
+        assert!(access.admit(v6a, None, None).is_err(), "one /64 is one source");
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(access.admit(peer, None, None).is_ok());
     }

@@ -158,9 +158,17 @@ async fn require_key(
     response
 }
 
-/// Compares without an early exit (the length is not secret: keys are long random strings).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+/// Compares `presented` with `key` in time that depends only on the presented length (the caller's own): every
+/// presented byte is compared with a byte of the key, wrapping around it, and a length mismatch is folded in last.
+fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
+    if key.is_empty() {
+        return false;
+    }
+    let diff = presented
+        .iter()
+        .enumerate()
+        .fold(0u8, |diff, (i, byte)| diff | (byte ^ key[i % key.len()]));
+    diff == 0 && presented.len() == key.len()
 }
 
 /// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's

@@ -5,6 +5,9 @@
 //!   `*`, that the connection may join) and `info` (any JSON up to 1 KiB, shown in presence).
 //! - A **room token** (`data.token` of a JOIN) lets the connection of user `sub` join one room `room` until `exp`.
 //!
+//! The two kinds cannot stand in for each other: a token with a `room` claim opens no connection and refreshes
+//! none, and one with a `rooms` claim is no room token.
+//!
 //! The algorithm comes from the key, never from the token: HMAC secrets verify HS256 only, an RSA key RS256, a
 //! P-256 key ES256, an Ed25519 key EdDSA. A token whose header names another algorithm (or `none`, which has no
 //! key at all) is refused before any signature is checked. A public key's `kid` is its file's name without the
@@ -175,6 +178,9 @@ struct ConnectionClaims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+    /// Present only in a room token, which must not open a connection (nor REFRESH one).
+    #[serde(default)]
+    room: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +188,9 @@ struct RoomClaims {
     sub: String,
     exp: u64,
     room: String,
+    /// Present only in a connection token, which must not stand in for a room token.
+    #[serde(default)]
+    rooms: Option<serde::de::IgnoredAny>,
 }
 
 struct Key {
@@ -263,7 +272,7 @@ impl Verifier {
     /// Verifies a connection token.
     pub fn connection(&self, token: &str) -> Result<Identity, TokenError> {
         let claims: ConnectionClaims = self.verify(token)?;
-        if !valid_user(&claims.sub) {
+        if claims.room.is_some() || !valid_user(&claims.sub) {
             return Err(TokenError::BadClaims);
         }
         if claims
@@ -288,6 +297,9 @@ impl Verifier {
     /// Verifies a room token for `user` joining `room`; returns its `exp`.
     pub fn room(&self, token: &str, user: &str, room: &str) -> Result<u64, TokenError> {
         let claims: RoomClaims = self.verify(token)?;
+        if claims.rooms.is_some() {
+            return Err(TokenError::BadClaims);
+        }
         if claims.sub != user || claims.room != room {
             return Err(TokenError::WrongSubject);
         }
@@ -392,6 +404,26 @@ mod tests {
             pem: b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_vec(),
         };
         assert!(Verifier::new(&[], &[not_a_key], None, None).is_err());
+    }
+
+    #[test]
+    fn room_and_connection_tokens_do_not_stand_in_for_each_other() {
+        let verifier = Verifier::new(&[b"secret".to_vec()], &[], None, None).unwrap().unwrap();
+        let sign = |claims: serde_json::Value| {
+            let key = jsonwebtoken::EncodingKey::from_secret(b"secret");
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        let exp = unix_now() + 60;
+        let room = sign(serde_json::json!({"sub": "u", "exp": exp, "room": "r"}));
+        assert_eq!(verifier.connection(&room).unwrap_err(), TokenError::BadClaims);
+        assert_eq!(verifier.room(&room, "u", "r"), Ok(exp));
+        assert_eq!(verifier.room(&room, "v", "r"), Err(TokenError::WrongSubject));
+        let connection = sign(serde_json::json!({"sub": "u", "exp": exp, "room": "r", "rooms": ["r"]}));
+        assert_eq!(verifier.room(&connection, "u", "r"), Err(TokenError::BadClaims));
+        let plain = sign(serde_json::json!({"sub": "u", "exp": exp, "rooms": ["a*"], "info": {"n": 1}}));
+        let identity = verifier.connection(&plain).unwrap();
+        assert!(identity.rooms.allow("ab") && !identity.rooms.allow("b"));
+        assert_eq!(identity.info.unwrap().get(), r#"{"n":1}"#);
     }
 
     #[test]

@@ -60,6 +60,9 @@ async fn every_bad_token_is_refused_at_the_handshake_with_its_reason() {
     assert_eq!(refusal_reason(&server, Some(&long_sub)).await, "bad_claims");
     let big_info = hs256(OLD, &user(json!({ "info": "x".repeat(1100) })));
     assert_eq!(refusal_reason(&server, Some(&big_info)).await, "bad_claims");
+    // A room token opens no connection.
+    let room_token = hs256(OLD, &user(json!({ "room": "r" })));
+    assert_eq!(refusal_reason(&server, Some(&room_token)).await, "bad_claims");
     // alg "none": header {"alg":"none"}, no signature.
     let none = format!(
         "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
@@ -74,7 +77,7 @@ async fn every_bad_token_is_refused_at_the_handshake_with_its_reason() {
     );
     assert_eq!(
         server.metric(r#"herald_handshakes_total{reason="unauthorized"}"#).await,
-        10.0
+        11.0
     );
 
     // Rotation: a token signed with either secret passes; by query or by header.
@@ -177,6 +180,12 @@ async fn rooms_need_a_claim_a_public_room_or_a_room_token() {
             .await;
         assert_eq!(reply["data"]["code"], "invalid_token", "{sub} {room}: {reply}");
     }
+    // A connection token (it has `rooms`) is no room token, even for a room it names.
+    let connection_token = hs256(NEW, &claims("dave", 60, json!({ "room": "vault", "rooms": ["vault"] })));
+    let reply = client
+        .request_data("JOIN", json!({ "room": "vault", "token": connection_token }))
+        .await;
+    assert_eq!(reply["data"]["code"], "invalid_token", "{reply}");
     // Pushes reach only the rooms joined.
     server.push_room("private", "[1]").await;
     assert_eq!(client.next_push().await["items"], json!([1]));
@@ -381,4 +390,31 @@ async fn on_nats_a_users_pushes_follow_the_gateways_that_hold_it() {
     for gateway in gateways {
         gateway.stop().await;
     }
+}
+
+#[tokio::test]
+async fn presence_says_partial_when_a_gateway_is_down_and_503_when_all_are() {
+    let gateways = [
+        TestGateway::start(auth_flags(&[])).await,
+        TestGateway::start(auth_flags(&[])).await,
+    ];
+    let logic = TestLogic::start(&[gateways[0].rpc, gateways[1].rpc], flags(&[])).await;
+    logic.wait_all_up().await;
+    let token = hs256(OLD, &claims("gina", 300, json!({ "rooms": ["r"] })));
+    let mut client = Client::with_token(gateways[0].ws, &token).await;
+    client.join("r").await;
+    let [first, second] = gateways;
+    second.stop().await;
+    logic.wait_cluster("one gateway up", |s| s.gateways_up == 1).await;
+    let room = logic.http("GET", "/rooms/r", None, b"").await.json();
+    assert_eq!(
+        room,
+        json!({"room": "r", "connections": 1, "users": 1, "partial": true})
+    );
+    first.stop().await;
+    logic.wait_cluster("no gateway up", |s| s.gateways_up == 0).await;
+    let none = logic.http("GET", "/users/gina", None, b"").await;
+    assert_eq!(none.status, 503, "{}", none.body);
+    assert!(none.header("retry-after").is_some());
+    logic.stop().await;
 }

@@ -49,6 +49,7 @@ pub fn spawn_gateway_feed<R: Recipient>(
 ) -> Result<(), NatsError> {
     let interest = hub.watch_interest().ok_or(NatsError::InterestWatched)?;
     let feed = Arc::new(Feed {
+        id: announce.id.clone(),
         probe_subject: format!("herald.probe.{:016x}", fastrand::u64(..)),
         client,
         hub,
@@ -64,6 +65,8 @@ pub fn spawn_gateway_feed<R: Recipient>(
 }
 
 struct Feed<R> {
+    /// The id this gateway announces itself with; its answers to queries carry it.
+    id: String,
     /// This gateway's own subject, answered by itself: a request to it comes back only after the server has
     /// processed everything this connection sent before it (see [`Feed::confirm`]).
     probe_subject: String,
@@ -184,8 +187,16 @@ impl<R: Recipient> Feed<R> {
                 self.metrics.refused("undecodable");
                 continue;
             };
-            if let Some(answer) = hop::answer(&self.hub, request) {
-                let _ = self.client.publish(reply, Bytes::from(answer.encode_to_vec())).await;
+            let Some(mut answer) = hop::answer(&self.hub, request) else {
+                self.metrics.refused("invalid");
+                continue;
+            };
+            answer.gateway = self.id.clone();
+            if let Err(error) = self.client.publish(reply, Bytes::from(answer.encode_to_vec())).await {
+                // Too large for NATS's max_payload (a room's users are listed), or the connection is gone: logic
+                // then says `partial`.
+                tracing::warn!(%error, "cannot answer a presence query");
+                self.metrics.event_named("query_answer_failed");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Logic's side on NATS: the bus that publishes each push on its target's subject, and the list of the gateways
 //! that announce themselves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -162,8 +162,9 @@ impl NatsBus {
 }
 
 impl NatsBus {
-    /// Asks every gateway (a request on [`QUERY_SUBJECT`], answered by each on the request's inbox) and sums the
-    /// answers that come within [`QUERY_WAIT`]. `partial` when fewer gateways answered than announce themselves.
+    /// Asks every gateway (a request on [`QUERY_SUBJECT`], answered by each on the request's inbox) and sums every
+    /// answer that comes within [`QUERY_WAIT`], or until each gateway heard from has answered. `partial` when one
+    /// of those did not; `503` when none did.
     async fn ask(&self, query: Query) -> Result<Census, Refused> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Refused::ShuttingDown);
@@ -193,29 +194,39 @@ impl NatsBus {
             .map_err(|e| unavailable(&e))?;
         let deadline = Instant::now() + QUERY_WAIT;
         let mut census = Census::default();
-        let mut answered = 0;
-        while expected == 0 || answered < expected {
-            match tokio::time::timeout_at(deadline, answers.next()).await {
-                Ok(Some(message)) => {
-                    if let Ok(reply) = pb::QueryReply::decode(message.payload) {
-                        census.add(census_of(reply));
-                        answered += 1;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        let mut answered = HashSet::new();
+        // With no gateway heard from, answers are still taken until the deadline: one may have just started.
+        while expected.is_empty() || !expected.is_subset(&answered) {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+                break;
+            };
+            let Ok(mut reply) = pb::QueryReply::decode(message.payload) else {
+                continue;
+            };
+            // Every gateway that answers counts (one that has not announced itself yet holds connections too),
+            // each once.
+            if answered.insert(std::mem::take(&mut reply.gateway)) {
+                census.add(census_of(reply));
             }
         }
-        census.partial = answered < expected;
+        if !expected.is_empty() && expected.is_disjoint(&answered) {
+            return Err(Refused::Unavailable {
+                retry_after_secs: 1,
+                detail: format!("none of the {} gateways answered the query", expected.len()),
+            });
+        }
+        census.partial = !expected.is_subset(&answered);
         Ok(census)
     }
 
-    /// Gateways heard from within `gateway_ttl`.
-    fn live_gateways(&self) -> usize {
+    /// The ids of the serving gateways heard from within `gateway_ttl`.
+    fn live_gateways(&self) -> HashSet<String> {
         let gateways = self.gateways.lock();
         gateways
-            .values()
-            .filter(|(seen, announced)| seen.elapsed() < self.gateway_ttl && announced.serving)
-            .count()
+            .iter()
+            .filter(|(_, (seen, announced))| seen.elapsed() < self.gateway_ttl && announced.serving)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 

@@ -51,10 +51,17 @@ impl Auth {
     }
 }
 
+/// Longest a token is held to: an `exp` further off is taken as this far (it cannot overflow a clock).
+const LONGEST_TOKEN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The moment a Unix time in seconds comes (now, if it has passed).
 fn instant_of(unix_secs: u64) -> Instant {
-    let at = UNIX_EPOCH + Duration::from_secs(unix_secs);
-    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(unix_secs)) {
+        None => LONGEST_TOKEN,
+        // Passed already: due now.
+        Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+    };
+    Instant::now() + left.min(LONGEST_TOKEN)
 }
 
 /// What handling one message needs (kept apart from the assembler that lends the message).
@@ -230,5 +237,21 @@ impl Commands<'_> {
             reason: reason.to_owned(),
             why: CloseReason::BadInput,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_exp_makes_an_instant() {
+        let now = Instant::now();
+        assert!(instant_of(0) <= Instant::now());
+        assert!(instant_of(1) <= Instant::now());
+        assert!(instant_of(u64::MAX) >= now + LONGEST_TOKEN);
+        let in_a_minute = herald_protocol::token::unix_now() + 60;
+        let at = instant_of(in_a_minute);
+        assert!(at > now + Duration::from_secs(58) && at < now + Duration::from_secs(62));
     }
 }

@@ -152,6 +152,13 @@ impl Conn {
             if failed {
                 return self.state.why().unwrap_or(CloseReason::WriteError);
             }
+            // Checked here, not only when the timer fires: a client that keeps the socket readable would otherwise
+            // keep the (last, biased) timer branch from ever being polled, and outlive its token.
+            if !closing && self.auth.as_ref().is_some_and(|auth| Instant::now() >= auth.expires()) {
+                self.state.closing(CloseReason::TokenExpired);
+                self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
+                continue;
+            }
             if closing {
                 // A close the writer began (a full outbox, the push API's disconnect) is found here.
                 let state = self.state.closing(ended_by.unwrap_or(CloseReason::SlowConsumer));
