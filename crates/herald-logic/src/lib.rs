@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_protocol::api::{Endpoint, FieldError, parse_push, parse_user};
-use herald_protocol::bus::{Bus, Query, Refused};
+use herald_protocol::bus::{Bus, Census, Query, Refused};
 use herald_protocol::client::valid_room;
 use herald_protocol::presence::{Disconnected, RoomPresence, UserPresence};
 use herald_protocol::valid_user;
@@ -214,60 +214,74 @@ async fn disconnect_user(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match body {
-        Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
+    let user = match body {
+        Err(rejection) => Err(error(rejection.status(), "body", &rejection.body_text())),
         Ok(body) => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            match parse_user(content_type, body) {
-                Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
-                Ok(user) => match api.bus.query(Query::Disconnect(Arc::clone(&user))).await {
-                    Ok(census) => ok(Disconnected {
-                        user: user.to_string(),
-                        closed: census.connections,
-                        partial: census.partial,
-                    }),
-                    Err(refused) => unavailable(&refused),
-                },
-            }
+            parse_user(content_type, body)
+                .map_err(|FieldError { field, message }| error(StatusCode::BAD_REQUEST, &field, &message))
         }
     };
-    api.metrics.count("/disconnect/user", response.status());
-    response
+    let query = user.map(Query::Disconnect);
+    answer_query(&api, "/disconnect/user", query, |user, census| Disconnected {
+        user,
+        closed: census.connections,
+        partial: census.partial,
+    })
+    .await
 }
 
 async fn room_presence(State(api): State<Arc<Api>>, Path(room): Path<String>) -> Response {
-    let response = if !valid_room(&room) {
-        error(StatusCode::BAD_REQUEST, "room", "must be 1 to 256 bytes")
+    let query = if valid_room(&room) {
+        Ok(Query::Room(Arc::from(room)))
     } else {
-        match api.bus.query(Query::Room(Arc::from(room.as_str()))).await {
-            Ok(census) => ok(RoomPresence {
-                room,
-                connections: census.connections,
-                users: census.users.len() as u64,
-                partial: census.partial,
-            }),
-            Err(refused) => unavailable(&refused),
-        }
+        Err(error(StatusCode::BAD_REQUEST, "room", "must be 1 to 256 bytes"))
     };
-    api.metrics.count("/rooms", response.status());
-    response
+    answer_query(&api, "/rooms", query, |room, census| RoomPresence {
+        room,
+        connections: census.connections,
+        users: census.users.len() as u64,
+        partial: census.partial,
+    })
+    .await
 }
 
 async fn user_presence(State(api): State<Arc<Api>>, Path(user): Path<String>) -> Response {
-    let response = if !valid_user(&user) {
-        error(StatusCode::BAD_REQUEST, "user", "must be 1 to 256 bytes")
+    let query = if valid_user(&user) {
+        Ok(Query::User(Arc::from(user)))
     } else {
-        match api.bus.query(Query::User(Arc::from(user.as_str()))).await {
-            Ok(census) => ok(UserPresence {
-                user,
-                connections: census.connections,
-                info: census.info,
-                partial: census.partial,
-            }),
-            Err(refused) => unavailable(&refused),
+        Err(error(StatusCode::BAD_REQUEST, "user", "must be 1 to 256 bytes"))
+    };
+    answer_query(&api, "/users", query, |user, census| UserPresence {
+        user,
+        connections: census.connections,
+        info: census.info,
+        partial: census.partial,
+    })
+    .await
+}
+
+/// Asks every gateway `query` (or answers the request's error) and answers with the document `answer` makes of
+/// the name asked about and the gateways' census; counted as `endpoint`.
+async fn answer_query<D: serde::Serialize>(
+    api: &Api,
+    endpoint: &'static str,
+    query: Result<Query, Response>,
+    answer: impl FnOnce(String, Census) -> D,
+) -> Response {
+    let response = match query {
+        Err(response) => response,
+        Ok(query) => {
+            let name = match &query {
+                Query::Room(name) | Query::User(name) | Query::Disconnect(name) => name.to_string(),
+            };
+            match api.bus.query(query).await {
+                Ok(census) => ok(answer(name, census)),
+                Err(refused) => unavailable(&refused),
+            }
         }
     };
-    api.metrics.count("/users", response.status());
+    api.metrics.count(endpoint, response.status());
     response
 }
 

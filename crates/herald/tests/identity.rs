@@ -360,14 +360,23 @@ async fn serve_pushes_to_users_and_counts_presence() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_grpc_cluster_pushes_to_a_user_on_every_gateway() {
-    let gateways = [
-        TestGateway::start(auth_flags(&[])).await,
-        TestGateway::start(auth_flags(&[])).await,
-    ];
+/// Two gateways with auth on (and `extra` flags, e.g. a bus).
+async fn two_gateways(extra: &[String]) -> [TestGateway; 2] {
+    let flags = || [extra.to_vec(), auth_flags(&[])].concat();
+    [TestGateway::start(flags()).await, TestGateway::start(flags()).await]
+}
+
+/// Two gateways and a logic node over gRPC, every link up.
+async fn grpc_cluster() -> ([TestGateway; 2], TestLogic) {
+    let gateways = two_gateways(&[]).await;
     let logic = TestLogic::start(&[gateways[0].rpc, gateways[1].rpc], flags(&[])).await;
     logic.wait_all_up().await;
+    (gateways, logic)
+}
+
+#[tokio::test]
+async fn a_grpc_cluster_pushes_to_a_user_on_every_gateway() {
+    let (gateways, logic) = grpc_cluster().await;
     users_across(&logic, [gateways[0].ws, gateways[1].ws], false).await;
     logic.stop().await;
     for gateway in gateways {
@@ -378,11 +387,7 @@ async fn a_grpc_cluster_pushes_to_a_user_on_every_gateway() {
 #[tokio::test]
 async fn on_nats_a_users_pushes_follow_the_gateways_that_hold_it() {
     let nats = NatsServer::start().await;
-    let gateway_flags = || [nats.bus(), auth_flags(&[])].concat();
-    let gateways = [
-        TestGateway::start(gateway_flags()).await,
-        TestGateway::start(gateway_flags()).await,
-    ];
+    let gateways = two_gateways(&nats.bus()).await;
     let logic = TestLogic::start(&[], nats.bus()).await;
     logic.wait_nats("2 live gateways", |s| s.gateways_live == 2).await;
     users_across(&logic, [gateways[0].ws, gateways[1].ws], true).await;
@@ -394,12 +399,7 @@ async fn on_nats_a_users_pushes_follow_the_gateways_that_hold_it() {
 
 #[tokio::test]
 async fn presence_says_partial_when_a_gateway_is_down_and_503_when_all_are() {
-    let gateways = [
-        TestGateway::start(auth_flags(&[])).await,
-        TestGateway::start(auth_flags(&[])).await,
-    ];
-    let logic = TestLogic::start(&[gateways[0].rpc, gateways[1].rpc], flags(&[])).await;
-    logic.wait_all_up().await;
+    let (gateways, logic) = grpc_cluster().await;
     let token = hs256(OLD, &claims("gina", 300, json!({ "rooms": ["r"] })));
     let mut client = Client::with_token(gateways[0].ws, &token).await;
     client.join("r").await;
