@@ -45,6 +45,8 @@ async fn main() -> std::io::Result<()> {
         heartbeat_timeout: Duration::from_secs(300),
         write_timeout: Duration::from_secs(60),
         outbox_frames: 1 << 16,
+        // The suite sends thousands of messages as fast as it can: no rate limit here.
+        client_message_rate: 0.0,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let gateway = Gateway::new_echo(hub, config, GatewayMetrics::register(&mut registry));

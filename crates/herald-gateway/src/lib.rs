@@ -39,7 +39,7 @@ use crate::session::Context;
 pub use crate::session::Session;
 
 /// Limits of the WebSocket side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GatewayConfig {
     /// Connections held at once; more are answered 503 and closed.
     pub max_connections: usize,
@@ -56,6 +56,16 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// Frames that may wait in one connection's outbox; one more closes it as a slow consumer (code 4000).
     pub outbox_frames: usize,
+    /// Messages a second one connection may send (a token bucket holding two seconds' worth); one more closes it
+    /// with 4005. 0 turns the limit off.
+    pub client_message_rate: f64,
+}
+
+impl GatewayConfig {
+    /// The most messages a connection may send at once, after a quiet spell: two seconds' worth, at least one.
+    pub fn message_burst(&self) -> f64 {
+        (self.client_message_rate * 2.0).max(1.0)
+    }
 }
 
 /// The WebSocket side of one herald process.

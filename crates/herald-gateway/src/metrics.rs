@@ -33,10 +33,12 @@ pub enum CloseReason {
     TokenExpired,
     /// The push API closed the user's connections (4004).
     Disconnected,
+    /// Messages faster than `client_message_rate` (4005).
+    MessageRate,
 }
 
 impl CloseReason {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Client,
         Self::PeerGone,
         Self::Heartbeat,
@@ -46,6 +48,7 @@ impl CloseReason {
         Self::WriteError,
         Self::TokenExpired,
         Self::Disconnected,
+        Self::MessageRate,
     ];
 
     fn label(self) -> &'static str {
@@ -59,6 +62,7 @@ impl CloseReason {
             Self::WriteError => "write_error",
             Self::TokenExpired => "token_expired",
             Self::Disconnected => "disconnected",
+            Self::MessageRate => "message_rate",
         }
     }
 }
@@ -86,10 +90,12 @@ pub enum BadInput {
     Forbidden,
     /// A REFRESH or room token that did not verify (ERROR `invalid_token`, or ignored).
     InvalidToken,
+    /// A message whose `id` is longer than 128 bytes (close 1008).
+    IdTooLong,
 }
 
 impl BadInput {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Protocol,
         Self::InvalidUtf8,
         Self::TooBig,
@@ -100,6 +106,7 @@ impl BadInput {
         Self::InvalidRoom,
         Self::Forbidden,
         Self::InvalidToken,
+        Self::IdTooLong,
     ];
 
     fn label(self) -> &'static str {
@@ -114,6 +121,7 @@ impl BadInput {
             Self::InvalidRoom => "invalid_room",
             Self::Forbidden => "forbidden",
             Self::InvalidToken => "invalid_token",
+            Self::IdTooLong => "id_too_long",
         }
     }
 }

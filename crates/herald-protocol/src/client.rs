@@ -11,6 +11,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::MAX_ROOM_BYTES;
+
+/// Longest `id` a client message may carry, in bytes of its JSON text: every reply echoes it, so it is what a
+/// client can make herald hold per request.
+pub const MAX_ID_BYTES: usize = 128;
 use crate::ws::{self, OpCode, close};
 
 /// A message from a client.
@@ -49,6 +53,9 @@ pub enum MessageError {
     /// JSON, but not a message herald knows (unknown type, missing or mistyped field).
     #[error("unknown message: {0}")]
     Unknown(String),
+    /// An `id` longer than [`MAX_ID_BYTES`].
+    #[error("id longer than {MAX_ID_BYTES} bytes")]
+    IdTooLong,
 }
 
 impl MessageError {
@@ -56,7 +63,7 @@ impl MessageError {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::NotJson => close::INVALID_PAYLOAD,
-            Self::Unknown(_) => close::POLICY_VIOLATION,
+            Self::Unknown(_) | Self::IdTooLong => close::POLICY_VIOLATION,
         }
     }
 }
@@ -103,6 +110,9 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
             MessageError::Unknown(e.to_string())
         }
     })?;
+    if envelope.id.is_some_and(|id| id.get().len() > MAX_ID_BYTES) {
+        return Err(MessageError::IdTooLong);
+    }
     let command = match &*envelope.kind {
         "PING" => Command::Ping,
         "JOIN" => {
@@ -219,6 +229,18 @@ mod tests {
         let leave = parse(r#"{"id":7,"type":"LEAVE","data":{"room":"a"}}"#).unwrap();
         assert_eq!(leave.command, Command::Leave("a".into()));
         assert_eq!(leave.id.unwrap().get(), "7");
+    }
+
+    #[test]
+    fn long_ids_are_refused() {
+        let id = format!("\"{}\"", "x".repeat(MAX_ID_BYTES - 2));
+        assert!(parse(&format!(r#"{{"type":"PING","id":{id}}}"#)).is_ok());
+        let long = format!("\"{}\"", "x".repeat(MAX_ID_BYTES - 1));
+        let err = parse(&format!(r#"{{"type":"PING","id":{long}}}"#)).unwrap_err();
+        assert_eq!(
+            (err.clone(), err.close_code()),
+            (MessageError::IdTooLong, close::POLICY_VIOLATION)
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4003;
     /// herald: the push API closed the user's connections (`POST /disconnect/user`).
     pub const DISCONNECTED: u16 = 4004;
+    /// herald: the client sent messages faster than `client_message_rate` allows.
+    pub const MESSAGE_RATE: u16 = 4005;
 }
 
 /// Frame opcodes.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_hub::Recipient;
-use herald_protocol::client::{self, Command, RequestError};
+use herald_protocol::client::{self, Command, MessageError, RequestError};
 use herald_protocol::token::{RoomPatterns, TokenError};
 use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
 use serde_json::value::RawValue;
@@ -108,10 +108,10 @@ impl Commands<'_> {
         let message = match client::parse(text) {
             Ok(message) => message,
             Err(e) => {
-                let kind = if e.close_code() == close::INVALID_PAYLOAD {
-                    BadInput::NotJson
-                } else {
-                    BadInput::UnknownMessage
+                let kind = match e {
+                    MessageError::NotJson => BadInput::NotJson,
+                    MessageError::Unknown(_) => BadInput::UnknownMessage,
+                    MessageError::IdTooLong => BadInput::IdTooLong,
                 };
                 return self.bad(kind, e.close_code(), &e.to_string());
             }

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_protocol::ws::{Assembler, close, decode_header, unmask};
+use herald_protocol::ws::{Assembler, Message, close, decode_header, unmask};
 use tokio::io::Interest;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -101,6 +101,8 @@ struct Conn {
     partial: Vec<u8>,
     assembler: Assembler,
     last_seen: Instant,
+    /// Messages this connection may still send now (`client_message_rate`'s bucket), refilled as time passes.
+    allowance: f32,
     state: State,
 }
 
@@ -115,6 +117,7 @@ pub(crate) async fn run(session: Arc<Session>, auth: Option<Auth>, early: Vec<u8
         partial: Vec::new(),
         assembler: Assembler::default(),
         last_seen: Instant::now(),
+        allowance: context.limits.message_burst() as f32,
         state: State::Open,
     };
     if !early.is_empty() {
@@ -153,11 +156,18 @@ impl Conn {
                 return self.state.why().unwrap_or(CloseReason::WriteError);
             }
             // Checked here, not only when the timer fires: a client that keeps the socket readable would otherwise
-            // keep the (last, biased) timer branch from ever being polled, and outlive its token.
-            if !closing && self.auth.as_ref().is_some_and(|auth| Instant::now() >= auth.expires()) {
-                self.state.closing(CloseReason::TokenExpired);
-                self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
-                continue;
+            // keep the (last, biased) timer branch from ever being polled, and outlive its token or stall its
+            // writes forever.
+            if !closing {
+                let now = Instant::now();
+                if queued && last_progress.is_some_and(|progress| now >= progress + limits.write_timeout) {
+                    return CloseReason::SlowConsumer;
+                }
+                if self.auth.as_ref().is_some_and(|auth| now >= auth.expires()) {
+                    self.state.closing(CloseReason::TokenExpired);
+                    self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
+                    continue;
+                }
             }
             if closing {
                 // A close the writer began (a full outbox, the push API's disconnect) is found here.
@@ -243,7 +253,9 @@ impl Conn {
             match self.read_once(&mut buf) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    self.last_seen = Instant::now();
+                    let now = Instant::now();
+                    self.refill(now - self.last_seen);
+                    self.last_seen = now;
                     if self.state.parsing() {
                         self.ingest(&mut buf[..n]);
                     }
@@ -256,6 +268,15 @@ impl Conn {
             }
         }
         true
+    }
+
+    /// Adds to the message allowance what `client_message_rate` gives over `elapsed`, up to the burst.
+    fn refill(&mut self, elapsed: std::time::Duration) {
+        let limits = &self.session.context.limits;
+        if limits.client_message_rate > 0.0 {
+            let earned = elapsed.as_secs_f64() * limits.client_message_rate;
+            self.allowance = (f64::from(self.allowance) + earned).min(limits.message_burst()) as f32;
+        }
     }
 
     /// One `recv` into `buf`. A short read means the receive queue was empty at that moment, so tokio is told the
@@ -330,6 +351,17 @@ impl Conn {
             used += header.frame_len();
             let closing = self.session.outbox.lock().closing;
             let flow = match self.assembler.on_frame(&header, payload, limit) {
+                Ok(Some(message))
+                    if !closing && !spend(&mut self.allowance, &self.session.context.limits, &message) =>
+                {
+                    // Counted when the connection ends (herald_closes_total{reason="message_rate"}).
+                    tracing::debug!(id = self.session.id, "message rate exceeded, closing");
+                    Flow::Close {
+                        code: close::MESSAGE_RATE,
+                        reason: "message rate exceeded".to_owned(),
+                        why: CloseReason::MessageRate,
+                    }
+                }
                 Ok(Some(message)) => {
                     let mut commands = Commands {
                         session: &self.session,
@@ -358,4 +390,17 @@ impl Conn {
             closing,
         }
     }
+}
+
+/// Spends one message of `allowance`; false when there is none left (the connection is then closed). A close frame
+/// is always taken: it ends the connection anyway.
+fn spend(allowance: &mut f32, limits: &crate::GatewayConfig, message: &Message<'_>) -> bool {
+    if limits.client_message_rate <= 0.0 || matches!(message, Message::Close(_)) {
+        return true;
+    }
+    if *allowance < 1.0 {
+        return false;
+    }
+    *allowance -= 1.0;
+    true
 }

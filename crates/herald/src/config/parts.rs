@@ -65,6 +65,14 @@ fn positive(key: &str, value: Option<DurationValue>) -> anyhow::Result<Duration>
     Ok(value)
 }
 
+/// A rate a second: 0 (off) or positive.
+fn rate(key: &str, value: f64) -> anyhow::Result<f64> {
+    if !(value >= 0.0 && value.is_finite()) {
+        bail!("{key}: must be 0 (off) or a positive number, got {value}");
+    }
+    Ok(value)
+}
+
 fn read_file(key: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
 }
@@ -132,6 +140,9 @@ pub struct WebSocketSettings {
     /// A write stalled this long closes the connection as a slow consumer (4000)
     #[arg(long, env = "HERALD_WRITE_TIMEOUT")]
     pub write_timeout: Option<DurationValue>,
+    /// Messages a second one connection may send (bursts of two seconds' worth); more closes it (4005); 0 is off
+    #[arg(long, env = "HERALD_CLIENT_MESSAGE_RATE")]
+    pub client_message_rate: Option<f64>,
 }
 part!(WebSocketSettings {
     ws_addr,
@@ -143,6 +154,7 @@ part!(WebSocketSettings {
     handshake_timeout,
     heartbeat_timeout,
     write_timeout,
+    client_message_rate,
 });
 
 /// The WebSocket listener and its limits.
@@ -167,6 +179,7 @@ impl WebSocketSettings {
             handshake_timeout: positive("handshake_timeout", self.handshake_timeout)?,
             heartbeat_timeout: positive("heartbeat_timeout", self.heartbeat_timeout)?,
             write_timeout: positive("write_timeout", self.write_timeout)?,
+            client_message_rate: rate("client_message_rate", given(self.client_message_rate))?,
         };
         Ok(WebSocket {
             addr: given(self.ws_addr),
@@ -254,10 +267,7 @@ impl AccessSettings {
         if let Some(bad) = allowed_origins.iter().find(|origin| !origin.contains("://")) {
             bail!("allowed_origins: `{bad}` is not scheme://host (e.g. https://app.example.com)");
         }
-        let rate = given(self.handshake_rate_per_ip);
-        if !(rate >= 0.0 && rate.is_finite()) {
-            bail!("handshake_rate_per_ip: must be 0 (off) or a positive number, got {rate}");
-        }
+        let rate = rate("handshake_rate_per_ip", given(self.handshake_rate_per_ip))?;
         Ok(AccessConfig {
             verifier: verifier.map(std::sync::Arc::new),
             public_rooms,
