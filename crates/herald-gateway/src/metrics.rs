@@ -92,10 +92,12 @@ pub enum BadInput {
     InvalidToken,
     /// A message whose `id` is longer than 128 bytes (close 1008).
     IdTooLong,
+    /// A JOIN of a new room when the hub holds `max_rooms` (ERROR `too_many_rooms_total`, or ignored).
+    TooManyRoomsTotal,
 }
 
 impl BadInput {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::Protocol,
         Self::InvalidUtf8,
         Self::TooBig,
@@ -107,6 +109,7 @@ impl BadInput {
         Self::Forbidden,
         Self::InvalidToken,
         Self::IdTooLong,
+        Self::TooManyRoomsTotal,
     ];
 
     fn label(self) -> &'static str {
@@ -122,6 +125,7 @@ impl BadInput {
             Self::Forbidden => "forbidden",
             Self::InvalidToken => "invalid_token",
             Self::IdTooLong => "id_too_long",
+            Self::TooManyRoomsTotal => "too_many_rooms_total",
         }
     }
 }

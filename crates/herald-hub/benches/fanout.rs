@@ -50,6 +50,7 @@ fn fanout(c: &mut Criterion) {
                 window: Duration::ZERO,
                 max_items: 100,
             },
+            max_rooms: 0,
             queue_items: 100_000,
         };
         let hub = Hub::new(config, HubMetrics::unregistered());
@@ -62,7 +63,7 @@ fn fanout(c: &mut Criterion) {
                 received: Arc::clone(&received),
             });
             hub.register(&member);
-            hub.join("room", &member);
+            hub.join("room", &member).unwrap();
         }
         let target = Target::Room(Arc::from("room"));
         let item = vec![Bytes::from_static(

@@ -86,7 +86,14 @@ pub struct HubConfig {
     pub merge: MergePolicy,
     /// Items that may wait for their frame in one shard (and in the broadcast batch); a push beyond is refused.
     pub queue_items: usize,
+    /// Rooms the hub holds at most; a JOIN that would make one more is refused ([`RoomLimit`]). 0: no limit.
+    pub max_rooms: usize,
 }
+
+/// A JOIN refused because the hub holds `max_rooms` rooms already (joining one of them is still taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server holds the most rooms it takes (max_rooms)")]
+pub struct RoomLimit;
 
 /// The fan-out engine. Create with [`Hub::new`], then [`Hub::spawn_workers`].
 pub struct Hub<R> {
@@ -300,7 +307,8 @@ impl<R: Recipient> Hub<R> {
             self.metrics.connections.inc();
         }
         if let Some(user) = conn.user() {
-            self.add_member(Kind::User, user, || Arc::clone(user), conn);
+            // Users are bounded by connections, not by max_rooms: this never fails.
+            let _ = self.add_member(Kind::User, user, || Arc::clone(user), conn);
         }
     }
 
@@ -328,13 +336,13 @@ impl<R: Recipient> Hub<R> {
         }
     }
 
-    /// Adds a connection to a room; false if it was a member already.
-    pub fn join(&self, room: &str, conn: &Arc<R>) -> bool {
-        let joined = self.add_member(Kind::Room, room, || Arc::from(room), conn);
+    /// Adds a connection to a room; false if it was a member already. A new room beyond `max_rooms` is refused.
+    pub fn join(&self, room: &str, conn: &Arc<R>) -> Result<bool, RoomLimit> {
+        let joined = self.add_member(Kind::Room, room, || Arc::from(room), conn)?;
         if joined {
             self.metrics.memberships.inc();
         }
-        joined
+        Ok(joined)
     }
 
     /// Removes a connection from a room; false if it was not a member.
@@ -355,7 +363,13 @@ impl<R: Recipient> Hub<R> {
 
     /// Adds a member to a room's or a user's entry; false if it was one already. `key` makes the entry's key when
     /// the entry is new (a room's name is copied then; a user's is the connection's shared one).
-    fn add_member(&self, kind: Kind, name: &str, key: impl FnOnce() -> Arc<str>, conn: &Arc<R>) -> bool {
+    fn add_member(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: impl FnOnce() -> Arc<str>,
+        conn: &Arc<R>,
+    ) -> Result<bool, RoomLimit> {
         let mut state = self.room_shard(name).state.lock();
         let entries = state.map(kind);
         // `first`: the entry had no member before this one.
@@ -366,6 +380,12 @@ impl<R: Recipient> Hub<R> {
                 (joined, joined && first)
             }
             None => {
+                // The count is of every shard: a few JOINs racing on other shards may pass it together.
+                let limit = self.config.max_rooms;
+                // Counted by the caller (the gateway's herald_bad_input_total{reason="too_many_rooms_total"}).
+                if kind == Kind::Room && limit > 0 && self.metrics.rooms.get() >= limit as i64 {
+                    return Err(RoomLimit);
+                }
                 let mut created = Room {
                     members: Members::default(),
                     batch: None,
@@ -380,7 +400,7 @@ impl<R: Recipient> Hub<R> {
             let (key, _) = entries.get_key_value(name).expect("present under the same lock");
             self.interest_changed(kind.topic(Arc::clone(key)), true);
         }
-        joined
+        Ok(joined)
     }
 
     /// Removes a member from a room's or a user's entry; false if it was not one.

@@ -75,6 +75,7 @@ fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, Cancellat
             max_items,
         },
         queue_items,
+        max_rooms: 0,
     };
     let hub = Hub::new(config, HubMetrics::unregistered());
     let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
@@ -104,8 +105,8 @@ async fn a_room_push_reaches_its_members_only() {
     for conn in [&a, &b, &c] {
         hub.register(conn);
     }
-    assert!(hub.join("news", &a) && hub.join("news", &b));
-    assert!(!hub.join("news", &a), "second join is a no-op");
+    assert!(hub.join("news", &a).unwrap() && hub.join("news", &b).unwrap());
+    assert!(!hub.join("news", &a).unwrap(), "second join is a no-op");
     let accepted = hub.push(&room("news"), items(&["1"])).unwrap();
     assert_eq!(
         accepted,
@@ -133,7 +134,7 @@ async fn pushes_inside_one_window_merge_into_one_frame_in_order() {
     let (hub, _stop, _tracker) = start(100, 1000);
     let a = Recorder::new(1);
     hub.register(&a);
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
     assert_eq!(a.items(), [["1"]], "the first push after a quiet window goes at once");
@@ -153,7 +154,7 @@ async fn a_full_batch_goes_early_and_frames_hold_at_most_max_items() {
     let (hub, _stop, _tracker) = start(3, 1000);
     let a = Recorder::new(1);
     hub.register(&a);
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     hub.push(&room("r"), items(&["0"])).unwrap();
     settle().await;
     hub.push(&room("r"), items(&["1", "2"])).unwrap();
@@ -191,7 +192,7 @@ async fn a_full_queue_refuses_the_whole_push() {
     let (hub, _stop, _tracker) = start(100, 5);
     let a = Recorder::new(1);
     hub.register(&a);
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
     hub.push(&room("r"), items(&["2", "3", "4"])).unwrap();
@@ -226,7 +227,7 @@ async fn stopping_sends_what_waits_and_refuses_the_rest() {
     let (hub, stop, tracker) = start(100, 1000);
     let a = Recorder::new(1);
     hub.register(&a);
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
     hub.push(&room("r"), items(&["2"])).unwrap();
@@ -251,7 +252,7 @@ async fn unregister_leaves_every_room_and_empty_rooms_go_away() {
     let a = Recorder::new(1);
     hub.register(&a);
     for r in ["x", "y", "z"] {
-        hub.join(r, &a);
+        hub.join(r, &a).unwrap();
     }
     assert_eq!(hub.metrics.rooms.get(), 3);
     hub.unregister(&*a, ["x", "y", "z"]);
@@ -270,7 +271,7 @@ async fn after_the_final_pass_pushes_are_refused_not_lost() {
     let (hub, stop, tracker) = start(100, 1000);
     let a = Recorder::new(1);
     hub.register(&a);
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     stop.cancel();
     tracker.close();
     tracker.wait().await;
@@ -311,7 +312,7 @@ async fn a_large_fan_out_split_over_tasks_keeps_each_connection_in_order() {
     let conns: Vec<_> = (0..2000).map(Recorder::new).collect();
     for conn in &conns {
         hub.register(conn);
-        hub.join("big", conn);
+        hub.join("big", conn).unwrap();
     }
     let pushed: Vec<String> = (0..50).map(|n| n.to_string()).collect();
     for item in &pushed {
@@ -338,10 +339,10 @@ async fn interest_follows_the_first_and_last_member() {
         wanted,
     };
 
-    hub.join("r", &a);
-    hub.join("r", &b);
-    hub.join("r", &b);
-    hub.join("s", &b);
+    hub.join("r", &a).unwrap();
+    hub.join("r", &b).unwrap();
+    hub.join("r", &b).unwrap();
+    hub.join("s", &b).unwrap();
     assert_eq!(interest.try_recv().unwrap(), event("r", true));
     assert_eq!(interest.try_recv().unwrap(), event("s", true));
     assert!(interest.try_recv().is_err(), "a second member changes nothing");
@@ -355,7 +356,7 @@ async fn interest_follows_the_first_and_last_member() {
     hub.unregister(&*b, ["r", "s"]);
     assert_eq!(interest.try_recv().unwrap(), event("r", false));
     assert_eq!(interest.try_recv().unwrap(), event("s", false));
-    hub.join("r", &a);
+    hub.join("r", &a).unwrap();
     assert_eq!(interest.try_recv().unwrap(), event("r", true));
     assert_eq!(hub.topics_with_members(), vec![room("r")]);
 
@@ -428,7 +429,7 @@ async fn census_counts_rooms_users_and_disconnects() {
     let anonymous = Recorder::new(4);
     for conn in [&a1, &a2, &bob, &anonymous] {
         hub.register(conn);
-        hub.join("r", conn);
+        hub.join("r", conn).unwrap();
     }
     let room = hub.census(&Query::Room(Arc::from("r")));
     assert_eq!((room.connections, room.users.len()), (4, 2));

@@ -151,6 +151,8 @@ pub enum RequestError {
     InvalidToken,
     /// A REFRESH on a connection without a token (auth is off).
     NotAuthenticated,
+    /// The JOIN would make one room more than the server holds (`max_rooms`).
+    TooManyRoomsTotal,
 }
 
 impl RequestError {
@@ -162,6 +164,7 @@ impl RequestError {
             Self::Forbidden => "forbidden",
             Self::InvalidToken => "invalid_token",
             Self::NotAuthenticated => "not_authenticated",
+            Self::TooManyRoomsTotal => "too_many_rooms_total",
         }
     }
 
@@ -173,6 +176,7 @@ impl RequestError {
             Self::Forbidden => "the connection's token does not allow this room",
             Self::InvalidToken => "the token does not verify, has expired, or is for another user or room",
             Self::NotAuthenticated => "this server takes no tokens",
+            Self::TooManyRoomsTotal => "the server holds the most rooms it takes",
         }
     }
 }

@@ -321,3 +321,27 @@ async fn an_id_over_128_bytes_closes_with_1008() {
     );
     server.stop().await;
 }
+
+/// At `max_rooms`, a JOIN of a new room is refused (`too_many_rooms_total`) while joining a room that exists is
+/// still taken; a room that empties makes space again.
+#[tokio::test]
+async fn max_rooms_caps_the_rooms_in_all() {
+    let server = TestServer::start(flags(&["--max-rooms", "2"])).await;
+    let mut first = server.client().await;
+    first.join("a").await;
+    first.join("b").await;
+    let refused = first.request("JOIN", "c").await;
+    assert_eq!(refused["data"]["code"], "too_many_rooms_total", "{refused}");
+    let mut second = server.client().await;
+    second.join("a").await;
+    assert_eq!(server.hub_stats().await.rooms, 2);
+    assert_eq!(first.request("LEAVE", "b").await["type"], "ACK");
+    second.join("c").await;
+    assert_eq!(
+        server
+            .metric(r#"herald_bad_input_total{reason="too_many_rooms_total"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await;
+}

@@ -141,7 +141,10 @@ impl Commands<'_> {
         if self.rooms.len() >= context.limits.max_rooms_per_connection {
             return Err(RequestError::TooManyRooms);
         }
-        context.hub.join(room, self.session);
+        context
+            .hub
+            .join(room, self.session)
+            .map_err(|_| RequestError::TooManyRoomsTotal)?;
         self.rooms.push(room.into());
         Ok(())
     }
@@ -206,6 +209,7 @@ impl Commands<'_> {
             let kind = match error {
                 RequestError::InvalidRoom => BadInput::InvalidRoom,
                 RequestError::TooManyRooms => BadInput::TooManyRooms,
+                RequestError::TooManyRoomsTotal => BadInput::TooManyRoomsTotal,
                 RequestError::Forbidden => BadInput::Forbidden,
                 RequestError::InvalidToken | RequestError::NotAuthenticated => BadInput::InvalidToken,
             };

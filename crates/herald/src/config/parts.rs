@@ -294,12 +294,16 @@ pub struct HubSettings {
     /// Items that may wait for their frame in one shard; a push beyond gets 503
     #[arg(long, env = "HERALD_QUEUE_ITEMS")]
     pub queue_items: Option<usize>,
+    /// Rooms held at most; a JOIN of one more is refused (too_many_rooms_total); 0 means no limit
+    #[arg(long, env = "HERALD_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
 }
 part!(HubSettings {
     merge_window,
     merge_max_items,
     shards,
     queue_items,
+    max_rooms,
 });
 
 impl HubSettings {
@@ -312,6 +316,7 @@ impl HubSettings {
                 max_items: at_least("merge_max_items", given(self.merge_max_items), 1)?,
             },
             queue_items: at_least("queue_items", given(self.queue_items), 1)?,
+            max_rooms: given(self.max_rooms),
         })
     }
 }
