@@ -339,6 +339,12 @@ impl Verifier {
                         ErrorKind::ImmatureSignature => return Err(TokenError::NotYetValid),
                         ErrorKind::InvalidIssuer => return Err(TokenError::BadIssuer),
                         ErrorKind::InvalidAudience => return Err(TokenError::BadAudience),
+                        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                            return Err(TokenError::BadIssuer);
+                        }
+                        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                            return Err(TokenError::BadAudience);
+                        }
                         ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
                             return Err(TokenError::BadClaims);
                         }
@@ -356,15 +362,24 @@ impl Verifier {
         // Expiry is exact: herald closes the connection at `exp` itself, so a leeway here would only blur that.
         validation.leeway = 0;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `iss` and `aud` only when a token has them: with an issuer or audience configured,
+        // a token without the claim must be refused too, so they are required then.
+        let mut required = vec!["exp", "sub"];
         match &self.issuer {
-            Some(issuer) => validation.set_issuer(&[issuer]),
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         validation
     }
 }

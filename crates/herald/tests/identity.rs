@@ -418,3 +418,22 @@ async fn presence_says_partial_when_a_gateway_is_down_and_503_when_all_are() {
     assert!(none.header("retry-after").is_some());
     logic.stop().await;
 }
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_set() {
+    let server = TestServer::start(auth_flags(&["--auth-issuer", "app", "--auth-audience", "herald"])).await;
+    let with = |extra: Value| hs256(OLD, &claims("hal", 60, extra));
+    let wrong_issuer = with(json!({ "iss": "other", "aud": "herald" }));
+    assert_eq!(refusal_reason(&server, Some(&wrong_issuer)).await, "bad_issuer");
+    let wrong_audience = with(json!({ "iss": "app", "aud": ["web", "mobile"] }));
+    assert_eq!(refusal_reason(&server, Some(&wrong_audience)).await, "bad_audience");
+    // A configured issuer or audience is required, not only checked when present.
+    let no_issuer = with(json!({ "aud": "herald" }));
+    assert_eq!(refusal_reason(&server, Some(&no_issuer)).await, "bad_issuer");
+    let no_audience = with(json!({ "iss": "app" }));
+    assert_eq!(refusal_reason(&server, Some(&no_audience)).await, "bad_audience");
+    let mut client = Client::with_token(server.ws, &with(json!({ "iss": "app", "aud": ["web", "herald"] }))).await;
+    client.send_text(r#"{"type":"PING"}"#).await;
+    assert_eq!(client.next_json().await["type"], "PONG");
+    server.stop().await;
+}
