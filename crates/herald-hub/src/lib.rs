@@ -165,8 +165,9 @@ enum Kind {
 impl Kind {
     fn of(topic: &Target) -> Self {
         match topic {
+            Target::Room(_) => Self::Room,
             Target::User(_) => Self::User,
-            _ => Self::Room,
+            Target::All => unreachable!("broadcasts have no entry in a shard"),
         }
     }
 
@@ -188,11 +189,7 @@ impl<R> ShardState<R> {
 
     /// The map a topic lives in, and its name.
     fn entries<'a>(&mut self, topic: &'a Target) -> (&mut HashMap<Arc<str>, Room<R>>, &'a Arc<str>) {
-        match topic {
-            Target::Room(name) => (&mut self.rooms, name),
-            Target::User(name) => (&mut self.users, name),
-            Target::All => unreachable!("broadcasts have no entry in a shard"),
-        }
+        (self.map(Kind::of(topic)), topic_name(topic))
     }
 }
 
