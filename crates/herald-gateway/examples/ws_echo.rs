@@ -39,6 +39,7 @@ async fn main() -> std::io::Result<()> {
     );
     let config = GatewayConfig {
         max_connections: 1024,
+        max_handshakes: 1024,
         max_rooms_per_connection: 1,
         // The suite sends messages of up to 16 MiB (section 9).
         max_message_bytes: 64 << 20,
@@ -46,6 +47,7 @@ async fn main() -> std::io::Result<()> {
         heartbeat_timeout: Duration::from_secs(300),
         write_timeout: Duration::from_secs(60),
         outbox_frames: 1 << 16,
+        outbox_bytes: 256 << 20,
         // The suite sends thousands of messages as fast as it can: no rate limit here.
         client_message_rate: 0.0,
     };

@@ -47,6 +47,10 @@ const METHOD_NOT_ALLOWED: &str =
 pub const OVER_LIMIT: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 21\r\n\
                               Connection: close\r\n\r\nconnection limit hit\n";
 
+/// The answer at `max_handshakes`, sent without reading the request.
+pub const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 20\r\n\
+                        Connection: close\r\n\r\ntoo many handshakes\n";
+
 /// Reads and classifies one request head. `None` when the peer closed or broke the connection first.
 /// `upgrade_at_root`: `/` upgrades instead of serving the page (the conformance echo server only).
 pub async fn read_request(stream: &mut TcpStream, upgrade_at_root: bool) -> Option<Request> {

@@ -41,8 +41,11 @@ pub use crate::session::Session;
 /// Limits of the WebSocket side.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GatewayConfig {
-    /// Connections held at once; more are answered 503 and closed.
+    /// WebSocket connections held at once (a permit taken when the handshake completes); more are answered 503.
     pub max_connections: usize,
+    /// TCP connections whose HTTP request is still awaited or being answered; more are answered 503 at once. Kept
+    /// apart from `max_connections` so that idle half-open connections cannot take the places of real clients.
+    pub max_handshakes: usize,
     /// Rooms one connection may be in.
     pub max_rooms_per_connection: usize,
     /// Largest message (and frame) a client may send, in bytes.
@@ -56,6 +59,9 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// Frames that may wait in one connection's outbox; one more closes it as a slow consumer (code 4000).
     pub outbox_frames: usize,
+    /// Bytes that may wait in one connection's outbox (every frame counted whole); a frame that would go past it
+    /// closes the connection as a slow consumer (4000). The first frame is always taken.
+    pub outbox_bytes: usize,
     /// Messages a second one connection may send (a token bucket holding two seconds' worth); one more closes it
     /// with 4005. 0 turns the limit off.
     pub client_message_rate: f64,
@@ -71,12 +77,15 @@ impl GatewayConfig {
 /// The WebSocket side of one herald process.
 pub struct Gateway {
     context: Arc<Context>,
+    /// One per WebSocket connection (`max_connections`), taken when the handshake is answered.
     permits: Arc<Semaphore>,
+    /// One per TCP connection whose handshake is under way (`max_handshakes`).
+    handshakes: Arc<Semaphore>,
     next_id: AtomicU64,
 }
 
-/// The longest a connection refused at the limit is kept while its 503 goes out.
-const OVER_LIMIT_LINGER: Duration = Duration::from_secs(1);
+/// The longest a connection that gets no upgrade is kept once its answer is written (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// How long the accept loop pauses after `accept` fails for lack of resources (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -123,6 +132,7 @@ impl Gateway {
     fn build(context: Context) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(context.limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(context.limits.max_handshakes)),
             context: Arc::new(context),
             next_id: AtomicU64::new(1),
         })
@@ -162,9 +172,9 @@ impl Gateway {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let permit = Arc::clone(&self.permits).try_acquire_owned().ok();
+                    let handshake = Arc::clone(&self.handshakes).try_acquire_owned().ok();
                     let span = tracing::debug_span!("conn", %peer);
-                    let connection = Arc::clone(&self).handle(stream, peer, permit, close_sessions.clone());
+                    let connection = Arc::clone(&self).handle(stream, peer, handshake, close_sessions.clone());
                     tracker.spawn(connection.instrument(span));
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -185,11 +195,11 @@ impl Gateway {
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,
-        permit: Option<OwnedSemaphorePermit>,
+        handshake: Option<OwnedSemaphorePermit>,
         shutdown: CancellationToken,
     ) {
-        let Some(permit) = permit else {
-            return self.refuse_over_limit(stream).await;
+        let Some(handshake) = handshake else {
+            return self.refuse_at_once(stream).await;
         };
         let request = tokio::time::timeout(
             self.context.limits.handshake_timeout,
@@ -206,20 +216,23 @@ impl Gateway {
                 early,
                 token,
                 origin,
-            })) => match self
-                .context
-                .access
-                .admit(peer.ip(), origin.as_deref(), token.as_deref())
-            {
-                Ok(admitted) => (
-                    handshake::switching_protocols(&accept),
-                    Handshake::Upgraded,
-                    Some((early, admitted)),
-                ),
-                Err(refusal) => {
-                    let (response, outcome) = self.refusal(refusal);
-                    (response, outcome, None)
-                }
+            })) => match Arc::clone(&self.permits).try_acquire_owned() {
+                Err(_) => (handshake::OVER_LIMIT.to_owned(), Handshake::OverLimit, None),
+                Ok(permit) => match self
+                    .context
+                    .access
+                    .admit(peer.ip(), origin.as_deref(), token.as_deref())
+                {
+                    Ok(admitted) => (
+                        handshake::switching_protocols(&accept),
+                        Handshake::Upgraded,
+                        Some((early, admitted, permit)),
+                    ),
+                    Err(refusal) => {
+                        let (response, outcome) = self.refusal(refusal);
+                        (response, outcome, None)
+                    }
+                },
             },
         };
         self.context.metrics.handshake(outcome);
@@ -228,9 +241,16 @@ impl Gateway {
             stream.write_all(response.as_bytes()),
         )
         .await;
-        let (Some((early, admitted)), Ok(Ok(()))) = (upgrade, written) else {
+        drop(handshake);
+        let Some((early, admitted, permit)) = upgrade else {
+            if matches!(written, Ok(Ok(()))) {
+                linger(stream).await;
+            }
             return;
         };
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Admitted { identity, _slot } = admitted;
@@ -284,20 +304,30 @@ impl Gateway {
         }
     }
 
-    /// At the connection limit: answer 503 at once, without waiting for the request, so a flood of connections
-    /// holds descriptors for a moment instead of a whole handshake timeout.
-    async fn refuse_over_limit(&self, mut stream: TcpStream) {
-        self.context.metrics.handshake(Handshake::OverLimit);
-        let _ = tokio::time::timeout(OVER_LIMIT_LINGER, async {
-            stream.write_all(handshake::OVER_LIMIT.as_bytes()).await?;
-            stream.shutdown().await?;
-            // Read what the client sent until it closes, so closing does not reset the answer away.
-            let mut sink = [0u8; 1024];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<(), io::Error>(())
-        })
-        .await;
+    /// At `max_handshakes`: answer 503 at once, without waiting for the request, so a flood of connections holds
+    /// descriptors for a moment instead of a whole handshake timeout.
+    async fn refuse_at_once(&self, mut stream: TcpStream) {
+        self.context.metrics.handshake(Handshake::Busy);
+        if tokio::time::timeout(LINGER, stream.write_all(handshake::BUSY.as_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            linger(stream).await;
+        }
     }
+}
+
+/// Ends a connection whose answer was written and that gets no upgrade: our side is shut down and what the client
+/// still sends is read and dropped until it closes (for at most [`LINGER`]), so that closing with unread bytes does
+/// not reset the answer away before the client reads it.
+async fn linger(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    })
+    .await;
 }
 
 /// `accept` errors that mean the process is out of something, not that one connection failed.

@@ -141,8 +141,10 @@ pub enum Handshake {
     Rejected,
     /// The request did not arrive within the handshake timeout.
     Timeout,
-    /// Refused with 503: at the connection limit.
+    /// Refused with 503: at the connection limit (`max_connections`).
     OverLimit,
+    /// Refused with 503 at once, the request unread: at `max_handshakes`.
+    Busy,
     /// Refused with 401: no valid token (the reason is counted in `herald_auth_failures_total`).
     Unauthorized,
     /// Refused with 403: the `Origin` is not in `allowed_origins`.
@@ -154,12 +156,13 @@ pub enum Handshake {
 }
 
 impl Handshake {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Upgraded,
         Self::Page,
         Self::Rejected,
         Self::Timeout,
         Self::OverLimit,
+        Self::Busy,
         Self::Unauthorized,
         Self::ForbiddenOrigin,
         Self::UserLimit,
@@ -173,6 +176,7 @@ impl Handshake {
             Self::Rejected => "rejected",
             Self::Timeout => "timeout",
             Self::OverLimit => "over_limit",
+            Self::Busy => "busy",
             Self::Unauthorized => "unauthorized",
             Self::ForbiddenOrigin => "forbidden_origin",
             Self::UserLimit => "user_limit",
@@ -199,6 +203,7 @@ pub struct GatewayMetrics {
     dropped_slow: Counter,
     dropped_closing: Counter,
     accept_errors: Counter,
+    read_pauses: Counter,
     auth_failures: [Counter; TokenError::ALL.len()],
 }
 
@@ -218,6 +223,7 @@ impl GatewayMetrics {
             dropped_slow: by(&dropped, "slow_consumer"),
             dropped_closing: by(&dropped, "closing"),
             accept_errors: Counter::default(),
+            read_pauses: Counter::default(),
             auth_failures: TokenError::ALL.map(|e| by(&auth, e.label())),
         };
         registry.register("herald_closes", "Connections closed, by reason", closes);
@@ -242,7 +248,16 @@ impl GatewayMetrics {
             "accept() failures (e.g. out of file descriptors); the listener backs off",
             metrics.accept_errors.clone(),
         );
+        registry.register(
+            "herald_read_pauses",
+            "Times a connection was not read because 64 KiB or more waited to be written to it",
+            metrics.read_pauses.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn read_paused(&self) {
+        self.read_pauses.inc();
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) {

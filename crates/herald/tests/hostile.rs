@@ -345,3 +345,177 @@ async fn max_rooms_caps_the_rooms_in_all() {
     );
     server.stop().await;
 }
+
+/// A client that sends requests and never reads their replies is not read further once 64 KiB of replies wait
+/// for it: its own writes then block (the kernel's buffers push back), herald holds no more for it, and it is
+/// closed as a slow consumer when its writes have made no progress for `write_timeout`. A neighbour is served
+/// all along. Limits that would otherwise close it first (rate, outbox size) are lifted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_not_read_further() {
+    let server = TestServer::start(flags(&[
+        "--client-message-rate",
+        "0",
+        "--outbox-frames",
+        "100000000",
+        "--outbox-bytes",
+        "4000000000",
+        "--write-timeout",
+        "3s",
+    ]))
+    .await;
+    let mut neighbour = server.client().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut attacker = RawClient::handshake(socket.connect(server.ws).await.unwrap(), server.ws).await;
+    let ping = support::encode_client_frame(
+        0x81,
+        format!(r#"{{"type":"PING","id":"{}"}}"#, "x".repeat(120)).as_bytes(),
+        true,
+    );
+    let chunk = ping.repeat(64);
+    // Were it read on, herald would take these as fast as it can parse them: far past this bound within the
+    // deadline. Paused, it takes what its socket buffer holds and then nothing.
+    const BOUND: usize = 256 << 20;
+    let paused = "herald_read_pauses_total";
+    let (mut written, deadline) = (0usize, tokio::time::Instant::now() + support::FAILSAFE);
+    loop {
+        assert!(
+            written < BOUND,
+            "herald read {written} bytes of PINGs whose PONGs were never read"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attacker's writes never blocked"
+        );
+        match tokio::time::timeout(Duration::from_secs(1), attacker.stream.write_all(&chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            Ok(Err(e)) => panic!("the attacker was cut off before it blocked: {e}"),
+            // Blocked for a second: herald stopped reading, unless the machine is merely slow.
+            Err(_) if server.metric(paused).await >= 1.0 => break,
+            Err(_) => {}
+        }
+    }
+    neighbour.send_text(r#"{"type":"PING"}"#).await;
+    assert_eq!(neighbour.next_json().await["type"], "PONG");
+    server
+        .wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    assert_eq!(server.metric(paused).await, 1.0);
+    eprintln!("the attacker wrote {written} bytes before it blocked");
+    server.stop().await;
+}
+
+/// `outbox_bytes` closes a connection that falls that many bytes behind with 4000, long before `outbox_frames`
+/// would; the close frame follows what its socket already holds, so a client that reads at last finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_bytes_closes_a_connection_that_falls_behind_with_4000() {
+    let server = TestServer::start(flags(&[
+        "--merge-window",
+        "0",
+        "--outbox-frames",
+        "100000",
+        "--outbox-bytes",
+        "300000",
+        "--write-timeout",
+        "20s",
+    ]))
+    .await;
+    let mut slow = support::never_reading_member(server.ws, "big").await;
+    let pad = "z".repeat(100_000);
+    let dropped = r#"herald_dropped_frames_total{reason="slow_consumer"}"#;
+    let (mut pushes, deadline) = (0, tokio::time::Instant::now() + support::FAILSAFE);
+    while server.metric_or_zero(dropped).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never closed after {pushes} pushes"
+        );
+        // 100 pushes are 10 MB: more than the socket buffers and the outbox's 300 KB, never 100,000 frames.
+        if pushes < 100 {
+            server
+                .push_room("big", &format!(r#"[{{"n":{pushes},"pad":"{pad}"}}]"#))
+                .await;
+            pushes += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(slow.close_code().await, Some(4000));
+    server
+        .wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    server.stop().await;
+}
+
+/// Idle TCP connections that never send a request hold a handshake place (`max_handshakes`), not a connection
+/// (`max_connections`): real clients still connect beside them; once every handshake place is held a new
+/// connection is answered 503 at once; at `handshake_timeout` the idle ones are dropped and the places come back.
+#[tokio::test]
+async fn idle_half_open_connections_do_not_take_the_places_of_real_clients() {
+    let server = TestServer::start(flags(&[
+        "--max-connections",
+        "2",
+        "--max-handshakes",
+        "3",
+        "--handshake-timeout",
+        "2s",
+    ]))
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(TcpStream::connect(server.ws).await.unwrap());
+    }
+    // Two idle sockets and max_connections 2: both real clients get in.
+    let mut first = server.client().await;
+    let _second = server.client().await;
+    first.send_text(r#"{"type":"PING"}"#).await;
+    assert_eq!(first.next_json().await["type"], "PONG");
+    // A third client finds the connections taken: 503 after its request was read.
+    let refused = support::refused_handshake(server.ws, "/connect", &[]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        server.metric(r#"herald_handshakes_total{reason="over_limit"}"#).await,
+        1.0
+    );
+    // A third idle socket takes the last handshake place; the next connection is answered before it says a word.
+    // (Connections are accepted in the order they were made, so the idle one is taken first.)
+    idle.push(TcpStream::connect(server.ws).await.unwrap());
+    let mut busy = TcpStream::connect(server.ws).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        support::FAILSAFE,
+        tokio::io::AsyncReadExt::read_to_end(&mut busy, &mut answer),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    assert_eq!(support::parse_response(&answer).status, 503);
+    assert_eq!(server.metric(r#"herald_handshakes_total{reason="busy"}"#).await, 1.0);
+    // At the handshake timeout the idle ones are dropped, and the places are free again.
+    server
+        .wait_metric(r#"herald_handshakes_total{reason="timeout"}"#, 3.0)
+        .await;
+    drop(first);
+    server
+        .wait_metric(r#"herald_closes_total{reason="peer_gone"}"#, 1.0)
+        .await;
+    let _again = server.client().await;
+    server.stop().await;
+}
+
+/// A request head over 8 KiB, or with more than 32 headers, is answered 431 and counted as rejected.
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    let server = TestServer::start(flags(&[])).await;
+    let long = "a".repeat(9000);
+    let too_long = support::refused_handshake(server.ws, "/connect", &[("X-Long", &long)]).await;
+    assert_eq!(too_long.status, 431);
+    let names: Vec<String> = (0..40).map(|i| format!("X-H{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let too_many = support::refused_handshake(server.ws, "/connect", &many).await;
+    assert_eq!(too_many.status, 431);
+    assert_eq!(
+        server.metric(r#"herald_handshakes_total{reason="rejected"}"#).await,
+        2.0
+    );
+    server.stop().await;
+}

@@ -114,7 +114,8 @@ async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout_and_silence_th
 /// A member of `room` that will never read again; a tiny receive buffer makes the kernel hold little for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
-    let settings = flags(&["--merge-window", "0", "--outbox-frames", "16", "--write-timeout", "2s"]);
+    // write_timeout leaves the slow client time to read through to its close frame once the test lets it.
+    let settings = flags(&["--merge-window", "0", "--outbox-frames", "16", "--write-timeout", "20s"]);
     let server = TestServer::start(settings).await;
     let mut readers = Vec::new();
     for _ in 0..3 {
@@ -147,21 +148,16 @@ async fn a_slow_consumer_is_evicted_while_the_others_get_everything() {
     for reader in readers_done {
         reader.await.unwrap();
     }
+    // Its outbox overflowed: what was queued is discarded (counted) and a close frame queued behind what the
+    // socket holds already.
+    server
+        .wait_metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#, 1.0)
+        .await;
+    // The slow client, reading at last (within write_timeout), reads through to that close frame.
+    assert_eq!(slow.close_code().await, Some(4000));
     server
         .wait_metric(r#"herald_closes_total{reason="slow_consumer"}"#, 1.0)
         .await;
-    assert!(
-        server
-            .metric(r#"herald_dropped_frames_total{reason="slow_consumer"}"#)
-            .await
-            >= 1.0
-    );
-
-    // The slow client, reading at last, finds its connection ended (close frame 4000, or cut off).
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(support::FAILSAFE, slow.stream.read_to_end(&mut rest))
-        .await
-        .expect("ended");
     server.stop().await;
 }
 

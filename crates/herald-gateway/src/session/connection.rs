@@ -21,6 +21,10 @@ use crate::metrics::{CloseReason, DropReason};
 const READS_PER_WAKE: usize = 16;
 /// Once our close frame is on the wire, how long the peer has to answer with its own before the socket is closed.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// While this much waits in the outbox, the connection is not read: a client that does not read what it is sent
+/// (its replies among it) gets no more requests handled, and the kernel's buffers then push back on it. Reading
+/// resumes once the outbox drains below it; meanwhile write progress, not PINGs, shows the peer alive.
+pub(crate) const READ_PAUSE_BYTES: usize = 64 << 10;
 
 /// Where a connection stands.
 enum State {
@@ -103,6 +107,8 @@ struct Conn {
     last_seen: Instant,
     /// Messages this connection may still send now (`client_message_rate`'s bucket), refilled as time passes.
     allowance: f32,
+    /// Reading is paused (see [`READ_PAUSE_BYTES`]).
+    paused: bool,
     state: State,
 }
 
@@ -118,6 +124,7 @@ pub(crate) async fn run(session: Arc<Session>, auth: Option<Auth>, early: Vec<u8
         assembler: Assembler::default(),
         last_seen: Instant::now(),
         allowance: context.limits.message_burst() as f32,
+        paused: false,
         state: State::Open,
     };
     if !early.is_empty() {
@@ -142,7 +149,7 @@ impl Conn {
         let timer = sleep_until(self.last_seen + limits.heartbeat_timeout);
         tokio::pin!(timer);
         loop {
-            let (queued, closing, failed, last_progress, ended_by) = {
+            let (queued, closing, failed, last_progress, ended_by, queued_bytes) = {
                 let outbox = self.session.outbox.lock();
                 (
                     !outbox.frames.is_empty(),
@@ -150,8 +157,20 @@ impl Conn {
                     outbox.failed,
                     outbox.last_progress,
                     outbox.ended_by,
+                    outbox.bytes,
                 )
             };
+            let paused = queued_bytes >= READ_PAUSE_BYTES;
+            if paused {
+                if !self.paused {
+                    self.session.context.metrics.read_paused();
+                }
+                // Its PINGs are not read now; what it takes off the socket shows it alive instead.
+                if let Some(progress) = last_progress {
+                    self.last_seen = self.last_seen.max(progress);
+                }
+            }
+            self.paused = paused;
             if failed {
                 return self.state.why().unwrap_or(CloseReason::WriteError);
             }
@@ -216,7 +235,7 @@ impl Conn {
                         return self.state.why().unwrap_or(CloseReason::WriteError);
                     }
                 }
-                ready = self.session.stream.readable(), if self.state.reading() => {
+                ready = self.session.stream.readable(), if self.state.reading() && !paused => {
                     if ready.is_err() || !self.read_available() {
                         if !self.session.outbox.lock().closing {
                             return self.state.why().unwrap_or(CloseReason::PeerGone);
@@ -259,7 +278,7 @@ impl Conn {
                     if self.state.parsing() {
                         self.ingest(&mut buf[..n]);
                     }
-                    if n < buf.len() {
+                    if n < buf.len() || self.session.outbox.lock().bytes >= READ_PAUSE_BYTES {
                         return true;
                     }
                 }

@@ -3,8 +3,9 @@
 //!
 //! [`Session::deliver`] runs on a hub worker. When nothing is queued it writes the frame straight to the socket and
 //! is done: no queue, no task wake-up. Only what the socket does not take at once goes into the outbox, and the
-//! session's own task flushes it when the socket turns writable. A full outbox closes the connection as a slow
-//! consumer (4000): fan-out never waits for one client.
+//! session's own task flushes it when the socket turns writable. An outbox full (`outbox_frames` frames or
+//! `outbox_bytes` bytes) closes the connection as a slow consumer (4000): fan-out never waits for one client. The
+//! first frame queued is always taken, however large, so one push as big as `max_body_bytes` still goes out.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -92,6 +93,9 @@ pub(super) struct Outbox {
     /// Frames not yet fully written; `written` bytes of the first are on the wire already.
     pub(super) frames: VecDeque<Bytes>,
     written: usize,
+    /// The length of every frame in `frames`, whole (the part already written included): what `outbox_bytes`
+    /// bounds. A push frame shared by many connections is one allocation, counted here in each outbox it waits in.
+    pub(super) bytes: usize,
     /// A close frame is queued: no further frame is taken.
     pub(super) closing: bool,
     /// When the queue last became non-empty or last moved (for the write timeout).
@@ -132,11 +136,13 @@ impl Recipient for Session {
                 }
             };
             outbox.written = written;
-            outbox.frames.push_back(frame.clone());
+            outbox.push(frame);
             outbox.last_progress = Some(Instant::now());
             drop(outbox);
             self.wake.notify_one();
-        } else if outbox.frames.len() >= self.context.limits.outbox_frames {
+        } else if outbox.frames.len() >= self.context.limits.outbox_frames
+            || outbox.bytes + frame.len() > self.context.limits.outbox_bytes
+        {
             outbox.ended_by.get_or_insert(CloseReason::SlowConsumer);
             let discarded = outbox.begin_close(close::SLOW_CONSUMER, "slow consumer", true);
             drop(outbox);
@@ -145,7 +151,7 @@ impl Recipient for Session {
                 .dropped(DropReason::SlowConsumer, discarded as u64 + 1);
             self.wake.notify_one();
         } else {
-            outbox.frames.push_back(frame.clone());
+            outbox.push(frame);
         }
     }
 
@@ -172,6 +178,11 @@ impl Recipient for Session {
 }
 
 impl Outbox {
+    fn push(&mut self, frame: &Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame.clone());
+    }
+
     /// Queues a close frame (once); with `discard`, first drops every queued frame not yet started. Returns how
     /// many frames were discarded.
     fn begin_close(&mut self, code: u16, reason: &str, discard: bool) -> usize {
@@ -185,11 +196,12 @@ impl Outbox {
             let keep = usize::from(self.written > 0);
             discarded = self.frames.len().saturating_sub(keep);
             self.frames.truncate(keep);
+            self.bytes = self.frames.iter().map(Bytes::len).sum();
         }
         if self.frames.is_empty() {
             self.last_progress = Some(Instant::now());
         }
-        self.frames.push_back(ws::close_frame(code, reason));
+        self.push(&ws::close_frame(code, reason));
         discarded
     }
 }
@@ -228,7 +240,9 @@ impl Session {
                 let left_in_first = outbox.frames[0].len() - outbox.written;
                 if written >= left_in_first {
                     written -= left_in_first;
-                    outbox.frames.pop_front();
+                    if let Some(sent) = outbox.frames.pop_front() {
+                        outbox.bytes -= sent.len();
+                    }
                     outbox.written = 0;
                 } else {
                     outbox.written += written;
@@ -248,6 +262,7 @@ impl Session {
             let mut outbox = self.outbox.lock();
             outbox.closing = true;
             outbox.failed = true;
+            outbox.bytes = 0;
             std::mem::take(&mut outbox.frames).len() as u64
         };
         self.context.metrics.dropped(why, unsent);

@@ -131,6 +131,12 @@ pub struct WebSocketSettings {
     /// Frames that may wait for one connection; one more closes it as a slow consumer (4000)
     #[arg(long, env = "HERALD_OUTBOX_FRAMES")]
     pub outbox_frames: Option<usize>,
+    /// Bytes that may wait for one connection; a frame past it closes it as a slow consumer (4000)
+    #[arg(long, env = "HERALD_OUTBOX_BYTES")]
+    pub outbox_bytes: Option<usize>,
+    /// Handshakes in progress at once (connections whose HTTP request has not been answered); more get 503
+    #[arg(long, env = "HERALD_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
     /// Time a new connection has to send its HTTP request
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<DurationValue>,
@@ -151,6 +157,8 @@ part!(WebSocketSettings {
     max_rooms_per_connection,
     max_message_bytes,
     outbox_frames,
+    outbox_bytes,
+    max_handshakes,
     handshake_timeout,
     heartbeat_timeout,
     write_timeout,
@@ -176,6 +184,9 @@ impl WebSocketSettings {
             // A client must at least be able to send a JOIN for a room name of the longest allowed length.
             max_message_bytes: at_least("max_message_bytes", given(self.max_message_bytes), 512)?,
             outbox_frames: at_least("outbox_frames", given(self.outbox_frames), 1)?,
+            // Room for a handful of replies, so a client is not closed for the PONG of one PING.
+            outbox_bytes: at_least("outbox_bytes", given(self.outbox_bytes), 4096)?,
+            max_handshakes: at_least("max_handshakes", given(self.max_handshakes), 1)?,
             handshake_timeout: positive("handshake_timeout", self.handshake_timeout)?,
             heartbeat_timeout: positive("heartbeat_timeout", self.heartbeat_timeout)?,
             write_timeout: positive("write_timeout", self.write_timeout)?,
