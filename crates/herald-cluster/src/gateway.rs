@@ -1,7 +1,6 @@
 //! The gateway's end of the hop: the gRPC service that hands each received push to the local hub, and the internal
 //! listener that serves it beside `/healthz`, `/stats` and `/metrics`.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,13 +8,12 @@ use futures_util::{Stream, StreamExt};
 use herald_hub::{Hub, Recipient};
 use herald_protocol::stats::GatewayStatus;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SecretCheck;
 use crate::hop;
+use crate::http_server::{self, HttpServing};
 use crate::pb;
 use crate::pb::gateway_server::{Gateway, GatewayServer};
 use crate::{MAX_MESSAGE_BYTES, Secret};
@@ -41,8 +39,7 @@ impl<R: Recipient> Gateway for RpcService<R> {
     type DeliverStream = AckStream;
 
     async fn deliver(&self, request: Request<Streaming<pb::Push>>) -> Result<Response<AckStream>, Status> {
-        let peer = request.remote_addr();
-        tracing::info!(?peer, "logic node connected");
+        tracing::info!("logic node connected");
         let hub = Arc::clone(&self.hub);
         // Each push is taken when the ack stream is polled for its answer: no task, no queue, and a logic node that
         // stops reading acks stops the gateway reading its pushes (HTTP/2 flow control does the rest).
@@ -99,31 +96,32 @@ async fn not_found() -> (
     )
 }
 
-/// Serves the gateway's internal listener until `shutdown` resolves: the gRPC service (behind the shared secret,
-/// when one is set) and the plain-HTTP routes in `http` (`/healthz`, `/stats`, `/metrics`), HTTP/1 or HTTP/2,
-/// with TLS when given.
+/// Serves the gateway's internal listener until `shutdown` is cancelled: the gRPC service (behind the shared
+/// secret, when one is set) and the plain-HTTP routes in `http` (`/healthz`, `/stats`, `/metrics`), HTTP/1 or
+/// HTTP/2, with TLS when `serving` has it. A push message larger than `max_push_bytes` is refused by the decoder.
 pub async fn serve_internal<R: Recipient>(
     listener: TcpListener,
     service: RpcService<R>,
     http: axum::Router,
     secret: Option<Secret>,
-    tls: Option<ServerTls>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+    serving: HttpServing,
+    max_push_bytes: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let grpc = GatewayServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(max_push_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let grpc = tonic::service::interceptor::InterceptedService::new(grpc, SecretCheck::new(secret));
     let router = tonic::service::Routes::new(grpc)
         .into_axum_router()
         .merge(http)
         .fallback(not_found);
-    let mut server = tonic::transport::Server::builder().accept_http1(true);
-    if let Some(tls) = tls {
-        server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(tls.cert_pem, tls.key_pem)))?;
-    }
-    server
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    http_server::serve(listener, router, serving, shutdown).await
+}
+
+/// The largest push message a gateway decodes for push-API bodies of at most `max_body_bytes`: the body's items,
+/// each re-framed (a tag and a length: 2 bytes for an item that took 2 in the body, `1,`; 4 for one of up to
+/// 2 MiB), and the room or user named beside them.
+pub fn max_push_bytes(max_body_bytes: usize) -> usize {
+    (max_body_bytes * 2).min(MAX_MESSAGE_BYTES) + 4096
 }

@@ -19,6 +19,7 @@
 mod auth;
 pub mod gateway;
 mod hop;
+pub mod http_server;
 pub mod logic;
 pub mod nats;
 mod status;

@@ -27,8 +27,9 @@ use herald_hub::HubConfig;
 
 pub use self::duration::DurationValue;
 pub use self::parts::{
-    AccessSettings, BusSettings, HubSettings, Internal, InternalSettings, LinkSettings, MAX_API_THREADS, Part, Process,
-    ProcessSettings, PublishSettings, PushApi, PushApiSettings, SecretSettings, WebSocket, WebSocketSettings,
+    AccessSettings, BusSettings, Http, HttpSettings, HubSettings, Internal, InternalSettings, LinkSettings,
+    MAX_API_THREADS, Part, Process, ProcessSettings, PublishSettings, PushApi, PushApiSettings, SecretSettings,
+    WebSocket, WebSocketSettings,
 };
 
 /// Every default (see `defaults.toml`).
@@ -82,7 +83,8 @@ impl SettingsFile {
         layers.under(WebSocketSettings::default())?.resolve()?;
         layers.under(AccessSettings::default())?.resolve()?;
         layers.under(HubSettings::default())?.resolve()?;
-        layers.under(PushApiSettings::default())?.resolve()?;
+        let http = layers.under(HttpSettings::default())?.resolve()?;
+        layers.under(PushApiSettings::default())?.resolve(&http)?;
         layers.under(InternalSettings::default())?.resolve()?;
         let secret = layers.under(SecretSettings::default())?.resolve()?;
         layers.under(LinkSettings::default())?.resolve(secret)?;
@@ -130,6 +132,7 @@ pub fn setting_keys() -> Vec<String> {
     ids::<AccessSettings>(&mut keys);
     ids::<HubSettings>(&mut keys);
     ids::<PushApiSettings>(&mut keys);
+    ids::<HttpSettings>(&mut keys);
     ids::<SecretSettings>(&mut keys);
     ids::<InternalSettings>(&mut keys);
     ids::<LinkSettings>(&mut keys);
@@ -177,6 +180,9 @@ pub struct ServeArgs {
     pub api: PushApiSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub bus: BusSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -196,6 +202,8 @@ pub struct Serve {
     pub hub: HubConfig,
     /// The push API.
     pub api: PushApi,
+    /// What the push API's listener bounds.
+    pub http: Http,
     /// On NATS instead of in memory.
     pub nats: Option<NatsConfig>,
 }
@@ -204,12 +212,14 @@ impl ServeArgs {
     /// Flags and env over the file over the defaults, validated.
     pub fn resolve(self) -> anyhow::Result<Serve> {
         let layers = Layers::read(self.config.as_deref())?;
+        let http = layers.under(self.http)?.resolve()?;
         Ok(Serve {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
             access: layers.under(self.access)?.resolve()?,
             hub: layers.under(self.hub)?.resolve()?,
-            api: layers.under(self.api)?.resolve()?,
+            api: layers.under(self.api)?.resolve(&http)?,
+            http,
             nats: layers.under(self.bus)?.resolve(layers.under(self.publish)?)?,
         })
     }
@@ -239,6 +249,9 @@ pub struct GatewayArgs {
     pub internal: InternalSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub secret: SecretSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -258,6 +271,8 @@ pub struct Gateway {
     pub hub: HubConfig,
     /// The internal listener (gRPC from logic, `/healthz`, `/stats`, `/metrics`).
     pub internal: Internal,
+    /// What the internal listener bounds.
+    pub http: Http,
     /// The secret logic nodes must present.
     pub secret: Option<herald_cluster::Secret>,
     /// On NATS instead of gRPC.
@@ -274,6 +289,7 @@ impl GatewayArgs {
             access: layers.under(self.access)?.resolve()?,
             hub: layers.under(self.hub)?.resolve()?,
             internal: layers.under(self.internal)?.resolve()?,
+            http: layers.under(self.http)?.resolve()?,
             secret: layers.under(self.secret)?.resolve()?,
             // A gateway publishes no pushes: the publish timeout keeps its default, unused.
             nats: layers
@@ -298,6 +314,9 @@ pub struct LogicArgs {
     pub api: PushApiSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub links: LinkSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -317,6 +336,8 @@ pub struct Logic {
     pub process: Process,
     /// The push API.
     pub api: PushApi,
+    /// What the push API's listener bounds.
+    pub http: Http,
     /// The links to the gateways (gRPC); their list is empty on NATS.
     pub cluster: ClusterConfig,
     /// On NATS instead of gRPC.
@@ -328,9 +349,11 @@ impl LogicArgs {
     pub fn resolve(self) -> anyhow::Result<Logic> {
         let layers = Layers::read(self.config.as_deref())?;
         let secret = layers.under(self.secret)?.resolve()?;
+        let http = layers.under(self.http)?.resolve()?;
         let logic = Logic {
             process: layers.under(self.process)?.resolve()?,
-            api: layers.under(self.api)?.resolve()?,
+            api: layers.under(self.api)?.resolve(&http)?,
+            http,
             cluster: layers.under(self.links)?.resolve(secret)?,
             nats: layers.under(self.bus)?.resolve(layers.under(self.publish)?)?,
         };

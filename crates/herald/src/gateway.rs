@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use herald_cluster::gateway::{RpcService, serve_internal};
+use herald_cluster::gateway::{RpcService, max_push_bytes, serve_internal};
+use herald_cluster::http_server::HttpServing;
 use herald_gateway::Node;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -51,15 +52,20 @@ pub async fn run(
     }
     let ops = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
     let hub = Arc::clone(&node.hub);
-    let (secret, tls) = (config.secret.clone(), config.internal.tls.clone());
+    let secret = config.secret.clone();
+    let serving = HttpServing {
+        header_read_timeout: config.http.header_read_timeout,
+        tls: config.internal.tls.clone(),
+    };
+    let max_push_bytes = max_push_bytes(config.http.max_body_bytes);
     // On a thread of its own, as the push API of `serve`: a push from logic then wakes this loop and the hub's
     // worker, not a worker of the shared runtime to run the HTTP/2 connection and another for the stream's handler.
     // Its stop token also ends logic's open streams, so the server can finish.
     let internal = Server::on_own_threads("rpc", rpc, 1, running.failure_alarm(), move |rpc, stop| {
         let service = RpcService::new(Arc::clone(&hub), stop.clone());
-        let (ops, secret, tls) = (ops.clone(), secret.clone(), tls.clone());
+        let (ops, secret, serving) = (ops.clone(), secret.clone(), serving.clone());
         async move {
-            serve_internal(rpc, service, ops, secret, tls, stop.cancelled_owned())
+            serve_internal(rpc, service, ops, secret, serving, max_push_bytes, stop)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("internal listener (rpc_addr)"))
         }

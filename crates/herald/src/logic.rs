@@ -61,8 +61,8 @@ pub async fn run(config: Logic, api: TcpListener, shutdown: CancellationToken) -
     let alarm = running.failure_alarm();
     // With one push-API thread, logic is one event loop (see `threads`): the API is served on it too.
     let api_server = match config.api.threads {
-        1 => Server::here("api", api, alarm, server::http(router)),
-        threads => Server::on_own_threads("api", api, threads, alarm, server::http(router))?,
+        1 => Server::here("api", api, alarm, server::http(router, config.http)),
+        threads => Server::on_own_threads("api", api, threads, alarm, server::http(router, config.http))?,
     };
     running.servers.push(api_server);
 

@@ -54,7 +54,7 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         api,
         config.api.threads,
         alarm,
-        server::http(router),
+        server::http(router, config.http),
     )?);
 
     let bus_name = config.nats.as_ref().map_or("memory", |n| n.url.as_str());

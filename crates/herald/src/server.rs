@@ -8,10 +8,12 @@
 //! one event loop (a logic node, see `logic.rs`) serves on the caller's runtime instead ([`Server::here`]).
 
 use anyhow::Context;
+use herald_cluster::http_server::{self, HttpServing};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Http;
 use crate::runtime::on_own_loop;
 
 /// A server running on one listener.
@@ -114,15 +116,18 @@ impl Server {
 /// A server's answer once it ends.
 pub(crate) type Served = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// How [`Server`] serves an axum router on a listener, stopping gracefully on `stop`.
-pub(crate) fn http(router: axum::Router) -> impl Fn(TcpListener, CancellationToken) -> Served + Clone + Send + 'static {
+/// How [`Server`] serves an axum router on a cleartext listener (the push API) with the timeouts of `http`,
+/// stopping gracefully on `stop`.
+pub(crate) fn http(
+    router: axum::Router,
+    http: Http,
+) -> impl Fn(TcpListener, CancellationToken) -> Served + Clone + Send + 'static {
     move |listener, stop| {
+        let serving = HttpServing {
+            header_read_timeout: http.header_read_timeout,
+            tls: None,
+        };
         let router = router.clone();
-        Box::pin(async move {
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
-        })
+        Box::pin(async move { Ok(http_server::serve(listener, router, serving, stop).await?) })
     }
 }

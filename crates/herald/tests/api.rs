@@ -3,6 +3,8 @@
 mod support;
 
 use support::{TestServer, flags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn go_push_form_and_json_bodies_are_taken() {
@@ -146,5 +148,52 @@ async fn several_api_threads_take_concurrent_pushes_and_stop_together() {
     items.sort_unstable();
     assert_eq!(items, (0..40).collect::<Vec<_>>());
     // Every thread ends on shutdown; `stop` fails the test if one does not.
+    server.stop().await;
+}
+
+/// Every HTTP listener drops connections that do not send their request within `header_read_timeout`: one that
+/// says nothing, one that stops inside its request head, one that stops inside an HTTP/2 preface, and one kept
+/// alive after a request and then idle. A request sent in time is answered beside them. Checked on the push API
+/// and on a gateway's internal listener.
+#[tokio::test]
+async fn http_listeners_drop_connections_that_send_no_request_in_time() {
+    let timeout = ["--header-read-timeout", "1s"];
+    let server = TestServer::start(flags(&timeout)).await;
+    let gateway = support::cluster::TestGateway::start(flags(&timeout)).await;
+    for addr in [server.api, gateway.rpc] {
+        let stalls: [&[u8]; 4] = [
+            b"",
+            b"POST /push/all HTTP/1.1\r\nHost: x\r\n",
+            b"PRI * HTTP/2.0\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        let mut stalled = Vec::new();
+        for bytes in stalls {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(bytes).await.unwrap();
+            stalled.push(stream);
+        }
+        let healthy = support::http(addr, "GET", "/healthz", None, b"").await;
+        assert_eq!(healthy.status, 200, "{addr}");
+        for (stream, bytes) in stalled.iter_mut().zip(stalls) {
+            let mut received = Vec::new();
+            let ended = tokio::time::timeout(support::FAILSAFE, stream.read_to_end(&mut received)).await;
+            assert!(
+                ended.is_ok(),
+                "{addr}: a connection that sent {:?} was still open",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // The kept-alive one got its answer before it was dropped.
+        let answered = support::parse_response(&{
+            let mut all = Vec::new();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(stalls[3]).await.unwrap();
+            let _ = tokio::time::timeout(support::FAILSAFE, stream.read_to_end(&mut all)).await;
+            all
+        });
+        assert_eq!(answered.status, 200, "{addr}");
+    }
+    gateway.stop().await;
     server.stop().await;
 }

@@ -345,9 +345,6 @@ pub struct PushApiSettings {
     /// Threads serving the push API, each with its own event loop
     #[arg(long, env = "HERALD_API_THREADS")]
     pub api_threads: Option<usize>,
-    /// Largest push-API request body, in bytes; larger is answered 413
-    #[arg(long, env = "HERALD_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
     /// Keys callers must send as `Authorization: Bearer KEY` (all but /healthz). Prefer the env var or the file
     #[arg(
         long = "api-key",
@@ -361,7 +358,6 @@ pub struct PushApiSettings {
 part!(PushApiSettings {
     api_addr,
     api_threads,
-    max_body_bytes,
     api_keys,
 });
 
@@ -377,18 +373,53 @@ pub struct PushApi {
 }
 
 impl PushApiSettings {
-    pub(crate) fn resolve(self) -> anyhow::Result<PushApi> {
+    pub(crate) fn resolve(self, http: &Http) -> anyhow::Result<PushApi> {
         let threads = at_least("api_threads", given(self.api_threads), 1)?;
-        let max_body_bytes = at_least("max_body_bytes", given(self.max_body_bytes), 64)?;
-        // A push must fit one cluster message (gRPC or NATS), framing included.
-        let max_body_bytes = at_most("max_body_bytes", max_body_bytes, herald_cluster::MAX_MESSAGE_BYTES / 2)?;
         Ok(PushApi {
             addr: given(self.api_addr),
             threads: at_most("api_threads", threads, MAX_API_THREADS)?,
             limits: ApiConfig {
-                max_body_bytes,
+                max_body_bytes: http.max_body_bytes,
                 api_keys: checked_keys(self.api_keys.unwrap_or_default())?,
             },
+        })
+    }
+}
+
+/// What every HTTP listener (the push API, a gateway's internal listener) bounds (serve, gateway, logic).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[command(next_help_heading = "HTTP listeners")]
+pub struct HttpSettings {
+    /// Largest push-API request body, in bytes; larger is answered 413 (a gateway decodes pushes of this size)
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Time an HTTP connection has for its TLS handshake and each request head, and may stay idle between requests
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<DurationValue>,
+}
+part!(HttpSettings {
+    max_body_bytes,
+    header_read_timeout,
+});
+
+/// What every HTTP listener bounds, resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct Http {
+    /// Largest push body: the push API answers 413 past it; a gateway's decoder refuses a push message past
+    /// [`herald_cluster::gateway::max_push_bytes`] of it.
+    pub max_body_bytes: usize,
+    /// See `header_read_timeout` in docs/configuration.md.
+    pub header_read_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub(crate) fn resolve(self) -> anyhow::Result<Http> {
+        let max_body_bytes = at_least("max_body_bytes", given(self.max_body_bytes), 64)?;
+        // A push must fit one cluster message (gRPC or NATS), framing included.
+        let max_body_bytes = at_most("max_body_bytes", max_body_bytes, herald_cluster::MAX_MESSAGE_BYTES / 2)?;
+        Ok(Http {
+            max_body_bytes,
+            header_read_timeout: positive("header_read_timeout", self.header_read_timeout)?,
         })
     }
 }

@@ -155,17 +155,21 @@ impl PushApi {
 
     /// Pushes JSON `items` (a JSON array text) to `room`; panics unless answered 200.
     pub async fn push_room(&self, room: &str, items: &str) -> Value {
-        let body = serde_json::json!({ "room": room, "items": serde_json::from_str::<Value>(items).unwrap() });
-        let response = self
-            .http(
-                "POST",
-                "/push/room",
-                Some("application/json"),
-                body.to_string().as_bytes(),
-            )
-            .await;
+        let response = self.push_raw(room, items).await;
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()
+    }
+
+    /// Pushes JSON `items` (a JSON array text) to `room`, whatever the answer.
+    pub async fn push_raw(&self, room: &str, items: &str) -> HttpResponse {
+        let body = serde_json::json!({ "room": room, "items": serde_json::from_str::<Value>(items).unwrap() });
+        self.http(
+            "POST",
+            "/push/room",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+        .await
     }
 
     /// Pushes JSON `items` to everyone; panics unless answered 200.
