@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub gateways: Vec<String>,
     /// Pushes waiting for one gateway (queued and in flight); a push that finds it full is refused for that gateway.
     pub queue_pushes: usize,
+    /// Bytes of pushes waiting for one gateway (queued and in flight, each counted by its encoded size); a push that
+    /// would go past it is refused for that gateway, unless nothing waits.
+    pub queue_bytes: usize,
     /// Longest wait for the gateways' acks before the push API answers; late gateways count as unconfirmed.
     pub ack_timeout: Duration,
     /// How often each gateway's status (connections, rooms) is fetched.
@@ -144,6 +147,8 @@ impl ClusterBus {
                 queue,
                 capacity: config.queue_pushes,
                 outstanding: AtomicUsize::new(0),
+                capacity_bytes: config.queue_bytes,
+                outstanding_bytes: AtomicUsize::new(0),
                 up: AtomicBool::new(false),
                 state: Mutex::new(LinkState::default()),
                 metrics: LinkMetrics::new(&metrics, addr),
@@ -380,6 +385,7 @@ mod tests {
         let config = ClusterConfig {
             gateways: vec![],
             queue_pushes: 1,
+            queue_bytes: 1,
             ack_timeout: Duration::from_secs(1),
             status_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),

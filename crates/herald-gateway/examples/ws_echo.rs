@@ -33,6 +33,7 @@ async fn main() -> std::io::Result<()> {
                 max_items: 1,
             },
             queue_items: 1,
+            queue_bytes: 1,
             max_rooms: 0,
         },
         HubMetrics::unregistered(),

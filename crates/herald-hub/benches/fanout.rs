@@ -52,6 +52,7 @@ fn fanout(c: &mut Criterion) {
             },
             max_rooms: 0,
             queue_items: 100_000,
+            queue_bytes: 1 << 30,
         };
         let hub = Hub::new(config, HubMetrics::unregistered());
         let received = Arc::new(AtomicU64::new(0));

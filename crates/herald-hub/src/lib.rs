@@ -86,6 +86,9 @@ pub struct HubConfig {
     pub merge: MergePolicy,
     /// Items that may wait for their frame in one shard (and in the broadcast batch); a push beyond is refused.
     pub queue_items: usize,
+    /// Bytes of items that may wait in one shard (and in the broadcast batch); a push beyond is refused, unless the
+    /// shard holds nothing (so a push of any size the push API took can go out).
+    pub queue_bytes: usize,
     /// Rooms the hub holds at most; a JOIN that would make one more is refused ([`RoomLimit`]). 0: no limit.
     pub max_rooms: usize,
 }
@@ -136,6 +139,8 @@ struct ShardState<R> {
     timers: BinaryHeap<Reverse<(Instant, Target)>>,
     /// Items waiting in this shard's batches (bounded by `queue_items`).
     pending: usize,
+    /// Their bytes (bounded by `queue_bytes`).
+    pending_bytes: usize,
     /// The broadcast's batch (used only in the hub's broadcast shard).
     broadcast: Batch,
     /// The worker made its final pass: nothing added now would ever be sent.
@@ -218,6 +223,7 @@ impl<R> Shard<R> {
                 ready: Vec::new(),
                 timers: BinaryHeap::new(),
                 pending: 0,
+                pending_bytes: 0,
                 broadcast: Batch::default(),
                 stopped: false,
             }),
@@ -480,7 +486,8 @@ impl<R: Recipient> Hub<R> {
             });
         };
         let recipients = entry.members.len();
-        if state.pending + count > self.config.queue_items {
+        let bytes = bytes_of(&items);
+        if self.over_queue(state, count, bytes) {
             return Err(self.refuse_queue_full());
         }
         let (entries, name) = state.entries(topic);
@@ -490,6 +497,7 @@ impl<R: Recipient> Hub<R> {
             .get_or_insert_default()
             .add(items, Instant::now(), self.config.merge);
         state.pending += count;
+        state.pending_bytes += bytes;
         match wake {
             Wake::Nothing => {}
             Wake::Now => state.ready.push(topic.clone()),
@@ -513,12 +521,14 @@ impl<R: Recipient> Hub<R> {
         if state.stopped {
             return Err(self.refuse_shutting_down());
         }
-        if state.pending + count > self.config.queue_items {
+        let bytes = bytes_of(&items);
+        if self.over_queue(&state, count, bytes) {
             return Err(self.refuse_queue_full());
         }
         // The broadcast worker reads the batch's own deadline; any wake just makes it look again.
         let wake = state.broadcast.add(items, Instant::now(), self.config.merge);
         state.pending += count;
+        state.pending_bytes += bytes;
         drop(state);
         if wake != Wake::Nothing {
             self.broadcast.wake.notify_one();
@@ -529,6 +539,12 @@ impl<R: Recipient> Hub<R> {
             recipients: Some(self.connections()),
             gateways: None,
         })
+    }
+
+    /// Whether `count` more items of `bytes` would overfill a shard's queue.
+    fn over_queue(&self, state: &ShardState<R>, count: usize, bytes: usize) -> bool {
+        state.pending + count > self.config.queue_items
+            || (state.pending_bytes > 0 && state.pending_bytes + bytes > self.config.queue_bytes)
     }
 
     fn refuse_shutting_down(&self) -> Refused {
@@ -616,6 +632,7 @@ impl<R: Recipient> Hub<R> {
                 state.timers.push(Reverse((at, topic.clone())));
             }
             state.pending -= items.len();
+            state.pending_bytes -= bytes_of(&items);
             self.metrics.pending_items.dec_by(items.len() as i64);
             if !items.is_empty() {
                 out.push(Flush {
@@ -639,6 +656,7 @@ impl<R: Recipient> Hub<R> {
         if !state.broadcast.is_empty() && (everything || state.broadcast.is_due(now)) {
             let items = state.broadcast.take(now, self.config.merge, everything);
             state.pending -= items.len();
+            state.pending_bytes -= bytes_of(&items);
             self.metrics.pending_items.dec_by(items.len() as i64);
             let members = self.shards.iter().map(|s| s.state.lock().everyone.snapshot()).collect();
             out.push(Flush {
@@ -739,6 +757,11 @@ async fn deliver<R: Recipient>(slice: Slice<R>, frames: Arc<[Bytes]>) {
             }
         }
     }
+}
+
+/// The bytes of a push's items (what `queue_bytes` bounds).
+fn bytes_of(items: &[Bytes]) -> usize {
+    items.iter().map(Bytes::len).sum()
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -68,15 +68,19 @@ impl Recorder {
 const WINDOW: Duration = Duration::from_secs(1);
 
 fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
-    let config = HubConfig {
+    start_with(HubConfig {
         shards: 4,
         merge: MergePolicy {
             window: WINDOW,
             max_items,
         },
         queue_items,
+        queue_bytes: 1 << 30,
         max_rooms: 0,
-    };
+    })
+}
+
+fn start_with(config: HubConfig) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
     let hub = Hub::new(config, HubMetrics::unregistered());
     let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
     hub.spawn_workers(&tracker, stop.clone());
@@ -206,6 +210,43 @@ async fn a_full_queue_refuses_the_whole_push() {
         "nothing of the refused push delivered"
     );
     hub.push(&room("r"), items(&["5", "6", "7"])).unwrap();
+}
+
+/// `queue_bytes` bounds a shard's waiting items by size, rooms and broadcast alike: a push past it is refused whole,
+/// while a push of any size is taken into an empty queue.
+#[tokio::test(start_paused = true)]
+async fn queue_bytes_refuses_a_push_that_would_overfill_the_shard() {
+    let (hub, _stop, _tracker) = start_with(HubConfig {
+        shards: 1,
+        merge: MergePolicy {
+            window: WINDOW,
+            max_items: 100,
+        },
+        queue_items: 1000,
+        queue_bytes: 10,
+        max_rooms: 0,
+    });
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a).unwrap();
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    settle().await;
+    // The first push went out at once (a quiet room): the queue is empty again, and takes one over the limit.
+    hub.push(&room("r"), items(&["1234567890123"])).unwrap();
+    assert_eq!(
+        hub.push(&room("r"), items(&["1"])).unwrap_err(),
+        Refused::QueueFull { retry_after_secs: 1 }
+    );
+    hub.push(&Target::All, items(&["1234567890"])).unwrap();
+    assert_eq!(
+        hub.push(&Target::All, items(&["7"])).unwrap_err(),
+        Refused::QueueFull { retry_after_secs: 1 }
+    );
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    assert_eq!(a.items(), [vec!["1"], vec!["1234567890123"], vec!["1234567890"]]);
+    // Sent, the bytes are free again.
+    hub.push(&room("r"), items(&["1234567890"])).unwrap();
 }
 
 #[tokio::test(start_paused = true)]

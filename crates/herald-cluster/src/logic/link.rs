@@ -30,7 +30,13 @@ pub(super) const MAX_IN_FLIGHT: usize = 1024;
 /// One push on its way to one gateway, with where its answer goes.
 pub(super) struct Forward {
     pub(super) push: pb::Push,
-    pub(super) reply: oneshot::Sender<Reply>,
+    pub(super) reply: Answer,
+}
+
+/// Where a push's answer goes, and its size in the link's byte count (released with the answer).
+pub(super) struct Answer {
+    pub(super) to: oneshot::Sender<Reply>,
+    pub(super) bytes: usize,
 }
 
 pub(super) enum Reply {
@@ -65,6 +71,10 @@ pub(super) struct Link {
     /// Most pushes outstanding (queued or in flight, not yet answered): `gateway_queue`.
     pub(super) capacity: usize,
     pub(super) outstanding: AtomicUsize,
+    /// Most bytes outstanding (encoded pushes): `gateway_queue_bytes`. Counted beside `outstanding`, so that a
+    /// stalled gateway holds at most this much of logic's memory.
+    pub(super) capacity_bytes: usize,
+    pub(super) outstanding_bytes: AtomicUsize,
     /// The `Deliver` stream is open: pushes are taken into the queue only then.
     pub(super) up: AtomicBool,
     pub(super) state: Mutex<LinkState>,
@@ -99,8 +109,14 @@ impl Link {
             self.metrics.count("unreachable");
             return Err(Outcome::unreachable());
         }
-        if self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        let bytes = prost::Message::encoded_len(&push);
+        let bytes_before = self.outstanding_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let over_bytes = bytes_before > 0 && bytes_before + bytes > self.capacity_bytes;
+        if over_bytes || self.outstanding.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            if !over_bytes {
+                self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.outstanding_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.metrics.count("queue_full");
             return Err(Outcome::Refused {
                 reason: "queue_full",
@@ -109,33 +125,37 @@ impl Link {
             });
         }
         self.metrics.queue_depth.inc();
-        let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Forward { push, reply }) {
+        let (to, answer) = oneshot::channel();
+        match self.queue.try_send(Forward {
+            push,
+            reply: Answer { to, bytes },
+        }) {
             Ok(()) => Ok(answer),
             // The channel holds `capacity` and `outstanding` never exceeds it: only a closed channel refuses.
             Err(_) => {
-                self.release();
+                self.release(bytes);
                 self.metrics.count("unreachable");
                 Err(Outcome::unreachable())
             }
         }
     }
 
-    pub(super) fn release(&self) {
+    pub(super) fn release(&self, bytes: usize) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.outstanding_bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.metrics.queue_depth.dec();
     }
 
     /// Answers one outstanding push and counts how it ended.
-    pub(super) fn answer(&self, reply_to: oneshot::Sender<Reply>, reply: Reply) {
-        self.release();
+    pub(super) fn answer(&self, reply_to: Answer, reply: Reply) {
+        self.release(reply_to.bytes);
         self.metrics.count(match &reply {
             Reply::Ack(ack) => Outcome::from_ack(ack).result_label(),
             Reply::NotSent => "unreachable",
             Reply::Lost => "unconfirmed",
         });
         // The caller may have stopped waiting (ack_timeout, or the HTTP client left); it was counted anyway.
-        let _ = reply_to.send(reply);
+        let _ = reply_to.to.send(reply);
     }
 
     /// Connects, streams, and reconnects with backoff, until `stop`.
@@ -222,7 +242,7 @@ impl Link {
         self.set_up();
         let up_since = Instant::now();
 
-        let mut in_flight: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
+        let mut in_flight: VecDeque<Answer> = VecDeque::new();
         let end = loop {
             tokio::select! {
                 biased;

@@ -305,6 +305,9 @@ pub struct HubSettings {
     /// Items that may wait for their frame in one shard; a push beyond gets 503
     #[arg(long, env = "HERALD_QUEUE_ITEMS")]
     pub queue_items: Option<usize>,
+    /// Bytes of items that may wait in one shard; a push beyond gets 503 (one is always taken into an empty shard)
+    #[arg(long, env = "HERALD_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
     /// Rooms held at most; a JOIN of one more is refused (too_many_rooms_total); 0 means no limit
     #[arg(long, env = "HERALD_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
@@ -314,6 +317,7 @@ part!(HubSettings {
     merge_max_items,
     shards,
     queue_items,
+    queue_bytes,
     max_rooms,
 });
 
@@ -327,6 +331,7 @@ impl HubSettings {
                 max_items: at_least("merge_max_items", given(self.merge_max_items), 1)?,
             },
             queue_items: at_least("queue_items", given(self.queue_items), 1)?,
+            queue_bytes: at_least("queue_bytes", given(self.queue_bytes), 1)?,
             max_rooms: given(self.max_rooms),
         })
     }
@@ -517,6 +522,9 @@ pub struct LinkSettings {
     /// Pushes queued or in flight per gateway; past it, that gateway is skipped for the push
     #[arg(long, env = "HERALD_GATEWAY_QUEUE")]
     pub gateway_queue: Option<usize>,
+    /// Bytes of pushes queued or in flight per gateway; past it, that gateway is skipped for the push
+    #[arg(long, env = "HERALD_GATEWAY_QUEUE_BYTES")]
+    pub gateway_queue_bytes: Option<usize>,
     /// Longest wait for the gateways' acks before answering a push
     #[arg(long, env = "HERALD_ACK_TIMEOUT")]
     pub ack_timeout: Option<DurationValue>,
@@ -528,6 +536,7 @@ part!(LinkSettings {
     gateways,
     rpc_tls_ca,
     gateway_queue,
+    gateway_queue_bytes,
     ack_timeout,
     status_interval,
 });
@@ -538,6 +547,7 @@ impl LinkSettings {
         Ok(ClusterConfig {
             gateways: self.gateways.unwrap_or_default(),
             queue_pushes: at_least("gateway_queue", given(self.gateway_queue), 1)?,
+            queue_bytes: at_least("gateway_queue_bytes", given(self.gateway_queue_bytes), 1)?,
             ack_timeout: positive("ack_timeout", self.ack_timeout)?,
             status_interval: positive("status_interval", self.status_interval)?,
             connect_timeout: Duration::from_secs(5),
