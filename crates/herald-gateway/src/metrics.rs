@@ -204,6 +204,7 @@ pub struct GatewayMetrics {
     dropped_closing: Counter,
     accept_errors: Counter,
     read_pauses: Counter,
+    sent: Counter,
     auth_failures: [Counter; TokenError::ALL.len()],
 }
 
@@ -224,6 +225,7 @@ impl GatewayMetrics {
             dropped_closing: by(&dropped, "closing"),
             accept_errors: Counter::default(),
             read_pauses: Counter::default(),
+            sent: Counter::default(),
             auth_failures: TokenError::ALL.map(|e| by(&auth, e.label())),
         };
         registry.register("herald_closes", "Connections closed, by reason", closes);
@@ -249,11 +251,21 @@ impl GatewayMetrics {
             metrics.accept_errors.clone(),
         );
         registry.register(
+            "herald_sent_frames",
+            "Frames written whole to connections that have ended (pushes and replies, close frames not counted): \
+             with herald_dropped_frames_total, every frame handed to a connection",
+            metrics.sent.clone(),
+        );
+        registry.register(
             "herald_read_pauses",
             "Times a connection was not read because 64 KiB or more waited to be written to it",
             metrics.read_pauses.clone(),
         );
         metrics
+    }
+
+    pub(crate) fn sent(&self, frames: u64) {
+        self.sent.inc_by(frames);
     }
 
     pub(crate) fn read_paused(&self) {

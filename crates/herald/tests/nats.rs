@@ -29,6 +29,8 @@ async fn wait_live(logic: &PushApi, gateways: u64) -> NatsStats {
 }
 
 const ROOM_MESSAGES: &str = r#"herald_nats_messages_received_total{kind="room"}"#;
+/// The subjects of room subscriptions, as nats-server lists them.
+const ROOM_SUBJECTS: &str = "herald.room.";
 
 #[tokio::test]
 async fn a_gateway_receives_only_the_rooms_it_holds() {
@@ -44,6 +46,8 @@ async fn a_gateway_receives_only_the_rooms_it_holds() {
     let mut elsewhere = bystander.member("other-room").await;
     wait_subscribed(&holder, 1.0).await;
     wait_subscribed(&bystander, 1.0).await;
+    // On the wire: nats-server itself holds one room subscription per gateway.
+    nats.wait_subjects(ROOM_SUBJECTS, 2).await;
 
     for n in 0..5 {
         let answer = logic.push_room("quiet-room", &format!("[{n}]")).await;
@@ -63,6 +67,8 @@ async fn a_gateway_receives_only_the_rooms_it_holds() {
     // The last member leaving ends the subscription; the room's traffic stops reaching the gateway.
     drop(member);
     wait_subscribed(&holder, 0.0).await;
+    // nats-server itself dropped it (so it sends the gateway nothing of that room), not only herald's count.
+    nats.wait_subjects(ROOM_SUBJECTS, 1).await;
     logic.push_room("quiet-room", "[99]").await;
     logic.push_room("other-room", "[100]").await;
     assert_eq!(elsewhere.next_push().await["items"], json!([100]));
@@ -288,4 +294,49 @@ async fn serve_runs_on_nats_too() {
     assert_eq!(member.next_push().await["items"], json!([7]));
     first.stop().await;
     second.stop().await;
+}
+
+/// A client that JOINs and LEAVEs fresh room names as fast as it can costs a NATS subscription each: it is closed
+/// at `client_message_rate` (4005), every subscription it made is gone from nats-server afterwards, and a member
+/// of another room beside it keeps receiving.
+#[tokio::test]
+async fn a_join_and_leave_flood_of_fresh_rooms_is_closed_and_leaves_no_subscription() {
+    let nats = NatsServer::start().await;
+    let gateway = TestGateway::start(
+        [
+            nats.bus(),
+            flags(&["--merge-window", "0", "--client-message-rate", "50"]),
+        ]
+        .concat(),
+    )
+    .await;
+    let logic = TestLogic::start(&[], nats.bus()).await;
+    wait_live(&logic, 1).await;
+    let mut neighbour = gateway.member("steady").await;
+    nats.wait_subjects(ROOM_SUBJECTS, 1).await;
+
+    // 200 JOIN/LEAVE pairs, pipelined: the bucket holds 100 messages.
+    let mut flood = support::RawClient::connect(gateway.ws).await;
+    let mut burst = Vec::new();
+    for n in 0..200 {
+        for kind in ["JOIN", "LEAVE"] {
+            let message = format!(r#"{{"type":"{kind}","data":{{"room":"fresh-{n}"}}}}"#);
+            burst.extend_from_slice(&support::encode_client_frame(0x81, message.as_bytes(), true));
+        }
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut flood.stream, &burst)
+        .await
+        .unwrap();
+    assert_eq!(flood.close_code().await, Some(4005));
+    gateway
+        .internal()
+        .wait_metric(r#"herald_closes_total{reason="message_rate"}"#, 1.0)
+        .await;
+    // Only the neighbour's room is left subscribed, on the wire, and its pushes still arrive.
+    let left = nats.wait_subjects(ROOM_SUBJECTS, 1).await;
+    wait_subscribed(&gateway, 1.0).await;
+    logic.push_room("steady", "[1]").await;
+    assert_eq!(neighbour.next_push().await["items"], json!([1]), "{left:?}");
+    logic.stop().await;
+    gateway.stop().await;
 }

@@ -96,8 +96,13 @@ pub(super) struct Outbox {
     /// The length of every frame in `frames`, whole (the part already written included): what `outbox_bytes`
     /// bounds. A push frame shared by many connections is one allocation, counted here in each outbox it waits in.
     pub(super) bytes: usize,
-    /// A close frame is queued: no further frame is taken.
+    /// No further frame is taken (a close frame is queued, or the connection failed).
     pub(super) closing: bool,
+    /// A close frame was queued (it is the last frame, while still queued).
+    close_queued: bool,
+    /// Frames handed to [`Recipient::deliver`] and written whole (close frames not counted); added to
+    /// `herald_sent_frames_total` when the connection ends.
+    pub(super) sent: u64,
     /// When the queue last became non-empty or last moved (for the write timeout).
     pub(super) last_progress: Option<Instant>,
     /// A write failed; the connection is dead.
@@ -123,7 +128,10 @@ impl Recipient for Session {
             // readiness tracking (one cache line less per recipient in a large fan-out): a WouldBlock here leaves
             // tokio believing the socket writable, so `Session::flush` finds out with its own try_write and waits.
             let written = match socket2::SockRef::from(&self.stream).send(frame) {
-                Ok(n) if n == frame.len() => return,
+                Ok(n) if n == frame.len() => {
+                    outbox.sent += 1;
+                    return;
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
@@ -202,6 +210,7 @@ impl Outbox {
             self.last_progress = Some(Instant::now());
         }
         self.push(&ws::close_frame(code, reason));
+        self.close_queued = true;
         discarded
     }
 }
@@ -242,6 +251,10 @@ impl Session {
                     written -= left_in_first;
                     if let Some(sent) = outbox.frames.pop_front() {
                         outbox.bytes -= sent.len();
+                        // The close frame is always the last one queued.
+                        if !(outbox.close_queued && outbox.frames.is_empty()) {
+                            outbox.sent += 1;
+                        }
                     }
                     outbox.written = 0;
                 } else {
@@ -256,15 +269,19 @@ impl Session {
     }
 
     /// Ends the writer when the connection is gone: fan-outs that took their member snapshot earlier are refused
-    /// from now on, and the frames that never left are counted as dropped (`why`).
+    /// from now on, the frames that never left are counted as dropped (`why`; a close frame is not a frame that
+    /// was delivered), and the frames that did as sent.
     pub(super) fn abandon(&self, why: DropReason) {
-        let unsent = {
+        let (unsent, sent) = {
             let mut outbox = self.outbox.lock();
             outbox.closing = true;
             outbox.failed = true;
             outbox.bytes = 0;
-            std::mem::take(&mut outbox.frames).len() as u64
+            let frames = std::mem::take(&mut outbox.frames).len();
+            let close_unsent = outbox.close_queued && frames > 0;
+            (frames - usize::from(close_unsent), outbox.sent)
         };
-        self.context.metrics.dropped(why, unsent);
+        self.context.metrics.dropped(why, unsent as u64);
+        self.context.metrics.sent(sent);
     }
 }

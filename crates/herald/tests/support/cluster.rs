@@ -241,6 +241,8 @@ impl HeraldProcess {
 /// A `nats-server` of the test's own, on a free loopback port, stopped when dropped.
 pub struct NatsServer {
     pub port: u16,
+    /// Its monitoring endpoint (`/subsz`), when started by [`NatsServer::start`].
+    monitor: Option<SocketAddr>,
     child: Child,
 }
 
@@ -267,7 +269,7 @@ impl NatsServer {
         let dir = std::env::temp_dir().join(format!("herald-nats-ports-{}-{}", std::process::id(), next_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "--ports_file_dir"])
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -276,13 +278,15 @@ impl NatsServer {
             .expect("nats-server (scripts/test installs it)");
         let ports_file = dir.join(format!("nats-server_{}.ports", child.id().expect("running")));
         let deadline = tokio::time::Instant::now() + FAILSAFE;
-        let port = loop {
-            let url = std::fs::read_to_string(&ports_file).ok().and_then(|text| {
+        let (port, monitor) = loop {
+            let ports = std::fs::read_to_string(&ports_file).ok().and_then(|text| {
                 let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-                ports["nats"][0].as_str().map(str::to_owned)
+                let port = ports["nats"][0].as_str()?.rsplit(':').next()?.parse::<u16>().ok()?;
+                let monitor = ports["monitoring"][0].as_str()?.strip_prefix("http://")?.parse().ok()?;
+                Some((port, monitor))
             });
-            if let Some(port) = url.and_then(|url| url.rsplit(':').next()?.parse::<u16>().ok()) {
-                break port;
+            if let Some(ports) = ports {
+                break ports;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -291,7 +295,44 @@ impl NatsServer {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
         let _ = std::fs::remove_dir_all(&dir);
-        Self { port, child }
+        Self {
+            port,
+            monitor: Some(monitor),
+            child,
+        }
+    }
+
+    /// The subjects of the subscriptions the server itself holds (its `/subsz`) that start with `prefix`: what is
+    /// on the wire, whatever herald's own counters say.
+    pub async fn subjects(&self, prefix: &str) -> Vec<String> {
+        let monitor = self.monitor.expect("started with monitoring");
+        let answer = super::http(monitor, "GET", "/subsz?subs=1&limit=100000", None, b"").await;
+        let mut subjects: Vec<String> = answer.json()["subscriptions_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|sub| sub["subject"].as_str())
+            .filter(|subject| subject.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        subjects.sort();
+        subjects
+    }
+
+    /// Waits until the server holds `count` subscriptions whose subject starts with `prefix`.
+    pub async fn wait_subjects(&self, prefix: &str, count: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + FAILSAFE;
+        loop {
+            let subjects = self.subjects(prefix).await;
+            if subjects.len() == count {
+                return subjects;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server holds {subjects:?} under {prefix}, expected {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts on `port` (again, after [`NatsServer::kill`]: the same address clients reconnect to).
@@ -311,7 +352,11 @@ impl NatsServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Self { port, child }
+        Self {
+            port,
+            monitor: None,
+            child,
+        }
     }
 
     pub fn url(&self) -> String {
