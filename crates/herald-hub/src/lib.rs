@@ -93,6 +93,15 @@ pub struct HubConfig {
     pub max_rooms: usize,
 }
 
+/// A JOIN taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's name as the hub holds it: one copy shared by the room's entry and every member that keeps it.
+    pub room: Arc<str>,
+    /// The connection was not a member before.
+    pub new: bool,
+}
+
 /// A JOIN refused because the hub holds `max_rooms` rooms already (joining one of them is still taken).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the server holds the most rooms it takes (max_rooms)")]
@@ -339,13 +348,13 @@ impl<R: Recipient> Hub<R> {
         }
     }
 
-    /// Adds a connection to a room; false if it was a member already. A new room beyond `max_rooms` is refused.
-    pub fn join(&self, room: &str, conn: &Arc<R>) -> Result<bool, RoomLimit> {
-        let joined = self.add_member(Kind::Room, room, || Arc::from(room), conn)?;
-        if joined {
+    /// Adds a connection to a room. A new room beyond `max_rooms` is refused.
+    pub fn join(&self, room: &str, conn: &Arc<R>) -> Result<Joined, RoomLimit> {
+        let (new, room) = self.add_member(Kind::Room, room, || Arc::from(room), conn)?;
+        if new {
             self.metrics.memberships.inc();
         }
-        Ok(joined)
+        Ok(Joined { room, new })
     }
 
     /// Removes a connection from a room; false if it was not a member.
@@ -372,7 +381,7 @@ impl<R: Recipient> Hub<R> {
         name: &str,
         key: impl FnOnce() -> Arc<str>,
         conn: &Arc<R>,
-    ) -> Result<bool, RoomLimit> {
+    ) -> Result<(bool, Arc<str>), RoomLimit> {
         let mut state = self.room_shard(name).state.lock();
         let entries = state.map(kind);
         // `first`: the entry had no member before this one.
@@ -399,11 +408,12 @@ impl<R: Recipient> Hub<R> {
                 (true, true)
             }
         };
+        let (key, _) = entries.get_key_value(name).expect("present under the same lock");
+        let key = Arc::clone(key);
         if first {
-            let (key, _) = entries.get_key_value(name).expect("present under the same lock");
-            self.interest_changed(kind.topic(Arc::clone(key)), true);
+            self.interest_changed(kind.topic(Arc::clone(&key)), true);
         }
-        Ok(joined)
+        Ok((joined, key))
     }
 
     /// Removes a member from a room's or a user's entry; false if it was not one.

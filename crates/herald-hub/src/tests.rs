@@ -109,8 +109,13 @@ async fn a_room_push_reaches_its_members_only() {
     for conn in [&a, &b, &c] {
         hub.register(conn);
     }
-    assert!(hub.join("news", &a).unwrap() && hub.join("news", &b).unwrap());
-    assert!(!hub.join("news", &a).unwrap(), "second join is a no-op");
+    assert!(hub.join("news", &a).unwrap().new && hub.join("news", &b).unwrap().new);
+    let again = hub.join("news", &a).unwrap();
+    assert!(!again.new, "second join is a no-op");
+    assert!(
+        Arc::ptr_eq(&again.room, &hub.join("news", &b).unwrap().room),
+        "one copy of the name"
+    );
     let accepted = hub.push(&room("news"), items(&["1"])).unwrap();
     assert_eq!(
         accepted,

@@ -67,7 +67,7 @@ fn instant_of(unix_secs: u64) -> Instant {
 /// What handling one message needs (kept apart from the assembler that lends the message).
 pub(super) struct Commands<'a> {
     pub(super) session: &'a Arc<Session>,
-    pub(super) rooms: &'a mut Vec<Box<str>>,
+    pub(super) rooms: &'a mut Vec<Arc<str>>,
     pub(super) auth: &'a mut Option<Auth>,
     /// Our close is under way: data messages are ignored, only the peer's close matters.
     pub(super) closing: bool,
@@ -141,11 +141,12 @@ impl Commands<'_> {
         if self.rooms.len() >= context.limits.max_rooms_per_connection {
             return Err(RequestError::TooManyRooms);
         }
-        context
+        let joined = context
             .hub
             .join(room, self.session)
             .map_err(|_| RequestError::TooManyRoomsTotal)?;
-        self.rooms.push(room.into());
+        // The hub's own copy of the name: a room's members share one.
+        self.rooms.push(joined.room);
         Ok(())
     }
 

@@ -99,7 +99,7 @@ impl State {
 /// The session task's own state (what the hub never sees).
 struct Conn {
     session: Arc<Session>,
-    rooms: Vec<Box<str>>,
+    rooms: Vec<Arc<str>>,
     /// The token's expiry and the rooms it allows; `None` with auth off.
     auth: Option<Auth>,
     partial: Vec<u8>,
