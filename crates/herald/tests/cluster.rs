@@ -342,7 +342,7 @@ async fn wait_stopped(pid: &str) {
             stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
         })
     };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + support::FAILSAFE;
     while !all_stopped() {
         assert!(tokio::time::Instant::now() < deadline, "process {pid} did not stop");
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -195,8 +195,10 @@ async fn rooms_need_a_claim_a_public_room_or_a_room_token() {
 #[tokio::test]
 async fn an_expired_token_closes_with_4003_unless_refreshed() {
     let server = TestServer::start(auth_flags(&[])).await;
-    let mut lapsing = Client::with_token(server.ws, &hs256(OLD, &claims("erin", 2, json!({})))).await;
-    let mut refreshed = Client::with_token(server.ws, &hs256(OLD, &claims("erin", 2, json!({})))).await;
+    // Tokens of 6 s: time for both connections and the REFRESH before they expire, even on a loaded machine
+    // (each token is signed by a Python process).
+    let mut lapsing = Client::with_token(server.ws, &hs256(OLD, &claims("erin", 6, json!({})))).await;
+    let mut refreshed = Client::with_token(server.ws, &hs256(OLD, &claims("erin", 6, json!({})))).await;
     let wrong_user = refreshed
         .request_data(
             "REFRESH",

@@ -211,9 +211,12 @@ async fn a_client_close_is_answered_and_counted() {
     let server = TestServer::with_window("0").await;
     let mut client = server.member("bye").await;
     client.ws.close().await.unwrap();
-    while let Some(Ok(message)) = client.ws.next().await {
-        assert!(message.is_close() || message.is_text(), "{message:?}");
-    }
+    let drained = tokio::time::timeout(support::FAILSAFE, async {
+        while let Some(Ok(message)) = client.ws.next().await {
+            assert!(message.is_close() || message.is_text(), "{message:?}");
+        }
+    });
+    drained.await.expect("the server ends the connection");
     server.wait_metric(r#"herald_closes_total{reason="client"}"#, 1.0).await;
     assert_eq!(server.push_room("bye", "[1]").await["recipients"], 0, "left every room");
     server.stop().await;

@@ -96,11 +96,12 @@ async fn a_silent_connection_is_closed_at_the_heartbeat_timeout() {
 
 #[tokio::test]
 async fn pings_keep_a_connection_alive_past_the_heartbeat_timeout_and_silence_then_ends_it() {
-    let settings = flags(&["--heartbeat-timeout", "500ms"]);
+    // Pings every 300 ms against a 2 s timeout: a loaded machine may stretch a sleep, hardly sevenfold.
+    let settings = flags(&["--heartbeat-timeout", "2s"]);
     let server = TestServer::start(settings).await;
     let mut client = server.client().await;
     for _ in 0..8 {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         client.send_text(r#"{"type":"PING"}"#).await;
         assert_eq!(client.next_json().await["type"], "PONG");
     }
@@ -288,7 +289,9 @@ async fn pushes_during_shutdown_are_refused_with_503() {
     server.begin_shutdown();
     // The API keeps answering while connections drain (the silent client holds the drain for its close
     // linger); /healthz turns 503 once pushes are refused, and pushes are refused truthfully.
+    let deadline = tokio::time::Instant::now() + support::FAILSAFE;
     while server.http("GET", "/healthz", None, b"").await.status != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "/healthz never turned 503");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let answer = server.post_form("/push/room", "room=r&items=[1]").await;
