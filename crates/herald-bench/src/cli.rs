@@ -12,6 +12,9 @@ pub enum Scenario {
     /// Connect/disconnect storms while pushes flow: errors, latency of the connections that stay, and memory
     /// before, during and after.
     Churn(ChurnArgs),
+    /// Normal clients receiving pushes while attackers of every kind work on the same herald (reply hogs, flooders,
+    /// fresh-room churners, half-open sockets, slow readers): their loss and latency, and herald's memory.
+    Hostile(HostileArgs),
 }
 
 /// Where the load goes, and how herald is started when the bench starts it.
@@ -133,6 +136,33 @@ pub struct ChurnArgs {
     #[arg(long, default_value_t = 10.0)]
     pub secs: f64,
     /// Room every connection joins
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `herald bench hostile`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostileArgs {
+    /// Normal connections receiving; each must get every item once, in order
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Attackers of each kind (0: the baseline, no attack)
+    #[arg(long, default_value_t = 100)]
+    pub attackers: usize,
+    /// Messages a second of each rate-bound attacker (reply hogs, room churners); below the server's
+    /// client_message_rate they are not closed for it
+    #[arg(long, default_value_t = 50.0)]
+    pub attack_rate: f64,
+    /// Pushes per second to the room
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds of pushes and attack
+    #[arg(long, default_value_t = 20.0)]
+    pub secs: f64,
+    /// Room the normal clients (and the slow readers) join
     #[arg(long, default_value = "bench")]
     pub room: String,
     #[command(flatten)]

@@ -3,7 +3,8 @@
 //! # Layout
 //! A coordinator (this process) starts herald or targets a running one, spreads the connections over worker
 //! processes, publishes, and reports:
-//! - [`cli`]: the scenarios' arguments; `scenarios/`: one file per scenario (`connections`, `fanout`, `churn`).
+//! - [`cli`]: the scenarios' arguments; `scenarios/`: one file per scenario (`connections`, `fanout`, `churn`,
+//!   `hostile`); `attack`: the hostile clients.
 //! - `server`: the herald under test (started or given), its readiness, `/stats`, CPU and memory.
 //! - `workers`: the coordinator's side of the worker processes; `report`: the figures and how they print.
 //! - [`worker`]: a worker process holding its share of connections on one thread.
@@ -14,6 +15,7 @@
 //! It links only what it needs to speak to herald from outside: of herald's crates, only the protocol crate, for the
 //! `/stats` documents it reads.
 
+mod attack;
 pub mod cli;
 pub mod proc;
 mod publisher;
@@ -24,7 +26,7 @@ mod server;
 pub mod worker;
 mod workers;
 
-pub use crate::cli::{ChurnArgs, ConnectionsArgs, FanoutArgs, Scenario, Target};
+pub use crate::cli::{ChurnArgs, ConnectionsArgs, FanoutArgs, HostileArgs, Scenario, Target};
 use crate::report::print_table;
 
 /// Runs a scenario and prints its result.
@@ -34,12 +36,14 @@ pub fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Connections(args) => args.target.json,
         Scenario::Fanout(args) => args.target.json,
         Scenario::Churn(args) => args.target.json,
+        Scenario::Hostile(args) => args.target.json,
     };
     let result = runtime.block_on(async {
         match scenario {
             Scenario::Connections(args) => scenarios::connections::run(args).await,
             Scenario::Fanout(args) => scenarios::fanout::run(args).await,
             Scenario::Churn(args) => scenarios::churn::run(args).await,
+            Scenario::Hostile(args) => scenarios::hostile::run(args).await,
         }
     })?;
     if json {

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -215,6 +217,25 @@ impl Server {
         self.pids.iter().map(|&pid| proc::rss_bytes(pid)).sum()
     }
 
+    /// Samples the server's resident memory every 250 ms until the sampler is stopped, keeping the peak.
+    pub(crate) fn sample_peak_rss(&self) -> PeakRss {
+        let pids = self.pids.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut peak = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let rss: Option<u64> = pids.iter().map(|&pid| proc::rss_bytes(pid)).sum();
+                    peak = peak.max(rss.unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                peak
+            }
+        });
+        PeakRss { stop, task }
+    }
+
     /// Stops the processes, logic before its gateways (in reverse order of start).
     pub(crate) async fn stop(mut self) {
         for (child, pid) in self.children.iter_mut().zip(&self.pids).rev() {
@@ -226,6 +247,20 @@ impl Server {
                 let _ = child.kill().await;
             }
         }
+    }
+}
+
+/// The peak of the server's memory while it is sampled ([`Server::sample_peak_rss`]).
+pub(crate) struct PeakRss {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    /// Stops sampling; the highest resident memory seen, in bytes.
+    pub(crate) async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Release);
+        Ok(self.task.await?)
     }
 }
 

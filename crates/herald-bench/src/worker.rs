@@ -321,6 +321,15 @@ async fn open(
     let mut stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
     setsockopt(&stream, sockopt::ReceiveTimestampns, &true)?;
+    upgrade(&mut stream, target, query).await?;
+    if let Some(join) = join {
+        stream.write_all(join).await?;
+    }
+    Ok(stream)
+}
+
+/// The WebSocket handshake on `stream` (`/connect` with `query`); an error unless answered 101.
+pub(crate) async fn upgrade(stream: &mut TcpStream, target: SocketAddr, query: &str) -> io::Result<()> {
     let request = format!(
         "GET /connect{query} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -338,10 +347,7 @@ async fn open(
     if !head.starts_with(b"HTTP/1.1 101") {
         return Err(io::Error::other(String::from_utf8_lossy(&head[..len]).into_owned()));
     }
-    if let Some(join) = join {
-        stream.write_all(join).await?;
-    }
-    Ok(stream)
+    Ok(())
 }
 
 /// Opens, joins and drops connections at `plan.churn_per_sec` for `plan.churn_secs`, from 127.2.INDEX.N with
@@ -521,7 +527,7 @@ fn join_frame(room: &str) -> Vec<u8> {
 }
 
 /// A masked client text frame (the mask is fixed: it only has to be present).
-fn masked_text(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
     let key = [0x5a, 0x17, 0xc3, 0x8e];
     let mut out = vec![0x81];
     match payload.len() {

@@ -78,6 +78,19 @@ fn bench_scenarios_run_and_account_for_every_item() {
 }
 
 #[test]
+fn bench_hostile_attacks_beside_normal_clients_that_still_get_everything() {
+    let hostile = bench("hostile --conns 100 --attackers 3 --rate 20 --secs 3 --merge-window 50ms");
+    assert_every_item_delivered(&hostile, 100, 20);
+    let attack = &hostile["attack"];
+    for kind in ["reply_hog", "flooder", "room_churner", "half_open", "slow_reader"] {
+        assert!(attack[kind]["sessions"].as_u64() >= Some(3), "{kind}: {hostile}");
+    }
+    // Flooders are closed at client_message_rate and come back.
+    assert!(attack["flooder"]["cut_off"].as_u64() >= Some(1), "{hostile}");
+    assert!(hostile["server_rss_growth_per_attacker_bytes"].is_number(), "{hostile}");
+}
+
+#[test]
 fn bench_runs_a_cluster_of_its_own() {
     // `herald logic` (one event loop by default) and two `herald gateway` processes, started and stopped by the bench.
     let cluster = bench("fanout --cluster 2 --conns 200 --rate 20 --secs 2 --merge-window 50ms");

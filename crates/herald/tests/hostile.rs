@@ -535,3 +535,29 @@ async fn an_oversized_request_head_gets_431() {
     );
     server.stop().await;
 }
+
+/// A client that floods on after herald closed it (4005) is read only a little further (64 KiB, for its close
+/// frame), not drained at line rate until the close linger ends: its writes soon block and the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_after_the_close_is_not_drained() {
+    let server = TestServer::start(flags(&["--client-message-rate", "20"])).await;
+    let mut flood = RawClient::connect(server.ws).await;
+    let burst = support::encode_client_frame(0x81, br#"{"type":"PING"}"#, true).repeat(1000);
+    let (mut written, deadline) = (0usize, tokio::time::Instant::now() + support::FAILSAFE);
+    // Drained, the flood would go at loopback speed (gigabytes a second) for the linger's second.
+    const BOUND: usize = 256 << 20;
+    loop {
+        assert!(written < BOUND, "herald read {written} bytes of a client it had closed");
+        assert!(tokio::time::Instant::now() < deadline, "the flood never stopped");
+        match tokio::time::timeout(Duration::from_secs(2), flood.stream.write_all(&burst)).await {
+            Ok(Ok(())) => written += burst.len(),
+            // Cut off (reset) or blocked: herald no longer reads it.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    server
+        .wait_metric(r#"herald_closes_total{reason="message_rate"}"#, 1.0)
+        .await;
+    eprintln!("the flood got {written} bytes in before herald stopped reading");
+    server.stop().await;
+}

@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::ChurnArgs;
+use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
 use crate::server::{Server, wait_for_members};
 use crate::worker::Plan;
 use crate::workers::{Connected, Workers};
-use crate::{proc, publisher};
 
 pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
@@ -39,20 +39,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     let cpu_before = server.cpu_secs();
 
     // Memory during the storm: sampled every 250 ms, the peak kept.
-    let pids = server.pids.clone();
-    let sampling = CancellationFlag::default();
-    let sampler = tokio::spawn({
-        let sampling = sampling.clone();
-        async move {
-            let mut peak = 0u64;
-            while !sampling.is_set() {
-                let rss: Option<u64> = pids.iter().map(|&pid| proc::rss_bytes(pid)).sum();
-                peak = peak.max(rss.unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            peak
-        }
-    });
+    let peak = server.sample_peak_rss();
     workers.command_last("churn").await?;
     let plan = publisher::Plan {
         api,
@@ -68,8 +55,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     let published = publisher::run(&plan, &bar).await?;
     bar.finish_and_clear();
     workers.drain(published.expected_items).await?;
-    sampling.set();
-    let rss_peak = sampler.await?;
+    let rss_peak = peak.stop().await?;
     // After the storm: churning connections closed and their memory given back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = server.rss_bytes();
@@ -103,18 +89,4 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     out.put("server_cpu_secs", server_cpu);
     out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
     Ok(out)
-}
-
-/// A flag one task sets and another polls.
-#[derive(Clone, Default)]
-pub(crate) struct CancellationFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl CancellationFlag {
-    fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
 }

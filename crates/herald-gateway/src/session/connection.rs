@@ -25,6 +25,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// (its replies among it) gets no more requests handled, and the kernel's buffers then push back on it. Reading
 /// resumes once the outbox drains below it; meanwhile write progress, not PINGs, shows the peer alive.
 pub(crate) const READ_PAUSE_BYTES: usize = 64 << 10;
+/// What is read of a peer once the close has begun, at most: enough for its close frame behind what it had in
+/// flight, not a flood drained at line rate. Past it, reading stops (the socket may then end with a reset).
+const CLOSING_READ_BYTES: usize = 64 << 10;
 
 /// Where a connection stands.
 enum State {
@@ -43,6 +46,8 @@ struct Closing {
     /// When our close frame was fully written and our side of the TCP connection shut down; the peer then has
     /// [`CLOSE_LINGER`] to answer.
     sent_at: Option<Instant>,
+    /// Bytes read of the peer since the close began (bounded by [`CLOSING_READ_BYTES`]).
+    read: usize,
 }
 
 /// What is still read of the peer while closing.
@@ -87,6 +92,7 @@ impl State {
                 since: Instant::now(),
                 input: Input::Parsed,
                 sent_at: None,
+                read: 0,
             });
         }
         match self {
@@ -275,6 +281,13 @@ impl Conn {
                     let now = Instant::now();
                     self.refill(now - self.last_seen);
                     self.last_seen = now;
+                    if let State::Closing(closing) = &mut self.state {
+                        closing.read += n;
+                        if closing.read > CLOSING_READ_BYTES {
+                            closing.input = Input::Done;
+                            return true;
+                        }
+                    }
                     if self.state.parsing() {
                         self.ingest(&mut buf[..n]);
                     }
