@@ -67,6 +67,14 @@ SCENARIOS = {
                       "one push every 2 s, 1 s window, 20 s",
                       ["fanout", "--nats", "8", "--conns", "150000", "--rate", "0.5", "--items", "1",
                        "--item-bytes", "100", "--secs", "20", "--merge-window", "1s"]),
+    "hostile_baseline": ("under attack, the baseline: 5,000 connections in one room, 10 pushes/s of one 100-byte "
+                         "item, 10 ms window, 30 s, no attacker",
+                         ["hostile", "--conns", "5000", "--attackers", "0", "--rate", "10", "--secs", "30",
+                          "--merge-window", "10ms"]),
+    "hostile": ("under attack: the same, beside 200 attackers of each of five kinds (1,000 hostile connections: "
+                "reply hogs, flooders, fresh-room churners, half-open sockets, slow readers in the room)",
+                ["hostile", "--conns", "5000", "--attackers", "200", "--rate", "10", "--secs", "30",
+                 "--merge-window", "10ms"]),
     "churn": ("churn: 10,000 connections stay in one room while 2,000 connections a second join and leave "
               "(each held 50 ms, dropped with a reset), 10 pushes/s, 10 ms window, 30 s",
               ["churn", "--conns", "10000", "--churn", "2000", "--hold-ms", "50", "--rate", "10", "--secs", "30",
@@ -235,8 +243,10 @@ def criterion():
 
 
 def fmt(value):
-    if isinstance(value, dict):  # counts by kind, as closed_early_by
+    if isinstance(value, dict) and all(isinstance(count, int) for count in value.values()):  # counts by kind
         return ", ".join(f"{kind}: {count:,}" for kind, count in value.items()) or "none"
+    if isinstance(value, (dict, list)):  # the attack's tally: shown as its own table
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -362,6 +372,21 @@ def render(results, benches):
                   f"{churn['server_rss_peak_bytes'] / 1e6:.1f} MB at the peak, "
                   f"{churn['server_rss_after_bytes'] / 1e6:.1f} MB 3 s after ({growth:+.1f}%): "
                   f"{'within' if held else '**outside**'} the {CHURN_RSS_MARGIN_PCT}% margin."]
+    attacked, baseline = results.get("hostile"), results.get("hostile_baseline")
+    if attacked and baseline:
+        lines += ["", "## Under attack", "",
+                  "The same 5,000 clients and pushes, without and with 1,000 hostile connections (`herald bench "
+                  "hostile`, each attacker reconnecting whenever herald closes it). Server CPU and RSS are herald's.",
+                  "", "| figure | no attack | under attack |", "|---|---|---|"]
+        for figure in ["items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms",
+                       "server_cpu_secs", "server_rss_before_bytes", "server_rss_peak_bytes"]:
+            lines.append(f"| {figure} | {shown(figure, baseline.get(figure))} | {shown(figure, attacked.get(figure))} |")
+        tally = attacked.get("attack") or {}
+        lines += ["", "What the attackers went through (sessions opened, sessions herald ended, bytes herald's "
+                  "sockets took from them):", "", "| attacker | sessions | cut off | bytes sent |", "|---|---|---|---|"]
+        for kind, counts in tally.items():
+            lines.append(f"| {kind} | {fmt(counts['sessions'])} | {fmt(counts['cut_off'])} | "
+                         f"{fmt(counts['bytes_sent'])} |")
     lines += ["", "## Runs", ""]
     for name, (title, args) in SCENARIOS.items():
         result = results.get(name)

@@ -16,10 +16,11 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::worker::{masked_text, upgrade};
 
 /// The kinds of attacker, each `count` strong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Kind {
-    /// Sends PINGs with 120-byte ids at `rate` a second and never reads a PONG.
+#[value(rename_all = "snake_case")]
+pub enum Kind {
+    /// Sends PINGs with 120-byte ids at `rate` a second and never reads a PONG: its replies pile up.
     ReplyHog,
     /// Sends PINGs as fast as the socket takes them.
     Flooder,
@@ -31,23 +32,12 @@ pub(crate) enum Kind {
     SlowReader,
 }
 
-/// How many kinds of attacker there are.
-pub(crate) const KINDS: usize = Kind::ALL.len();
-
-impl Kind {
-    const ALL: [Self; 5] = [
-        Self::ReplyHog,
-        Self::Flooder,
-        Self::RoomChurner,
-        Self::HalfOpen,
-        Self::SlowReader,
-    ];
-}
-
 /// What to attack, how hard, for how long.
 #[derive(Debug, Clone)]
 pub(crate) struct Attack {
     pub(crate) target: SocketAddr,
+    /// The kinds that attack.
+    pub(crate) kinds: Vec<Kind>,
     /// Attackers of each kind.
     pub(crate) count: usize,
     /// Messages a second of the rate-bound kinds (reply hogs, room churners).
@@ -91,7 +81,7 @@ async fn run(attack: Attack) -> BTreeMap<Kind, Tally> {
     let deadline = Instant::now() + attack.duration;
     let mut tasks = Vec::new();
     let mut counters = BTreeMap::new();
-    for kind in Kind::ALL {
+    for &kind in &attack.kinds {
         let counter = Arc::new(Counters::default());
         counters.insert(kind, Arc::clone(&counter));
         for _ in 0..attack.count {
@@ -142,10 +132,14 @@ async fn one_session(kind: Kind, attack: &Attack, counter: &Counters) -> io::Res
     let every = Duration::from_secs_f64(1.0 / attack.rate.max(0.001));
     match kind {
         Kind::ReplyHog => {
-            let ping = masked_text(format!(r#"{{"type":"PING","id":"{}"}}"#, "h".repeat(120)).as_bytes());
+            // At most a write a millisecond (the timer's grain); above 1,000 a second, several PINGs a write.
+            let tick = every.max(Duration::from_millis(1));
+            let per_tick = (attack.rate * tick.as_secs_f64()).round().max(1.0) as usize;
+            let pings =
+                masked_text(format!(r#"{{"type":"PING","id":"{}"}}"#, "h".repeat(120)).as_bytes()).repeat(per_tick);
             loop {
-                send(&mut stream, &ping, counter).await?;
-                tokio::time::sleep(every).await;
+                send(&mut stream, &pings, counter).await?;
+                tokio::time::sleep(tick).await;
             }
         }
         Kind::Flooder => {

@@ -152,6 +152,13 @@ pub struct HostileArgs {
     /// Attackers of each kind (0: the baseline, no attack)
     #[arg(long, default_value_t = 100)]
     pub attackers: usize,
+    /// The kinds of attacker, comma-separated
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "reply_hog,flooder,room_churner,half_open,slow_reader"
+    )]
+    pub kinds: Vec<crate::attack::Kind>,
     /// Messages a second of each rate-bound attacker (reply hogs, room churners); below the server's
     /// client_message_rate they are not closed for it
     #[arg(long, default_value_t = 50.0)]

@@ -15,7 +15,7 @@
 //! It links only what it needs to speak to herald from outside: of herald's crates, only the protocol crate, for the
 //! `/stats` documents it reads.
 
-mod attack;
+pub mod attack;
 pub mod cli;
 pub mod proc;
 mod publisher;

@@ -11,7 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::cli::Target;
-use crate::server::Server;
+use crate::report::progress;
+use crate::server::{Server, wait_for_members};
 use crate::worker::{Event, Plan, Report};
 
 /// Connections one worker process holds at most (the per-process descriptor limit here is 20,000).
@@ -97,6 +98,24 @@ impl Workers {
     }
 
     /// Waits until every worker has opened its connections: (connections, errors, seconds).
+    /// Starts the workers and waits until their `conns` connections are open and members of `room` (or, with
+    /// none, connected), as the server's `/stats` says: where the delivery scenarios begin.
+    pub(crate) async fn members(
+        server: &Server,
+        conns: usize,
+        room: Option<&str>,
+        target: &Target,
+    ) -> anyhow::Result<(Self, Connected)> {
+        let api = server.api.context("this scenario pushes: pass --api with --ws")?;
+        let mut workers = Self::start(server, conns, room, target).await?;
+        let bar = progress(conns as u64, "connecting");
+        let connected = workers.connected(&bar).await?;
+        bar.finish_and_clear();
+        // Joins are not acknowledged (go-push style): make sure the server has them all before publishing.
+        wait_for_members(api, room, connected.conns).await?;
+        Ok((workers, connected))
+    }
+
     pub(crate) async fn connected(&mut self, progress: &ProgressBar) -> anyhow::Result<Connected> {
         let mut total = Connected::default();
         for event in self.next_events().await? {

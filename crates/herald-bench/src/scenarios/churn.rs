@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::cli::ChurnArgs;
 use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
-use crate::server::{Server, wait_for_members};
+use crate::server::Server;
 use crate::worker::Plan;
 use crate::workers::{Connected, Workers};
 
@@ -15,11 +15,8 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("churn needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
-    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
-    let bar = progress(args.conns as u64, "connecting");
-    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
-    bar.finish_and_clear();
-    wait_for_members(api, room, conns).await?;
+    let (mut workers, Connected { conns, errors, .. }) =
+        Workers::members(&server, args.conns, room, &args.target).await?;
     workers
         .add_churner(&Plan {
             target: server.ws[0],

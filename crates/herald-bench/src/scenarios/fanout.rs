@@ -7,19 +7,15 @@ use anyhow::Context;
 use crate::cli::FanoutArgs;
 use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
-use crate::server::{Server, wait_for_members};
+use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
 pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("fanout needs the push API: pass --api with --ws")?;
     let room = (!args.all).then_some(args.room.as_str());
-    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
-    let bar = progress(args.conns as u64, "connecting");
-    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
-    bar.finish_and_clear();
-    // Joins are not acknowledged (go-push style): make sure the server has them all before publishing.
-    wait_for_members(api, room, conns).await?;
+    let (mut workers, Connected { conns, errors, .. }) =
+        Workers::members(&server, args.conns, room, &args.target).await?;
 
     let cpu_before = server.cpu_secs();
     let plan = publisher::Plan {

@@ -10,18 +10,15 @@ use crate::attack::{self, Attack};
 use crate::cli::HostileArgs;
 use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
-use crate::server::{Server, wait_for_members};
+use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
 pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("hostile needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
-    let mut workers = Workers::start(&server, args.conns, room, &args.target).await?;
-    let bar = progress(args.conns as u64, "connecting");
-    let Connected { conns, errors, .. } = workers.connected(&bar).await?;
-    bar.finish_and_clear();
-    wait_for_members(api, room, conns).await?;
+    let (mut workers, Connected { conns, errors, .. }) =
+        Workers::members(&server, args.conns, room, &args.target).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = server.rss_bytes();
     let cpu_before = server.cpu_secs();
@@ -31,6 +28,7 @@ pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
     let attackers = (args.attackers > 0).then(|| {
         attack::start(Attack {
             target: server.ws[0],
+            kinds: args.kinds.clone(),
             count: args.attackers,
             rate: args.attack_rate,
             room: args.room.clone(),
@@ -71,6 +69,7 @@ pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
     out.put("connect_errors", errors);
     out.put("attackers_per_kind", args.attackers);
     out.put("attack_rate", args.attack_rate);
+    out.put("attack_kinds", serde_json::to_value(&args.kinds)?);
     put_delivery(&mut out, &reports, &published);
     out.put(
         "server_rss_before_bytes",
@@ -78,7 +77,7 @@ pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
     );
     out.put("server_rss_peak_bytes", rss_peak);
     // What the attack made herald hold, per attacking connection at most (every kind, all at once).
-    let attacking = (args.attackers * attack::KINDS) as f64;
+    let attacking = (args.attackers * args.kinds.len()) as f64;
     out.put(
         "server_rss_growth_per_attacker_bytes",
         match rss_before {
