@@ -24,7 +24,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// While this much waits in the outbox, the connection is not read: a client that does not read what it is sent
 /// (its replies among it) gets no more requests handled, and the kernel's buffers then push back on it. Reading
 /// resumes once the outbox drains below it; meanwhile write progress, not PINGs, shows the peer alive.
-pub(crate) const READ_PAUSE_BYTES: usize = 64 << 10;
+const READ_PAUSE_BYTES: usize = 64 << 10;
 /// What is read of a peer once the close has begun, at most: enough for its close frame behind what it had in
 /// flight, not a flood drained at line rate. Past it, reading stops (the socket may then end with a reset).
 const CLOSING_READ_BYTES: usize = 64 << 10;
