@@ -35,6 +35,7 @@ async fn main() -> std::io::Result<()> {
             queue_items: 1,
             queue_bytes: 1,
             max_rooms: 0,
+            history: herald_hub::history::HistoryConfig::OFF,
         },
         HubMetrics::unregistered(),
     );

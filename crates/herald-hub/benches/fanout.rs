@@ -51,6 +51,7 @@ fn fanout(c: &mut Criterion) {
                 max_items: 100,
             },
             max_rooms: 0,
+            history: herald_hub::history::HistoryConfig::OFF,
             queue_items: 100_000,
             queue_bytes: 1 << 30,
         };

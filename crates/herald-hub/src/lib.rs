@@ -19,14 +19,20 @@
 //!    of the user's name, beside the rooms), so `/push/user` is step 1 to 3 with the user for the room. The
 //!    user's name is one shared `Arc<str>` for all its connections.
 //!
+//! 6. With history on (`history_size` > 0), a room push also gets offsets and is retained in the room's history
+//!    under the same lock, and its frames carry the position of their last item; a JOIN with `since` is given
+//!    what it missed under that lock too, before any live frame (see [`history`]).
+//!
 //! The hub also answers presence and the server's disconnect ([`Hub::census`]) from the same member lists.
 //!
 //! # Layout
 //! - [`batch`]: the merge decision for one room.
+//! - [`history`]: the items retained per room, their offsets and epochs.
 //! - `members`: a room's member list, walked without a lock.
 //! - [`metrics`]: counters and gauges.
 
 pub mod batch;
+pub mod history;
 mod members;
 pub mod metrics;
 
@@ -39,7 +45,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use herald_protocol::bus::{Accepted, Bus, Census, PushFuture, Query, QueryFuture, Refused, Target};
-use herald_protocol::push::push_frame;
+use herald_protocol::client::Since;
+use herald_protocol::position::{JoinAnswer, Position};
+use herald_protocol::push::push_frame_at;
 use herald_protocol::stats::{HubStats, Stats};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -49,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::{Batch, MergePolicy, Wake};
+use crate::history::{Epochs, Histories, HistoryConfig};
 use crate::members::Members;
 pub use crate::metrics::HubMetrics;
 
@@ -91,6 +100,8 @@ pub struct HubConfig {
     pub queue_bytes: usize,
     /// Rooms the hub holds at most; a JOIN that would make one more is refused ([`RoomLimit`]). 0: no limit.
     pub max_rooms: usize,
+    /// What rooms keep of their items for clients that come back.
+    pub history: HistoryConfig,
 }
 
 /// A JOIN taken.
@@ -119,6 +130,8 @@ pub struct Hub<R> {
     parallelism: usize,
     /// Where changes of interest in rooms go, when someone asked ([`Hub::watch_interest`]).
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
+    /// The epochs this hub gives the histories it starts.
+    epochs: Epochs,
 }
 
 /// A room (or user) gained its first member here, or lost its last one: what a gateway on a message bus
@@ -152,6 +165,8 @@ struct ShardState<R> {
     pending_bytes: usize,
     /// The broadcast's batch (used only in the hub's broadcast shard).
     broadcast: Batch,
+    /// The histories of this shard's rooms (empty with history off, and in the broadcast shard).
+    histories: Histories,
     /// The worker made its final pass: nothing added now would ever be sent.
     stopped: bool,
 }
@@ -219,11 +234,13 @@ fn topic_name(topic: &Target) -> &Arc<str> {
 struct Flush<R> {
     target: Target,
     items: Vec<Bytes>,
+    /// The position of the first item, in a room with history.
+    first: Option<Position>,
     members: Vec<Arc<Vec<Arc<R>>>>,
 }
 
 impl<R> Shard<R> {
-    fn new() -> Self {
+    fn new(history_budget: usize) -> Self {
         Self {
             state: Mutex::new(ShardState {
                 rooms: HashMap::new(),
@@ -234,6 +251,7 @@ impl<R> Shard<R> {
                 pending: 0,
                 pending_bytes: 0,
                 broadcast: Batch::default(),
+                histories: Histories::new(history_budget),
                 stopped: false,
             }),
             wake: Notify::new(),
@@ -248,15 +266,17 @@ impl<R: Recipient> Hub<R> {
             config.shards > 0 && config.merge.max_items > 0 && config.queue_items > 0,
             "validated config"
         );
+        let history_budget = config.history.max_bytes / config.shards;
         Arc::new(Self {
-            shards: (0..config.shards).map(|_| Shard::new()).collect(),
-            broadcast: Shard::new(),
+            shards: (0..config.shards).map(|_| Shard::new(history_budget)).collect(),
+            broadcast: Shard::new(0),
             hasher: RandomState::new(),
             config,
             closed: AtomicBool::new(false),
             metrics,
             parallelism: std::thread::available_parallelism().map_or(1, usize::from),
             interest: OnceLock::new(),
+            epochs: Epochs::new(),
         })
     }
 
@@ -320,7 +340,7 @@ impl<R: Recipient> Hub<R> {
         }
         if let Some(user) = conn.user() {
             // Users are bounded by connections, not by max_rooms: this never fails.
-            let _ = self.add_member(Kind::User, user, || Arc::clone(user), conn);
+            let _ = self.add_member(Kind::User, user, || Arc::clone(user), conn, |_, _, _| {});
         }
     }
 
@@ -350,7 +370,53 @@ impl<R: Recipient> Hub<R> {
 
     /// Adds a connection to a room. A new room beyond `max_rooms` is refused.
     pub fn join(&self, room: &str, conn: &Arc<R>) -> Result<Joined, RoomLimit> {
-        let (new, room) = self.add_member(Kind::Room, room, || Arc::from(room), conn)?;
+        self.join_with(room, conn, None, |_| None)
+    }
+
+    /// Adds a connection to a room, and under the room's lock (so before any frame of the room reaches it):
+    /// delivers the acknowledgement `ack` makes, then, for a JOIN that resumes from `since` in a room with
+    /// history, every item after `since` (when the history still holds them all). `ack` is given where the room
+    /// stands and whether it resumed, when the room keeps history; `None` when it does not.
+    pub fn join_with(
+        &self,
+        room: &str,
+        conn: &Arc<R>,
+        since: Option<&Since<'_>>,
+        ack: impl FnOnce(Option<&JoinAnswer>) -> Option<Bytes>,
+    ) -> Result<Joined, RoomLimit> {
+        let (new, room) = self.add_member(Kind::Room, room, || Arc::from(room), conn, |state, room, new| {
+            let mut replay = Vec::new();
+            let answer = self.config.history.is_on().then(|| {
+                let pending = state.rooms.get(room).and_then(|r| r.batch.as_ref()).map_or(0, |b| b.len());
+                let position = state.histories.join_position(room, pending, &self.epochs);
+                let recovered = since.filter(|_| new).map(|since| {
+                    let ttl = self.config.history.ttl;
+                    let outcome = match state.histories.replay(room, since, &position, Instant::now(), ttl) {
+                        Ok(items) => {
+                            replay = items;
+                            history::Recovery::Recovered
+                        }
+                        Err(not) => not,
+                    };
+                    self.metrics.recovery(outcome, replay.len());
+                    outcome == history::Recovery::Recovered
+                });
+                JoinAnswer { position, recovered }
+            });
+            if let Some(frame) = ack(answer.as_ref()) {
+                conn.deliver(&frame);
+            }
+            if let (Some(since), Some(answer)) = (since, &answer) {
+                let target = Target::Room(Arc::clone(room));
+                let first = Position {
+                    offset: since.offset + 1,
+                    epoch: Arc::clone(&answer.position.epoch),
+                };
+                for frame in self.frames(&target, &replay, Some(&first)).iter() {
+                    conn.deliver(frame);
+                }
+            }
+        })?;
         if new {
             self.metrics.memberships.inc();
         }
@@ -381,6 +447,7 @@ impl<R: Recipient> Hub<R> {
         name: &str,
         key: impl FnOnce() -> Arc<str>,
         conn: &Arc<R>,
+        then: impl FnOnce(&mut ShardState<R>, &Arc<str>, bool),
     ) -> Result<(bool, Arc<str>), RoomLimit> {
         let mut state = self.room_shard(name).state.lock();
         let entries = state.map(kind);
@@ -413,6 +480,7 @@ impl<R: Recipient> Hub<R> {
         if first {
             self.interest_changed(kind.topic(Arc::clone(&key)), true);
         }
+        then(&mut *state, &key, joined);
         Ok((joined, key))
     }
 
@@ -431,6 +499,9 @@ impl<R: Recipient> Hub<R> {
         if existing.members.is_empty() && !existing.has_items() {
             entries.remove(name);
             self.kind_gauge(kind).dec();
+            if kind == Kind::Room {
+                state.histories.forget_if_empty(name);
+            }
         }
         if let Some(topic) = topic {
             self.interest_changed(topic, false);
@@ -485,9 +556,23 @@ impl<R: Recipient> Hub<R> {
         if state.stopped {
             return Err(self.refuse_shutting_down());
         }
+        let now = Instant::now();
+        let keeps_history = self.config.history.is_on() && Kind::of(topic) == Kind::Room;
         let (entries, name) = state.entries(topic);
         let Some(entry) = entries.get_mut(&**name) else {
-            // Nobody to deliver to: say so (recipients 0) and count the items as dropped.
+            if keeps_history {
+                let room = &**name;
+                state.histories.append(
+                    room,
+                    || Arc::from(room),
+                    &items,
+                    now,
+                    &self.config.history,
+                    &self.epochs,
+                    &self.metrics,
+                );
+            }
+            // Nobody to deliver to: say so (recipients 0) and count the items as not delivered here.
             self.metrics.items_unrouted.inc_by(count as u64);
             return Ok(Accepted {
                 items: count,
@@ -500,12 +585,26 @@ impl<R: Recipient> Hub<R> {
         if self.over_queue(state, count, bytes) {
             return Err(self.refuse_queue_full());
         }
+        if keeps_history {
+            let (entries, name) = state.entries(topic);
+            let (room, _) = entries.get_key_value(&**name).expect("found above, under the same lock");
+            let room = Arc::clone(room);
+            state.histories.append(
+                &room,
+                || Arc::clone(&room),
+                &items,
+                now,
+                &self.config.history,
+                &self.epochs,
+                &self.metrics,
+            );
+        }
         let (entries, name) = state.entries(topic);
         let entry = entries.get_mut(&**name).expect("found above, under the same lock");
         let wake = entry
             .batch
             .get_or_insert_default()
-            .add(items, Instant::now(), self.config.merge);
+            .add(items, now, self.config.merge);
         state.pending += count;
         state.pending_bytes += bytes;
         match wake {
@@ -583,7 +682,11 @@ impl<R: Recipient> Hub<R> {
                 // The final pass takes everything, and from then on pushes are refused under this same lock.
                 state.stopped = stopping;
                 match shard {
-                    Some(_) => self.take_due_rooms(&mut state, stopping, &mut flushes),
+                    Some(_) => {
+                        let batches = self.take_due_rooms(&mut state, stopping, &mut flushes);
+                        let aging = self.sweep_history(&mut state);
+                        earliest(batches, aging)
+                    }
                     None => self.take_due_broadcast(&mut state, stopping, &mut flushes),
                 }
             };
@@ -631,12 +734,21 @@ impl<R: Recipient> Hub<R> {
             let Some(batch) = entry.batch.as_mut() else {
                 continue;
             };
+            let pending = batch.len();
             let items = batch.take(now, self.config.merge, everything || entry.members.is_empty());
             let deadline = batch.deadline();
             let members = vec![entry.members.snapshot()];
-            if entry.members.is_empty() {
+            let gone = entry.members.is_empty();
+            if gone {
                 entries.remove(&**name);
                 self.kind_gauge(Kind::of(&topic)).dec();
+            }
+            let first = match Kind::of(&topic) {
+                Kind::Room if self.config.history.is_on() => state.histories.first_pending(name, pending),
+                _ => None,
+            };
+            if gone {
+                state.histories.forget_if_empty(name);
             }
             if let Some(at) = deadline {
                 state.timers.push(Reverse((at, topic.clone())));
@@ -648,11 +760,26 @@ impl<R: Recipient> Hub<R> {
                 out.push(Flush {
                     target: topic,
                     items,
+                    first,
                     members,
                 });
             }
         }
         state.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Evicts the history items that aged out; returns when the next one does.
+    fn sweep_history(&self, state: &mut ShardState<R>) -> Option<Instant> {
+        if !self.config.history.is_on() {
+            return None;
+        }
+        let ShardState { rooms, histories, .. } = state;
+        histories.sweep(
+            Instant::now(),
+            self.config.history.ttl,
+            |room| rooms.contains_key(room),
+            &self.metrics,
+        )
     }
 
     /// Takes the broadcast batch when due (or when `everything`); returns its timer.
@@ -672,6 +799,7 @@ impl<R: Recipient> Hub<R> {
             out.push(Flush {
                 target: Target::All,
                 items,
+                first: None,
                 members,
             });
         }
@@ -689,11 +817,7 @@ impl<R: Recipient> Hub<R> {
             self.metrics.items_unrouted.inc_by(flush.items.len() as u64);
             return;
         }
-        let frames: Arc<[Bytes]> = flush
-            .items
-            .chunks(self.config.merge.max_items)
-            .map(|chunk| push_frame(&flush.target, chunk))
-            .collect();
+        let frames = self.frames(&flush.target, &flush.items, flush.first.as_ref());
         for (frame, chunk) in frames.iter().zip(flush.items.chunks(self.config.merge.max_items)) {
             self.metrics.frames.inc();
             self.metrics.frame_items.inc_by(chunk.len() as u64);
@@ -711,6 +835,23 @@ impl<R: Recipient> Hub<R> {
             // A panic in a recipient is a bug; surface it rather than lose track of the slice.
             helper.await.expect("fan-out task panicked");
         }
+    }
+
+    /// The frames of `items` pushed to `target`, at most `merge_max_items` each; in a room with history `first`
+    /// is the position of the first item, and each frame carries the position of its last.
+    fn frames(&self, target: &Target, items: &[Bytes], first: Option<&Position>) -> Arc<[Bytes]> {
+        let mut end = 0u64;
+        items
+            .chunks(self.config.merge.max_items)
+            .map(|chunk| {
+                end += chunk.len() as u64;
+                let last = first.map(|first| Position {
+                    offset: first.offset + end - 1,
+                    epoch: Arc::clone(&first.epoch),
+                });
+                push_frame_at(target, chunk, last.as_ref())
+            })
+            .collect()
     }
 
     /// How many tasks deliver to `recipients` connections.
@@ -772,6 +913,14 @@ async fn deliver<R: Recipient>(slice: Slice<R>, frames: Arc<[Bytes]>) {
 /// The bytes of a push's items (what `queue_bytes` bounds).
 fn bytes_of(items: &[Bytes]) -> usize {
     items.iter().map(Bytes::len).sum()
+}
+
+/// The earlier of two deadlines, either of which may be absent.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

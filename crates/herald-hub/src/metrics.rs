@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::history::{Evicted, Recovery};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabel {
     target: &'static str,
@@ -14,6 +16,11 @@ struct TargetLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 /// Counters and gauges of the fan-out engine. Cheap to clone; every handle is resolved once, so the hot path
@@ -36,6 +43,11 @@ pub struct HubMetrics {
     pub(crate) users: Gauge,
     pub(crate) memberships: Gauge,
     pub(crate) pending_items: Gauge,
+    pub(crate) history_items: Counter,
+    pub(crate) history_bytes: Gauge,
+    history_evicted: [Counter; 3],
+    recoveries: [Counter; 4],
+    replayed_items: Counter,
 }
 
 impl HubMetrics {
@@ -43,6 +55,8 @@ impl HubMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let pushes = Family::<TargetLabel, Counter>::default();
         let refused = Family::<ReasonLabel, Counter>::default();
+        let evicted = Family::<ReasonLabel, Counter>::default();
+        let recoveries = Family::<OutcomeLabel, Counter>::default();
         let metrics = Self {
             pushes_room: labelled(&pushes, TargetLabel { target: "room" }),
             pushes_all: labelled(&pushes, TargetLabel { target: "all" }),
@@ -65,6 +79,12 @@ impl HubMetrics {
             users: Gauge::default(),
             memberships: Gauge::default(),
             pending_items: Gauge::default(),
+            history_items: Counter::default(),
+            history_bytes: Gauge::default(),
+            history_evicted: ["size", "age", "memory"].map(|reason| labelled(&evicted, ReasonLabel { reason })),
+            recoveries: [Recovery::Recovered, Recovery::OtherEpoch, Recovery::Gone, Recovery::Ahead]
+                .map(|outcome| labelled(&recoveries, OutcomeLabel { outcome: outcome.label() })),
+            replayed_items: Counter::default(),
         };
         registry.register("herald_pushes", "Pushes accepted, by target", pushes);
         registry.register("herald_push_items", "Items accepted in pushes", metrics.items.clone());
@@ -115,7 +135,69 @@ impl HubMetrics {
             "Items waiting for their merged frame",
             metrics.pending_items.clone(),
         );
+        registry.register(
+            "herald_history_items",
+            "Items retained in room histories (stored)",
+            metrics.history_items.clone(),
+        );
+        registry.register(
+            "herald_history_evicted",
+            "Items that left room histories, by reason: size (history_size), age (history_ttl), memory (history_max_bytes)",
+            evicted,
+        );
+        registry.register(
+            "herald_history_bytes",
+            "What the items retained in room histories cost, in bytes (bounded by history_max_bytes)",
+            metrics.history_bytes.clone(),
+        );
+        registry.register(
+            "herald_recoveries",
+            "JOINs with since, by outcome: recovered, other_epoch, gone (items left the history), ahead (an offset the room never reached)",
+            recoveries,
+        );
+        registry.register(
+            "herald_replayed_items",
+            "Items replayed to connections that resumed",
+            metrics.replayed_items.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn evicted(&self, why: Evicted, items: u64) {
+        let index = match why {
+            Evicted::Size => 0,
+            Evicted::Age => 1,
+            Evicted::Memory => 2,
+        };
+        self.history_evicted[index].inc_by(items);
+    }
+
+    pub(crate) fn recovery(&self, outcome: Recovery, replayed: usize) {
+        let index = match outcome {
+            Recovery::Recovered => 0,
+            Recovery::OtherEpoch => 1,
+            Recovery::Gone => 2,
+            Recovery::Ahead => 3,
+        };
+        self.recoveries[index].inc();
+        self.replayed_items.inc_by(replayed as u64);
+    }
+
+    /// Items evicted from histories for `reason` (`size`, `age`, `memory`).
+    #[cfg(test)]
+    pub(crate) fn evicted_of(&self, reason: &str) -> u64 {
+        let index = ["size", "age", "memory"].iter().position(|r| *r == reason).expect("a reason");
+        self.history_evicted[index].get()
+    }
+
+    /// Resuming JOINs with `outcome`.
+    #[cfg(test)]
+    pub(crate) fn recoveries_of(&self, outcome: &str) -> u64 {
+        let index = [Recovery::Recovered, Recovery::OtherEpoch, Recovery::Gone, Recovery::Ahead]
+            .iter()
+            .position(|r| r.label() == outcome)
+            .expect("an outcome");
+        self.recoveries[index].get()
     }
 
     /// Metrics not registered anywhere (for tests and tools).

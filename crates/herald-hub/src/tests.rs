@@ -77,6 +77,7 @@ fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, Cancellat
         queue_items,
         queue_bytes: 1 << 30,
         max_rooms: 0,
+        history: crate::history::HistoryConfig::OFF,
     })
 }
 
@@ -230,6 +231,7 @@ async fn queue_bytes_refuses_a_push_that_would_overfill_the_shard() {
         queue_items: 1000,
         queue_bytes: 10,
         max_rooms: 0,
+        history: crate::history::HistoryConfig::OFF,
     });
     let a = Recorder::new(1);
     hub.register(&a);
@@ -491,3 +493,5 @@ async fn census_counts_rooms_users_and_disconnects() {
     assert!(a1.disconnected.load(Ordering::Acquire) && a2.disconnected.load(Ordering::Acquire));
     assert!(!bob.disconnected.load(Ordering::Acquire));
 }
+
+mod history;

@@ -37,6 +37,8 @@ pub enum Command<'a> {
         room: Cow<'a, str>,
         /// A room token (`data.token`).
         token: Option<Cow<'a, str>>,
+        /// Where the client left off (`data.since`), to be given every item after it.
+        since: Option<Since<'a>>,
     },
     /// Leave a room.
     Leave(Cow<'a, str>),
@@ -92,6 +94,19 @@ struct JoinData<'a> {
     room: Cow<'a, str>,
     #[serde(default, borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    since: Option<Since<'a>>,
+}
+
+/// A resuming JOIN's `data.since`: the position of the last item the client has.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since<'a> {
+    /// The offset of the client's last item of the room.
+    pub offset: u64,
+    /// The epoch of that offset.
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +135,7 @@ pub fn parse(text: &str) -> Result<ClientMessage<'_>, MessageError> {
             Command::Join {
                 room: data.room,
                 token: data.token,
+                since: data.since,
             }
         }
         "LEAVE" => Command::Leave(data::<RoomData<'_>>(envelope.data, "data.room")?.room),
@@ -226,7 +242,8 @@ mod tests {
             join.command,
             Command::Join {
                 room: "newsé".into(),
-                token: None
+                token: None,
+                since: None,
             }
         );
         assert!(join.id.is_none());
@@ -254,8 +271,20 @@ mod tests {
             join.command,
             Command::Join {
                 room: "r".into(),
-                token: Some("a.b.c".into())
+                token: Some("a.b.c".into()),
+                since: None,
             }
+        );
+        let resume = parse(r#"{"type":"JOIN","id":1,"data":{"room":"r","since":{"offset":12,"epoch":"e"}}}"#).unwrap();
+        let Command::Join { since, .. } = resume.command else {
+            panic!("a join")
+        };
+        assert_eq!(
+            since,
+            Some(Since {
+                offset: 12,
+                epoch: "e".into()
+            })
         );
         let refresh = parse(r#"{"type":"REFRESH","id":2,"data":{"token":"t"}}"#).unwrap();
         assert_eq!(refresh.command, Command::Refresh("t".into()));
@@ -264,6 +293,9 @@ mod tests {
             r#"{"type":"REFRESH","data":{}}"#,
             r#"{"type":"REFRESH","data":{"token":1}}"#,
             r#"{"type":"LEAVE","data":{"room":"r","token":"t"}}"#,
+            r#"{"type":"JOIN","data":{"room":"r","since":{"offset":-1,"epoch":"e"}}}"#,
+            r#"{"type":"JOIN","data":{"room":"r","since":{"offset":1}}}"#,
+            r#"{"type":"JOIN","data":{"room":"r","since":{"offset":1,"epoch":"e","x":1}}}"#,
         ] {
             assert_eq!(parse(bad).unwrap_err().close_code(), close::POLICY_VIOLATION, "{bad}");
         }

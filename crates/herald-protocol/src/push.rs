@@ -1,21 +1,29 @@
 //! The `PUSH` frame: a merged batch of items, encoded once into a complete WebSocket frame.
 //!
 //! `{"type":"PUSH","data":{"items":[item, ...]}}` exactly as go-push sends it, plus `"room"` inside `data` for
-//! room pushes and `"user"` for pushes to a user (go-push clients ignore both). Items are the JSON texts the business pushed, copied in verbatim: no
-//! parse, no re-encode, so unicode, escapes and number formats arrive as sent.
+//! room pushes and `"user"` for pushes to a user, and, for a room with history, `"offset"` (of the frame's last
+//! item) and `"epoch"` after `items` (go-push clients ignore all of them). Items are the JSON texts the business
+//! pushed, copied in verbatim: no parse, no re-encode, so unicode, escapes and number formats arrive as sent.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::bus::Target;
+use crate::position::Position;
 use crate::ws::{self, OpCode};
 
 const PREFIX: &[u8] = br#"{"type":"PUSH","data":{"#;
 const ITEMS_OPEN: &[u8] = br#""items":["#;
-const CLOSE: &[u8] = b"]}}";
+/// After the items' `]` (and the position, when there is one).
+const CLOSE: &[u8] = b"}}";
 
 /// Encodes `items` (each a complete JSON value) pushed to `target` as one complete WebSocket text frame, header
 /// included.
 pub fn push_frame(target: &Target, items: &[Bytes]) -> Bytes {
+    push_frame_at(target, items, None)
+}
+
+/// [`push_frame`] for a room with history: `at` is the position of the frame's last item.
+pub fn push_frame_at(target: &Target, items: &[Bytes], at: Option<&Position>) -> Bytes {
     let named = match target {
         Target::Room(room) => Some((&br#""room":"#[..], room)),
         Target::User(user) => Some((&br#""user":"#[..], user)),
@@ -28,8 +36,11 @@ pub fn push_frame(target: &Target, items: &[Bytes]) -> Bytes {
         field
     });
     let room_len = room_json.as_ref().map_or(0, Vec::len);
-    let items_len: usize = items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1);
-    let payload_len = PREFIX.len() + room_len + ITEMS_OPEN.len() + items_len + CLOSE.len();
+    // The items, their commas and the closing `]`.
+    let items_len: usize = items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1) + 1;
+    let position = at.map(|at| format!(r#","offset":{},"epoch":{}"#, at.offset, json_string(&at.epoch)));
+    let position_len = position.as_ref().map_or(0, String::len);
+    let payload_len = PREFIX.len() + room_len + ITEMS_OPEN.len() + items_len + position_len + CLOSE.len();
 
     let mut out = BytesMut::with_capacity(ws::header_len(payload_len) + payload_len);
     ws::encode_header(OpCode::Text, payload_len, &mut out);
@@ -44,9 +55,18 @@ pub fn push_frame(target: &Target, items: &[Bytes]) -> Bytes {
         }
         out.put_slice(item);
     }
+    out.put_u8(b']');
+    if let Some(position) = &position {
+        out.put_slice(position.as_bytes());
+    }
     out.put_slice(CLOSE);
     debug_assert_eq!(out.len(), ws::header_len(payload_len) + payload_len);
     out.freeze()
+}
+
+/// A string as JSON text.
+pub(crate) fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
 }
 
 /// The JSON payload of a frame made by [`push_frame`] (the bytes after the WebSocket header).
@@ -88,6 +108,22 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(payload(&frame)).unwrap();
         assert!(json["data"].get("room").is_none());
         assert_eq!(json["data"]["items"][0].as_str().unwrap().len(), 70_000);
+    }
+
+    #[test]
+    fn frames_of_a_room_with_history_carry_their_position_after_the_items() {
+        let at = Position {
+            offset: 42,
+            epoch: "e\"1".into(),
+        };
+        let items = [Bytes::from_static(b"1"), Bytes::from_static(b"2")];
+        let frame = push_frame_at(&Target::Room("r".into()), &items, Some(&at));
+        let text = std::str::from_utf8(payload(&frame)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"PUSH","data":{"room":"r","items":[1,2],"offset":42,"epoch":"e\"1"}}"#
+        );
+        assert_eq!(push_frame_at(&Target::All, &items, None), push_frame(&Target::All, &items));
     }
 
     #[test]

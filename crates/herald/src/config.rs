@@ -213,16 +213,30 @@ impl ServeArgs {
     pub fn resolve(self) -> anyhow::Result<Serve> {
         let layers = Layers::read(self.config.as_deref())?;
         let http = layers.under(self.http)?.resolve()?;
+        let hub = layers.under(self.hub)?.resolve()?;
+        let nats = layers.under(self.bus)?.resolve(layers.under(self.publish)?)?;
+        history_without_nats(&hub, nats.as_ref())?;
         Ok(Serve {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
             access: layers.under(self.access)?.resolve()?,
-            hub: layers.under(self.hub)?.resolve()?,
+            hub,
             api: layers.under(self.api)?.resolve(&http)?,
             http,
-            nats: layers.under(self.bus)?.resolve(layers.under(self.publish)?)?,
+            nats,
         })
     }
+}
+
+/// History on NATS belongs in JetStream (a gateway subscribes only to the rooms it holds, so its hub sees no push
+/// made while a room's members are away); until herald keeps it there, the combination is refused at start.
+fn history_without_nats(hub: &HubConfig, nats: Option<&NatsConfig>) -> anyhow::Result<()> {
+    if hub.history.is_on() && nats.is_some() {
+        anyhow::bail!(
+            "history_size: room history is kept in memory, by serve and by each gateway of a gRPC cluster; on a NATS bus it is not supported yet (set history_size = 0)"
+        );
+    }
+    Ok(())
 }
 
 /// `herald gateway`: the WebSocket side and hub of a cluster, fed by logic nodes.
@@ -283,18 +297,21 @@ impl GatewayArgs {
     /// Flags and env over the file over the defaults, validated.
     pub fn resolve(self) -> anyhow::Result<Gateway> {
         let layers = Layers::read(self.config.as_deref())?;
+        let hub = layers.under(self.hub)?.resolve()?;
+        // A gateway publishes no pushes: the publish timeout keeps its default, unused.
+        let nats = layers
+            .under(self.bus)?
+            .resolve(layers.under(PublishSettings::default())?)?;
+        history_without_nats(&hub, nats.as_ref())?;
         Ok(Gateway {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
             access: layers.under(self.access)?.resolve()?,
-            hub: layers.under(self.hub)?.resolve()?,
+            hub,
             internal: layers.under(self.internal)?.resolve()?,
             http: layers.under(self.http)?.resolve()?,
             secret: layers.under(self.secret)?.resolve()?,
-            // A gateway publishes no pushes: the publish timeout keeps its default, unused.
-            nats: layers
-                .under(self.bus)?
-                .resolve(layers.under(PublishSettings::default())?)?,
+            nats,
         })
     }
 }
@@ -427,6 +444,11 @@ mod tests {
                 queue_items: 100_000,
                 queue_bytes: 32 << 20,
                 max_rooms: 1_000_000,
+                history: herald_hub::history::HistoryConfig {
+                    size: 0,
+                    ttl: secs(300),
+                    max_bytes: 64 << 20,
+                },
             }
         );
         assert_eq!(
@@ -445,6 +467,8 @@ mod tests {
         assert!(config.nats.is_none());
         let on_nats = serve(&["--bus", "nats://127.0.0.1:4222"]).unwrap().nats.unwrap();
         assert_eq!(on_nats.publish_timeout, secs(5));
+        let refused = serve(&["--bus", "nats://127.0.0.1:4222", "--history-size", "10"]).unwrap_err();
+        assert!(refused.to_string().starts_with("history_size:"), "{refused}");
 
         let gateway = GatewayArgs::try_parse_from(["gateway"]).unwrap().resolve().unwrap();
         assert_eq!(gateway.internal.addr.to_string(), "127.0.0.1:7788");

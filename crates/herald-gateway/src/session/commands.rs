@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_hub::Recipient;
-use herald_protocol::client::{self, Command, MessageError, RequestError};
+use herald_protocol::client::{self, Command, MessageError, RequestError, Since};
+use herald_protocol::position::{self, JoinAnswer};
 use herald_protocol::token::{RoomPatterns, TokenError};
 use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
 use serde_json::value::RawValue;
@@ -121,7 +122,11 @@ impl Commands<'_> {
                 self.session.deliver(&client::pong(message.id));
                 return Flow::Continue;
             }
-            Command::Join { room, token } => self.join(room, token.as_deref()),
+            Command::Join { room, token, since } => match self.join(room, token.as_deref(), since.as_ref(), message.id) {
+                // Answered by the hub, before any frame of the room.
+                Ok(()) => return Flow::Continue,
+                Err(error) => Err(error),
+            },
             Command::Leave(room) => self.leave(room),
             Command::Refresh(token) => self.refresh(token),
         };
@@ -129,24 +134,42 @@ impl Commands<'_> {
         Flow::Continue
     }
 
-    fn join(&mut self, room: &str, token: Option<&str>) -> Result<(), RequestError> {
+    /// A JOIN; when it is taken, the hub delivers its ACK (with the room's position when the room keeps history)
+    /// and what a resuming JOIN missed, before any frame of the room.
+    fn join(
+        &mut self,
+        room: &str,
+        token: Option<&str>,
+        since: Option<&Since<'_>>,
+        id: Option<&RawValue>,
+    ) -> Result<(), RequestError> {
         let context = &self.session.context;
         if !client::valid_room(room) {
             return Err(RequestError::InvalidRoom);
         }
-        if self.rooms.iter().any(|r| **r == *room) {
-            return Ok(());
+        // Already a member: acknowledged again (with where the room stands), nothing replayed.
+        let member = self.rooms.iter().any(|r| **r == *room);
+        if !member {
+            self.authorize(room, token)?;
+            if self.rooms.len() >= context.limits.max_rooms_per_connection {
+                return Err(RequestError::TooManyRooms);
+            }
         }
-        self.authorize(room, token)?;
-        if self.rooms.len() >= context.limits.max_rooms_per_connection {
-            return Err(RequestError::TooManyRooms);
-        }
+        let ack = |answer: Option<&JoinAnswer>| {
+            let id = id?;
+            Some(match answer {
+                Some(answer) => position::join_ack(id, answer),
+                None => client::ack(id),
+            })
+        };
         let joined = context
             .hub
-            .join(room, self.session)
+            .join_with(room, self.session, since, ack)
             .map_err(|_| RequestError::TooManyRoomsTotal)?;
-        // The hub's own copy of the name: a room's members share one.
-        self.rooms.push(joined.room);
+        if joined.new {
+            // The hub's own copy of the name: a room's members share one.
+            self.rooms.push(joined.room);
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use herald_gateway::GatewayConfig;
 use herald_gateway::access::AccessConfig;
 use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
+use herald_hub::history::HistoryConfig;
 use herald_logic::ApiConfig;
 use herald_protocol::token::{PublicKeyPem, RoomPatterns, Verifier};
 use serde::Deserialize;
@@ -311,6 +312,15 @@ pub struct HubSettings {
     /// Rooms held at most; a JOIN of one more is refused (too_many_rooms_total); 0 means no limit
     #[arg(long, env = "HERALD_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+    /// Items each room keeps for clients that resume (JOIN with since); 0 turns history off
+    #[arg(long, env = "HERALD_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// How long a room keeps an item in its history
+    #[arg(long, env = "HERALD_HISTORY_TTL")]
+    pub history_ttl: Option<DurationValue>,
+    /// Bytes all room histories of the process may hold; past it the oldest items go first
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
 }
 part!(HubSettings {
     merge_window,
@@ -319,6 +329,9 @@ part!(HubSettings {
     queue_items,
     queue_bytes,
     max_rooms,
+    history_size,
+    history_ttl,
+    history_max_bytes,
 });
 
 impl HubSettings {
@@ -333,6 +346,11 @@ impl HubSettings {
             queue_items: at_least("queue_items", given(self.queue_items), 1)?,
             queue_bytes: at_least("queue_bytes", given(self.queue_bytes), 1)?,
             max_rooms: given(self.max_rooms),
+            history: HistoryConfig {
+                size: given(self.history_size),
+                ttl: positive("history_ttl", self.history_ttl)?,
+                max_bytes: at_least("history_max_bytes", given(self.history_max_bytes), shards)?,
+            },
         })
     }
 }
