@@ -384,39 +384,49 @@ impl<R: Recipient> Hub<R> {
         since: Option<&Since<'_>>,
         ack: impl FnOnce(Option<&JoinAnswer>) -> Option<Bytes>,
     ) -> Result<Joined, RoomLimit> {
-        let (new, room) = self.add_member(Kind::Room, room, || Arc::from(room), conn, |state, room, new| {
-            let mut replay = Vec::new();
-            let answer = self.config.history.is_on().then(|| {
-                let pending = state.rooms.get(room).and_then(|r| r.batch.as_ref()).map_or(0, |b| b.len());
-                let position = state.histories.join_position(room, pending, &self.epochs);
-                let recovered = since.filter(|_| new).map(|since| {
-                    let ttl = self.config.history.ttl;
-                    let outcome = match state.histories.replay(room, since, &position, Instant::now(), ttl) {
-                        Ok(items) => {
-                            replay = items;
-                            history::Recovery::Recovered
-                        }
-                        Err(not) => not,
-                    };
-                    self.metrics.recovery(outcome, replay.len());
-                    outcome == history::Recovery::Recovered
+        let (new, room) = self.add_member(
+            Kind::Room,
+            room,
+            || Arc::from(room),
+            conn,
+            |state, room, new| {
+                let mut replay = Vec::new();
+                let answer = self.config.history.is_on().then(|| {
+                    let pending = state
+                        .rooms
+                        .get(room)
+                        .and_then(|r| r.batch.as_ref())
+                        .map_or(0, |b| b.len());
+                    let position = state.histories.join_position(room, pending, &self.epochs);
+                    let recovered = since.filter(|_| new).map(|since| {
+                        let ttl = self.config.history.ttl;
+                        let outcome = match state.histories.replay(room, since, &position, Instant::now(), ttl) {
+                            Ok(items) => {
+                                replay = items;
+                                history::Recovery::Recovered
+                            }
+                            Err(not) => not,
+                        };
+                        self.metrics.recovery(outcome, replay.len());
+                        outcome == history::Recovery::Recovered
+                    });
+                    JoinAnswer { position, recovered }
                 });
-                JoinAnswer { position, recovered }
-            });
-            if let Some(frame) = ack(answer.as_ref()) {
-                conn.deliver(&frame);
-            }
-            if let (Some(since), Some(answer)) = (since, &answer) {
-                let target = Target::Room(Arc::clone(room));
-                let first = Position {
-                    offset: since.offset + 1,
-                    epoch: Arc::clone(&answer.position.epoch),
-                };
-                for frame in self.frames(&target, &replay, Some(&first)).iter() {
-                    conn.deliver(frame);
+                if let Some(frame) = ack(answer.as_ref()) {
+                    conn.deliver(&frame);
                 }
-            }
-        })?;
+                if let (Some(since), Some(answer)) = (since, &answer) {
+                    let target = Target::Room(Arc::clone(room));
+                    let first = Position {
+                        offset: since.offset + 1,
+                        epoch: Arc::clone(&answer.position.epoch),
+                    };
+                    for frame in self.frames(&target, &replay, Some(&first)).iter() {
+                        conn.deliver(frame);
+                    }
+                }
+            },
+        )?;
         if new {
             self.metrics.memberships.inc();
         }
@@ -587,7 +597,9 @@ impl<R: Recipient> Hub<R> {
         }
         if keeps_history {
             let (entries, name) = state.entries(topic);
-            let (room, _) = entries.get_key_value(&**name).expect("found above, under the same lock");
+            let (room, _) = entries
+                .get_key_value(&**name)
+                .expect("found above, under the same lock");
             let room = Arc::clone(room);
             state.histories.append(
                 &room,
@@ -601,10 +613,7 @@ impl<R: Recipient> Hub<R> {
         }
         let (entries, name) = state.entries(topic);
         let entry = entries.get_mut(&**name).expect("found above, under the same lock");
-        let wake = entry
-            .batch
-            .get_or_insert_default()
-            .add(items, now, self.config.merge);
+        let wake = entry.batch.get_or_insert_default().add(items, now, self.config.merge);
         state.pending += count;
         state.pending_bytes += bytes;
         match wake {

@@ -82,8 +82,20 @@ impl HubMetrics {
             history_items: Counter::default(),
             history_bytes: Gauge::default(),
             history_evicted: ["size", "age", "memory"].map(|reason| labelled(&evicted, ReasonLabel { reason })),
-            recoveries: [Recovery::Recovered, Recovery::OtherEpoch, Recovery::Gone, Recovery::Ahead]
-                .map(|outcome| labelled(&recoveries, OutcomeLabel { outcome: outcome.label() })),
+            recoveries: [
+                Recovery::Recovered,
+                Recovery::OtherEpoch,
+                Recovery::Gone,
+                Recovery::Ahead,
+            ]
+            .map(|outcome| {
+                labelled(
+                    &recoveries,
+                    OutcomeLabel {
+                        outcome: outcome.label(),
+                    },
+                )
+            }),
             replayed_items: Counter::default(),
         };
         registry.register("herald_pushes", "Pushes accepted, by target", pushes);
@@ -186,17 +198,25 @@ impl HubMetrics {
     /// Items evicted from histories for `reason` (`size`, `age`, `memory`).
     #[cfg(test)]
     pub(crate) fn evicted_of(&self, reason: &str) -> u64 {
-        let index = ["size", "age", "memory"].iter().position(|r| *r == reason).expect("a reason");
+        let index = ["size", "age", "memory"]
+            .iter()
+            .position(|r| *r == reason)
+            .expect("a reason");
         self.history_evicted[index].get()
     }
 
     /// Resuming JOINs with `outcome`.
     #[cfg(test)]
     pub(crate) fn recoveries_of(&self, outcome: &str) -> u64 {
-        let index = [Recovery::Recovered, Recovery::OtherEpoch, Recovery::Gone, Recovery::Ahead]
-            .iter()
-            .position(|r| r.label() == outcome)
-            .expect("an outcome");
+        let index = [
+            Recovery::Recovered,
+            Recovery::OtherEpoch,
+            Recovery::Gone,
+            Recovery::Ahead,
+        ]
+        .iter()
+        .position(|r| r.label() == outcome)
+        .expect("an outcome");
         self.recoveries[index].get()
     }
 

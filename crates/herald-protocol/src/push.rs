@@ -123,7 +123,10 @@ mod tests {
             text,
             r#"{"type":"PUSH","data":{"room":"r","items":[1,2],"offset":42,"epoch":"e\"1"}}"#
         );
-        assert_eq!(push_frame_at(&Target::All, &items, None), push_frame(&Target::All, &items));
+        assert_eq!(
+            push_frame_at(&Target::All, &items, None),
+            push_frame(&Target::All, &items)
+        );
     }
 
     #[test]

@@ -122,7 +122,8 @@ impl Commands<'_> {
                 self.session.deliver(&client::pong(message.id));
                 return Flow::Continue;
             }
-            Command::Join { room, token, since } => match self.join(room, token.as_deref(), since.as_ref(), message.id) {
+            Command::Join { room, token, since } => match self.join(room, token.as_deref(), since.as_ref(), message.id)
+            {
                 // Answered by the hub, before any frame of the room.
                 Ok(()) => return Flow::Continue,
                 Err(error) => Err(error),

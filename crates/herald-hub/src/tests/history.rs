@@ -48,7 +48,9 @@ fn received(conn: &Recorder) -> Vec<(u64, String)> {
     for frame in conn.frames.lock().iter() {
         let json: serde_json::Value = serde_json::from_slice(payload(frame)).unwrap();
         let items = json["data"]["items"].as_array().unwrap();
-        let last = json["data"]["offset"].as_u64().expect("frames of a room with history carry an offset");
+        let last = json["data"]["offset"]
+            .as_u64()
+            .expect("frames of a room with history carry an offset");
         assert!(json["data"]["epoch"].is_string());
         for (i, item) in items.iter().enumerate() {
             out.push((last + 1 + i as u64 - items.len() as u64, item.to_string()));
@@ -67,7 +69,11 @@ async fn a_client_that_comes_back_gets_exactly_what_it_missed_then_live_items() 
     let (a, b) = (Recorder::new(1), Recorder::new(2));
     hub.register(&a);
     let first = join(&hub, "news", &a, None);
-    assert_eq!((first.position.offset, first.recovered), (0, None), "an empty room stands at 0");
+    assert_eq!(
+        (first.position.offset, first.recovered),
+        (0, None),
+        "an empty room stands at 0"
+    );
     hub.push(&room("news"), items(&["1", "2"])).unwrap();
     settle().await;
     assert_eq!(received(&a), numbered(1..=2));
@@ -79,11 +85,20 @@ async fn a_client_that_comes_back_gets_exactly_what_it_missed_then_live_items() 
 
     // Pushed while nobody is in the room: kept, not delivered.
     tokio::time::advance(WINDOW).await;
-    assert_eq!(hub.push(&room("news"), items(&["3", "4", "5"])).unwrap().recipients, Some(0));
+    assert_eq!(
+        hub.push(&room("news"), items(&["3", "4", "5"])).unwrap().recipients,
+        Some(0)
+    );
     hub.register(&b);
     let resumed = join(&hub, "news", &b, Some(&left_at));
     assert_eq!(resumed.recovered, Some(true));
-    assert_eq!(resumed.position, Position { offset: 5, ..left_at.clone() });
+    assert_eq!(
+        resumed.position,
+        Position {
+            offset: 5,
+            ..left_at.clone()
+        }
+    );
     tokio::time::advance(WINDOW).await;
     hub.push(&room("news"), items(&["6"])).unwrap();
     settle().await;
@@ -101,11 +116,18 @@ async fn items_waiting_for_their_frame_during_a_join_arrive_once() {
     settle().await;
     // Inside the window: 2 and 3 wait in the batch while the returning client joins from 0.
     hub.push(&room("r"), items(&["2", "3"])).unwrap();
-    let since = Position { offset: 0, ..start.position };
+    let since = Position {
+        offset: 0,
+        ..start.position
+    };
     let resumed = join(&hub, "r", &returns, Some(&since));
     assert_eq!((resumed.position.offset, resumed.recovered), (1, Some(true)));
     settle().await;
-    assert_eq!(received(&returns), numbered(1..=1), "only what went out before it joined");
+    assert_eq!(
+        received(&returns),
+        numbered(1..=1),
+        "only what went out before it joined"
+    );
     tokio::time::advance(WINDOW).await;
     settle().await;
     assert_eq!(received(&returns), numbered(1..=3), "the waiting items live, once");
@@ -140,7 +162,12 @@ async fn a_resume_that_cannot_be_served_says_so_and_replays_nothing() {
     assert_eq!(received(&conn), numbered(3..=5));
     let outcomes = |label| hub.metrics.recoveries_of(label);
     assert_eq!(
-        (outcomes("recovered"), outcomes("gone"), outcomes("other_epoch"), outcomes("ahead")),
+        (
+            outcomes("recovered"),
+            outcomes("gone"),
+            outcomes("other_epoch"),
+            outcomes("ahead")
+        ),
         (1, 1, 1, 1)
     );
     assert_eq!(hub.metrics.evicted_of("size"), 2);
@@ -158,7 +185,10 @@ async fn items_age_out_and_an_empty_history_without_members_is_forgotten() {
     settle().await;
     assert_eq!(hub.metrics.evicted_of("age"), 1);
     assert_eq!(hub.metrics.history_bytes.get(), 0);
-    let since = Position { offset: 0, ..before.clone() };
+    let since = Position {
+        offset: 0,
+        ..before.clone()
+    };
     let after = join(&hub, "r", &conn, Some(&since));
     assert_eq!(after.recovered, Some(false), "the history was forgotten: a new epoch");
     assert_ne!(after.position.epoch, before.epoch);
@@ -186,7 +216,10 @@ async fn the_memory_bound_evicts_the_oldest_items_of_the_shard_first() {
     let conn = Recorder::new(1);
     let epoch = join(&hub, "room-3", &conn, None).position;
     hub.leave("room-3", 1);
-    let since = Position { offset: epoch.offset - 1, ..epoch };
+    let since = Position {
+        offset: epoch.offset - 1,
+        ..epoch
+    };
     assert_eq!(join(&hub, "room-3", &conn, Some(&since)).recovered, Some(true));
 }
 
@@ -206,5 +239,8 @@ async fn with_history_off_frames_and_joins_are_as_before() {
     settle().await;
     let frame = conn.frames.lock()[0].clone();
     assert_eq!(payload(&frame), br#"{"type":"PUSH","data":{"room":"r","items":[1]}}"#);
-    assert_eq!(hub.shards.iter().map(|s| s.state.lock().histories.len()).sum::<usize>(), 0);
+    assert_eq!(
+        hub.shards.iter().map(|s| s.state.lock().histories.len()).sum::<usize>(),
+        0
+    );
 }
