@@ -178,7 +178,8 @@ impl Histories {
     }
 
     /// Retains `items` pushed to `room` at `now`; returns the offset of the first. `key` makes the history's key
-    /// when it is new (the room's shared name, when it has an entry).
+    /// when it is new (the room's shared name, when it has an entry); `has_entry` says which rooms have an entry
+    /// (a history emptied to make room is forgotten unless its room has one).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn append(
         &mut self,
@@ -188,6 +189,7 @@ impl Histories {
         now: Instant,
         config: &HistoryConfig,
         epochs: &Epochs,
+        has_entry: impl Fn(&str) -> bool,
         metrics: &HubMetrics,
     ) -> u64 {
         if !self.rooms.contains_key(room) {
@@ -217,12 +219,12 @@ impl Histories {
             metrics.evicted(Evicted::Size, 1);
         }
         self.charge(added, removed, metrics);
-        self.shed(room, first, metrics);
+        self.shed(room, first, has_entry, metrics);
         first
     }
 
     /// Evicts the shard's oldest items while it is over its budget, keeping those of `room` from offset `keep`.
-    fn shed(&mut self, room: &str, keep: u64, metrics: &HubMetrics) {
+    fn shed(&mut self, room: &str, keep: u64, has_entry: impl Fn(&str) -> bool, metrics: &HubMetrics) {
         while self.bytes > self.budget {
             let Some(Reverse((at, name))) = self.oldest.pop() else {
                 return;
@@ -247,7 +249,12 @@ impl Histories {
             metrics.evicted(Evicted::Memory, 1);
             match history.items.front() {
                 Some(next) => self.oldest.push(Reverse((next.at, name))),
-                None => removed += HISTORY_OVERHEAD,
+                None => {
+                    removed += HISTORY_OVERHEAD;
+                    if !has_entry(&name) {
+                        self.rooms.remove(&name);
+                    }
+                }
             }
             self.charge(0, removed, metrics);
         }

@@ -572,13 +572,15 @@ impl<R: Recipient> Hub<R> {
         let Some(entry) = entries.get_mut(&**name) else {
             if keeps_history {
                 let room = &**name;
-                state.histories.append(
+                let ShardState { rooms, histories, .. } = state;
+                histories.append(
                     room,
                     || Arc::from(room),
                     &items,
                     now,
                     &self.config.history,
                     &self.epochs,
+                    |name| rooms.contains_key(name),
                     &self.metrics,
                 );
             }
@@ -601,13 +603,15 @@ impl<R: Recipient> Hub<R> {
                 .get_key_value(&**name)
                 .expect("found above, under the same lock");
             let room = Arc::clone(room);
-            state.histories.append(
+            let ShardState { rooms, histories, .. } = state;
+            histories.append(
                 &room,
                 || Arc::clone(&room),
                 &items,
                 now,
                 &self.config.history,
                 &self.epochs,
+                |name| rooms.contains_key(name),
                 &self.metrics,
             );
         }

@@ -244,3 +244,16 @@ async fn with_history_off_frames_and_joins_are_as_before() {
         0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn histories_emptied_to_make_room_are_forgotten() {
+    let cost = 10 + ITEM_OVERHEAD + HISTORY_OVERHEAD;
+    let (hub, _stop, _tracker) = with_history(10, 2 * 5 * cost);
+    for n in 0..500 {
+        hub.push(&room(&format!("once-{n}")), items(&["\"123456789\""]))
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    let held: usize = hub.shards.iter().map(|s| s.state.lock().histories.len()).sum();
+    assert!(held <= 12, "{held} histories held for about 10 items");
+}
