@@ -138,6 +138,11 @@ pub struct ChurnArgs {
     /// Room every connection joins
     #[arg(long, default_value = "bench")]
     pub room: String,
+    /// Churning connections resume: each JOINs with `since` at the last position a churner saw, reads what comes
+    /// while it stays, and the run reports how many were recovered. The herald the bench starts keeps 100 items a
+    /// room (`--history-size 100`, unless a --server-arg sets it)
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub target: Target,

@@ -66,6 +66,9 @@ pub struct Plan {
     /// How long the churn lasts.
     #[serde(default)]
     pub churn_secs: f64,
+    /// Churning connections JOIN with `since` at the last position a churner saw, and read while they stay.
+    #[serde(default)]
+    pub churn_resume: bool,
     /// Sign each connection a token (HS256) with this secret: user `bench-INDEX-N`, any room, valid for a day.
     #[serde(default)]
     pub token_secret: Option<String>,
@@ -154,6 +157,12 @@ pub struct Report {
     /// Churning connections that failed to connect or were refused.
     #[serde(default)]
     pub churn_errors: u64,
+    /// Resuming churners whose ACK said `"recovered":true`.
+    #[serde(default)]
+    pub recovered: u64,
+    /// Resuming churners whose ACK said `"recovered":false`.
+    #[serde(default)]
+    pub not_recovered: u64,
 }
 
 struct Shared {
@@ -362,6 +371,8 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    // The last position (offset, epoch) a resuming churner saw in a PUSH frame.
+    let last_seen: Arc<Mutex<Option<(u64, String)>>> = Arc::new(Mutex::new(None));
     let mut n: u32 = 0;
     while tokio::time::Instant::now() < end {
         tick.tick().await;
@@ -375,17 +386,93 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
         let (target, join, shared) = (plan.target, join.clone(), Arc::clone(&shared));
         let hold = Duration::from_millis(plan.churn_hold_ms);
         let query = token_query(&plan, n as usize);
+        let resume = plan
+            .churn_resume
+            .then(|| (plan.room.clone().unwrap_or_default(), Arc::clone(&last_seen)));
         tokio::spawn(async move {
+            let join = match &resume {
+                Some((room, last_seen)) => Some(resume_frame(room, last_seen.lock().unwrap().as_ref())),
+                None => join,
+            };
             match open_churning(source, target, &query, join.as_deref()).await {
                 Ok(stream) => {
                     shared.totals.lock().unwrap().churn_cycles += 1;
-                    tokio::time::sleep(hold).await;
-                    drop(stream);
+                    match &resume {
+                        Some((_, last_seen)) => read_resumed(stream, hold, last_seen, &shared).await,
+                        None => {
+                            tokio::time::sleep(hold).await;
+                            drop(stream);
+                        }
+                    }
                 }
                 Err(_) => shared.totals.lock().unwrap().churn_errors += 1,
             }
             drop(permit);
         });
+    }
+}
+
+/// A resuming JOIN: with an id (so its ACK says whether it recovered) and `since` at `at`, when there is one.
+fn resume_frame(room: &str, at: Option<&(u64, String)>) -> Vec<u8> {
+    let mut data = serde_json::json!({ "room": room });
+    if let Some((offset, epoch)) = at {
+        data["since"] = serde_json::json!({ "offset": offset, "epoch": epoch });
+    }
+    masked_text(
+        serde_json::json!({"type": "JOIN", "id": "resume", "data": data})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// Reads a resumed churner's stream for `hold`: counts what its ACK said, and keeps the position of the last
+/// PUSH frame read whole in `last_seen`, for the next churner.
+async fn read_resumed(
+    mut stream: TcpStream,
+    hold: Duration,
+    last_seen: &Mutex<Option<(u64, String)>>,
+    shared: &Shared,
+) {
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + hold;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let answered = |marker: &[u8]| memchr::memmem::find(&text, marker).is_some();
+    {
+        let mut totals = shared.totals.lock().unwrap();
+        if answered(br#""recovered":true"#) {
+            totals.recovered += 1;
+        } else if answered(br#""recovered":false"#) {
+            totals.not_recovered += 1;
+        }
+    }
+    // Frames end with `"offset":N,"epoch":"E"}}`; the last one read whole is the position to resume from.
+    let marker = br#","offset":"#;
+    if let Some(at) = memchr::memmem::rfind(&text, marker) {
+        let rest = &text[at + marker.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let epoch_start = digits + br#","epoch":""#.len();
+        let offset = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok());
+        let epoch = rest
+            .get(epoch_start..)
+            .and_then(|tail| tail.iter().position(|b| *b == b'"').map(|end| &tail[..end]))
+            .and_then(|epoch| std::str::from_utf8(epoch).ok());
+        // A frame cut off at the end of the read gives no epoch: the previous position stands.
+        if let (Some(offset), Some(epoch)) = (offset, epoch)
+            && rest.get(digits..epoch_start) == Some(&br#","epoch":""#[..])
+        {
+            let mut last = last_seen.lock().unwrap();
+            if last.as_ref().is_none_or(|(seen, _)| *seen < offset) {
+                *last = Some((offset, epoch.to_owned()));
+            }
+        }
     }
 }
 

@@ -58,6 +58,7 @@ impl Workers {
                 churn_per_sec: 0.0,
                 churn_hold_ms: 0,
                 churn_secs: 0.0,
+                churn_resume: false,
                 token_secret: target.token_secret.clone(),
             };
             procs.push(spawn_worker(&plan).await?);

@@ -58,8 +58,9 @@ impl HistoryConfig {
     }
 }
 
-/// What one retained item costs beyond its own bytes: its handle, its time, and its slot in the queue.
-pub const ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + 16;
+/// What one retained item costs beyond its own bytes: its handle, its time, its slot in the queue and the
+/// allocator's rounding (measured: 178 bytes of RSS an item of 95 bytes, 100 items a room).
+pub const ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + 32;
 /// What a history that holds items costs beyond them: its map entry, its epoch, its queue, its heap entry.
 pub const HISTORY_OVERHEAD: usize = 192;
 

@@ -138,3 +138,12 @@ fn bench_refuses_a_ping_interval_out_of_range() {
         );
     }
 }
+
+#[test]
+fn bench_churn_resumes_with_since_and_says_how_many_recovered() {
+    let churn = bench("churn --conns 50 --churn 50 --hold-ms 150 --rate 20 --secs 3 --merge-window 20ms --resume");
+    assert_every_item_delivered(&churn, 50, 20);
+    let recovered = churn["recovered"].as_u64().unwrap();
+    assert!(recovered >= 20, "{churn}");
+    assert_eq!(churn["not_recovered"], 0, "history holds 100 items: {churn}");
+}

@@ -11,7 +11,18 @@ use crate::server::Server;
 use crate::worker::Plan;
 use crate::workers::{Connected, Workers};
 
-pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn run(mut args: ChurnArgs) -> anyhow::Result<Outcome> {
+    if args.resume
+        && !args
+            .target
+            .server_args
+            .iter()
+            .any(|arg| arg.starts_with("--history-size"))
+    {
+        args.target
+            .server_args
+            .extend(["--history-size".to_owned(), "100".to_owned()]);
+    }
     let server = Server::start_or_attach(&args.target).await?;
     let api = server.api.context("churn needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
@@ -27,6 +38,7 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
             churn_per_sec: args.churn,
             churn_hold_ms: args.hold_ms,
             churn_secs: args.secs,
+            churn_resume: args.resume,
             token_secret: args.target.token_secret.clone(),
         })
         .await?;
@@ -71,6 +83,10 @@ pub(crate) async fn run(args: ChurnArgs) -> anyhow::Result<Outcome> {
     out.put("churn_cycles", cycles);
     out.put("churn_per_sec", cycles as f64 / published.elapsed.as_secs_f64());
     out.put("churn_errors", reports.iter().map(|r| r.churn_errors).sum::<u64>());
+    if args.resume {
+        out.put("recovered", reports.iter().map(|r| r.recovered).sum::<u64>());
+        out.put("not_recovered", reports.iter().map(|r| r.not_recovered).sum::<u64>());
+    }
     put_delivery(&mut out, &reports, &published);
     let bytes = |value: Option<u64>| value.map_or(serde_json::Value::Null, Into::into);
     out.put("server_rss_before_bytes", bytes(rss_before));
