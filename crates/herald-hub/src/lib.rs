@@ -572,17 +572,7 @@ impl<R: Recipient> Hub<R> {
         let Some(entry) = entries.get_mut(&**name) else {
             if keeps_history {
                 let room = &**name;
-                let ShardState { rooms, histories, .. } = state;
-                histories.append(
-                    room,
-                    || Arc::from(room),
-                    &items,
-                    now,
-                    &self.config.history,
-                    &self.epochs,
-                    |name| rooms.contains_key(name),
-                    &self.metrics,
-                );
+                self.retain(state, room, || Arc::from(room), &items, now);
             }
             // Nobody to deliver to: say so (recipients 0) and count the items as not delivered here.
             self.metrics.items_unrouted.inc_by(count as u64);
@@ -603,17 +593,7 @@ impl<R: Recipient> Hub<R> {
                 .get_key_value(&**name)
                 .expect("found above, under the same lock");
             let room = Arc::clone(room);
-            let ShardState { rooms, histories, .. } = state;
-            histories.append(
-                &room,
-                || Arc::clone(&room),
-                &items,
-                now,
-                &self.config.history,
-                &self.epochs,
-                |name| rooms.contains_key(name),
-                &self.metrics,
-            );
+            self.retain(state, &room, || Arc::clone(&room), &items, now);
         }
         let (entries, name) = state.entries(topic);
         let entry = entries.get_mut(&**name).expect("found above, under the same lock");
@@ -635,6 +615,28 @@ impl<R: Recipient> Hub<R> {
             recipients: Some(recipients),
             gateways: None,
         })
+    }
+
+    /// Retains a room push's items in the room's history (`key` names a history that is new).
+    fn retain(
+        &self,
+        state: &mut ShardState<R>,
+        room: &str,
+        key: impl FnOnce() -> Arc<str>,
+        items: &[Bytes],
+        now: Instant,
+    ) {
+        let ShardState { rooms, histories, .. } = state;
+        histories.append(
+            room,
+            key,
+            items,
+            now,
+            &self.config.history,
+            &self.epochs,
+            |name| rooms.contains_key(name),
+            &self.metrics,
+        );
     }
 
     fn push_all(&self, items: Vec<Bytes>) -> Result<Accepted, Refused> {

@@ -210,15 +210,26 @@ impl PushApi {
 
     /// Waits until `sample` reaches `at_least`.
     pub async fn wait_metric(&self, sample: &str, at_least: f64) {
+        self.wait_metric_where(sample, &format!("at least {at_least}"), |value| value >= at_least)
+            .await;
+    }
+
+    /// Waits until `sample` falls to `at_most`.
+    pub async fn wait_metric_at_most(&self, sample: &str, at_most: f64) {
+        self.wait_metric_where(sample, &format!("at most {at_most}"), |value| value <= at_most)
+            .await;
+    }
+
+    async fn wait_metric_where(&self, sample: &str, expected: &str, holds: impl Fn(f64) -> bool) {
         let deadline = tokio::time::Instant::now() + FAILSAFE;
         loop {
             let value = self.metric(sample).await;
-            if value >= at_least {
+            if holds(value) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{sample} stayed at {value}, expected {at_least}"
+                "{sample} stayed at {value}, expected {expected}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
