@@ -17,6 +17,18 @@ pub enum Scenario {
     Hostile(HostileArgs),
 }
 
+impl Scenario {
+    /// Where the scenario's load goes, and how the herald it starts is started.
+    pub fn target(&self) -> &Target {
+        match self {
+            Self::Connections(args) => &args.target,
+            Self::Fanout(args) => &args.target,
+            Self::Churn(args) => &args.target,
+            Self::Hostile(args) => &args.target,
+        }
+    }
+}
+
 /// Where the load goes, and how herald is started when the bench starts it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {

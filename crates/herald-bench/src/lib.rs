@@ -32,12 +32,7 @@ use crate::report::print_table;
 /// Runs a scenario and prints its result.
 pub fn run(scenario: Scenario) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let json = match &scenario {
-        Scenario::Connections(args) => args.target.json,
-        Scenario::Fanout(args) => args.target.json,
-        Scenario::Churn(args) => args.target.json,
-        Scenario::Hostile(args) => args.target.json,
-    };
+    let json = scenario.target().json;
     let result = runtime.block_on(async {
         match scenario {
             Scenario::Connections(args) => scenarios::connections::run(args).await,

@@ -67,7 +67,10 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::Bench(scenario) => herald_bench::run(scenario),
+        Command::Bench(scenario) => {
+            herald::bench_target::refuse_pings_past_the_heartbeat(scenario.target())?;
+            herald_bench::run(scenario)
+        }
         Command::BenchWorker => herald_bench::worker::main(),
     }
 }

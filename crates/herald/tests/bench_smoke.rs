@@ -99,12 +99,16 @@ fn bench_runs_a_cluster_of_its_own() {
 
 #[test]
 fn bench_says_how_the_server_closed_connections_and_pings_as_often_as_asked() {
-    // A herald that closes connections silent for 1 s, clients that ping every 30 s: every connection is closed by
-    // the heartbeat timeout (4001) while the bench holds them.
-    let silent =
-        bench("connections --conns 40 --secs 2 --ping-secs 30 --server-arg=--heartbeat-timeout --server-arg=1s");
-    assert_eq!(silent["closed_early"], 40, "{silent}");
-    assert_eq!(silent["closed_early_by"], serde_json::json!({"4001": 40}), "{silent}");
+    // A herald that takes 5 messages a second from a client, clients that ping 100 times a second: every connection
+    // is closed past its burst (4005) while the bench holds them.
+    let flooding =
+        bench("connections --conns 40 --secs 2 --ping-secs 0.01 --server-arg=--client-message-rate --server-arg=5");
+    assert_eq!(flooding["closed_early"], 40, "{flooding}");
+    assert_eq!(
+        flooding["closed_early_by"],
+        serde_json::json!({"4005": 40}),
+        "{flooding}"
+    );
 
     // The same herald, clients that ping every 200 ms: none is closed, and each pinged several times.
     let pinging =
@@ -137,6 +141,38 @@ fn bench_refuses_a_ping_interval_out_of_range() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[test]
+fn bench_refuses_pings_the_herald_it_starts_would_not_wait_for() {
+    let refused = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command.args(["bench", "connections", "--conns", "1"]).args(args);
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} was taken");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let flag = refused(
+        &[
+            "--ping-secs",
+            "30",
+            "--server-arg=--heartbeat-timeout",
+            "--server-arg=1s",
+        ],
+        None,
+    );
+    assert!(
+        flag.contains("--ping-secs 30") && flag.contains("heartbeat_timeout (1 s)"),
+        "{flag}"
+    );
+    // The environment the started herald inherits counts too; so do the gateways of a cluster.
+    let env = refused(&["--cluster", "2"], Some(("HERALD_HEARTBEAT_TIMEOUT", "20s")));
+    assert!(env.contains("heartbeat_timeout (20 s)"), "{env}");
+    let default = refused(&["--ping-secs", "60"], None);
+    assert!(default.contains("heartbeat_timeout (60 s)"), "{default}");
 }
 
 #[test]
