@@ -26,6 +26,8 @@ pub(crate) struct Server {
     pub(crate) children: Vec<Child>,
     /// The HMAC secret the herald processes it starts verify tokens with (given by env, never as a flag).
     auth_secret: Option<String>,
+    /// The JetStream store of the nats-server it starts with history on, removed when it stops.
+    jetstream_dir: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -43,6 +45,7 @@ impl Server {
                 children: Vec::new(),
                 gateways: None,
                 auth_secret: None,
+                jetstream_dir: None,
             });
         }
         let merge = [
@@ -58,11 +61,14 @@ impl Server {
             children: Vec::new(),
             gateways: None,
             auth_secret: target.token_secret.clone(),
+            jetstream_dir: None,
         };
         let api = free_port()?;
         match (target.cluster, target.nats) {
             (_, Some(gateways)) => {
-                let url = server.start_nats().await?;
+                // With history on, JetStream keeps it: nats-server runs with -js, logic gets the same settings.
+                let history = history_flags(&target.server_args);
+                let url = server.start_nats(!history.is_empty()).await?;
                 let ws = free_port()?;
                 for _ in 0..gateways {
                     let rpc = free_port()?;
@@ -75,10 +81,7 @@ impl Server {
                     )?;
                     wait_healthy(rpc).await?;
                 }
-                server.spawn(
-                    ["logic", "--api-addr", &api.to_string(), "--bus", &url],
-                    std::iter::empty(),
-                )?;
+                server.spawn(["logic", "--api-addr", &api.to_string(), "--bus", &url], history.iter())?;
                 server.ws.push(ws);
                 server.gateways = Some(gateways.into());
             }
@@ -143,8 +146,9 @@ impl Server {
         Ok(())
     }
 
-    /// Starts a nats-server of the bench's own on a free loopback port; returns its URL.
-    pub(crate) async fn start_nats(&mut self) -> anyhow::Result<String> {
+    /// Starts a nats-server of the bench's own on a free loopback port (with JetStream, its store in a directory of
+    /// its own, when `jetstream`); returns its URL.
+    pub(crate) async fn start_nats(&mut self, jetstream: bool) -> anyhow::Result<String> {
         let addr = free_port()?;
         let binary = std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| {
             let on_path = std::env::var_os("PATH")
@@ -156,7 +160,14 @@ impl Server {
             }
             .to_owned()
         });
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if jetstream {
+            let dir = std::env::temp_dir().join(format!("herald-bench-js-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            command.arg("-js").arg("-sd").arg(&dir);
+            self.jetstream_dir = Some(dir);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &addr.port().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -247,7 +258,35 @@ impl Server {
                 let _ = child.kill().await;
             }
         }
+        if let Some(dir) = self.jetstream_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// The history settings among the flags given to the herald the bench starts (`--history-size 100` or
+/// `--history-size=100`, ...), when history is on: logic needs them too on NATS.
+fn history_flags(args: &[String]) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut on = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let Some(name) = ["--history-size", "--history-ttl", "--history-max-bytes"]
+            .into_iter()
+            .find(|name| arg == name || arg.starts_with(&format!("{name}=")))
+        else {
+            continue;
+        };
+        let value = match arg.split_once('=') {
+            Some((_, value)) => value.to_owned(),
+            None => args.next().cloned().unwrap_or_default(),
+        };
+        if name == "--history-size" {
+            on = value.trim() != "0";
+        }
+        flags.extend([name.to_owned(), value]);
+    }
+    if on { flags } else { Vec::new() }
 }
 
 /// The peak of the server's memory while it is sampled ([`Server::sample_peak_rss`]).

@@ -124,11 +124,16 @@ pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> Result<Accepte
         // Logic validated the push; anything else is a foreign or broken client. Refuse it, never guess.
         _ => return Err(Refusal::new(Reason::Invalid, 0, 0)),
     };
-    hub.push(&target, push.items).map_err(|refused| match refused {
+    hub.push(&target, push.items).map_err(refusal)
+}
+
+/// A push the hub refused, as a gateway says so.
+pub(crate) fn refusal(refused: Refused) -> Refusal {
+    match refused {
         Refused::QueueFull { retry_after_secs } => Refusal::new(Reason::QueueFull, retry_after_secs, 0),
         Refused::TooManyItems { limit } => Refusal::new(Reason::TooManyItems, 0, limit as u64),
         Refused::ShuttingDown | Refused::Unavailable { .. } => Refusal::new(Reason::ShuttingDown, 5, 0),
-    })
+    }
 }
 
 /// A query as it crosses either hop.

@@ -8,6 +8,8 @@
 //! - `herald.user.<token>`: one user's pushes, encoded like rooms; a gateway subscribes while it holds a
 //!   connection of that user.
 //! - `herald.all`: broadcasts; every gateway subscribes.
+//! - `herald.store.room.<token>`: with room history on, what logic publishes a room's items to, one message an
+//!   item; the JetStream stream `HERALD_ROOMS` stores them and republishes each on `herald.room.<token>`.
 //! - `herald.query`: presence queries and disconnects (`herald.cluster.v1.QueryRequest`); every gateway answers
 //!   each on the request's reply inbox, and logic sums what comes within one second.
 //! - `herald.gateways`: each gateway announces itself here every `announce_interval` (connections, rooms,
@@ -23,6 +25,10 @@
 //! without logic knowing. While logic's NATS connection is down it answers pushes 503. A gateway that cannot keep
 //! up with a subscription loses messages in the client (counted as `slow_consumer` events), and a push its hub
 //! refuses is counted by reason: nothing is dropped without a count.
+//!
+//! With room history on, room pushes go through JetStream instead, which does give these guarantees: logic answers
+//! 200 only once the stream holds every item, every gateway takes a room's items in the stream's order whichever logic
+//! node published them, and a gateway reads from the stream what its subscription lost (see `history`).
 
 //!
 //! # Layout
@@ -30,16 +36,19 @@
 //! - `subjects`: subject names and the encoding of room names.
 //! - `publisher`: logic's bus ([`NatsBus`]).
 //! - `feed`: a gateway's subscriptions and announcements ([`spawn_gateway_feed`]).
+//! - `history`: room history in JetStream ([`RoomStore`]): the stream, offsets, what a JOIN missed.
 //! - `metrics`: `herald_nats_*`.
 
 mod connection;
 mod feed;
+mod history;
 mod metrics;
 mod publisher;
 mod subjects;
 
 pub use self::connection::{NatsConfig, NatsError, connect};
 pub use self::feed::{Announce, spawn_gateway_feed};
+pub use self::history::{RoomStore, STREAM, StoreError};
 pub use self::metrics::NatsMetrics;
 pub use self::publisher::NatsBus;
 pub use self::publisher::QUERY_WAIT;

@@ -35,8 +35,13 @@ impl Node {
         access: AccessConfig,
         registry: &mut Registry,
         intake: CancellationToken,
+        history_elsewhere: Option<Arc<str>>,
     ) -> Self {
         let hub = Hub::new(hub, HubMetrics::register(registry));
+        // Before the first connection: every JOIN must find the history where it is kept.
+        if let Some(epoch) = history_elsewhere {
+            hub.keep_history_elsewhere(epoch);
+        }
         let gateway = Gateway::new(Arc::clone(&hub), limits, access, GatewayMetrics::register(registry));
         let (hub_stop, hub_tasks) = (CancellationToken::new(), TaskTracker::new());
         hub.spawn_workers(&hub_tasks, hub_stop.clone());

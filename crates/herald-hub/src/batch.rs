@@ -41,6 +41,10 @@ enum State {
 #[derive(Debug)]
 pub struct Batch {
     items: Vec<Bytes>,
+    /// Each item's offset, when a store outside the hub gave them (see [`Batch::add_stored`]); else empty.
+    offsets: Vec<u64>,
+    /// With offsets: the offset of the room's item before the first one waiting (what a JOIN now is told).
+    before: u64,
     last_flush: Option<Instant>,
     state: State,
 }
@@ -49,6 +53,8 @@ impl Default for Batch {
     fn default() -> Self {
         Self {
             items: Vec::new(),
+            offsets: Vec::new(),
+            before: 0,
             last_flush: None,
             state: State::Idle,
         }
@@ -63,6 +69,48 @@ impl Batch {
         } else {
             self.items.extend(items);
         }
+        self.schedule(now, policy)
+    }
+
+    /// Adds items whose offsets a store gave (`offsets[i]` is `items[i]`'s, all above `before`, the offset of the
+    /// room's item before them), and says when the batch must be flushed.
+    pub fn add_stored(
+        &mut self,
+        items: Vec<Bytes>,
+        offsets: Vec<u64>,
+        before: u64,
+        now: Instant,
+        policy: MergePolicy,
+    ) -> Wake {
+        debug_assert_eq!(items.len(), offsets.len());
+        if self.items.is_empty() {
+            self.before = before;
+        }
+        self.offsets.extend(offsets);
+        self.add(items, now, policy)
+    }
+
+    /// The offsets of the `count` items just taken ([`Batch::take`]), with offsets from a store.
+    pub fn take_offsets(&mut self, count: usize) -> Vec<u64> {
+        let rest = self.offsets.split_off(count.min(self.offsets.len()));
+        let taken = std::mem::replace(&mut self.offsets, rest);
+        if let Some(last) = taken.last() {
+            self.before = *last;
+        }
+        taken
+    }
+
+    /// With offsets from a store: the offset of the room's item before the first one waiting.
+    pub fn before(&self) -> u64 {
+        self.before
+    }
+
+    /// With offsets from a store: the offset of the first item waiting, if any waits.
+    pub fn first_offset(&self) -> Option<u64> {
+        self.offsets.first().copied()
+    }
+
+    fn schedule(&mut self, now: Instant, policy: MergePolicy) -> Wake {
         let quiet = self
             .last_flush
             .is_none_or(|last| now.saturating_duration_since(last) >= policy.window);

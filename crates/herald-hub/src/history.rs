@@ -132,7 +132,7 @@ pub(crate) enum Evicted {
 
 /// What a resuming JOIN finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recovery {
+pub enum Recovery {
     /// Every item after `since` is retained.
     Recovered,
     /// `since` is of another epoch.
@@ -141,6 +141,8 @@ pub(crate) enum Recovery {
     Gone,
     /// `since` is beyond where the room stands (the client's position cannot be of this epoch).
     Ahead,
+    /// The store of a history kept elsewhere did not answer.
+    Unavailable,
 }
 
 impl Recovery {
@@ -150,6 +152,7 @@ impl Recovery {
             Self::OtherEpoch => "other_epoch",
             Self::Gone => "gone",
             Self::Ahead => "ahead",
+            Self::Unavailable => "unavailable",
         }
     }
 }

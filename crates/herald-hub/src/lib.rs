@@ -23,18 +23,23 @@
 //!    under the same lock, and its frames carry the position of their last item; a JOIN with `since` is given
 //!    what it missed under that lock too, before any live frame (see [`history`]).
 //!
+//! 7. With history kept elsewhere (JetStream, on NATS), the store gives the offsets and keeps the items, and a
+//!    JOIN waits, not yet a member, until the store's reader has fetched what it missed (see [`stored`]).
+//!
 //! The hub also answers presence and the server's disconnect ([`Hub::census`]) from the same member lists.
 //!
 //! # Layout
 //! - [`batch`]: the merge decision for one room.
 //! - [`history`]: the items retained per room, their offsets and epochs.
 //! - `members`: a room's member list, walked without a lock.
+//! - [`stored`]: history kept elsewhere: pending JOINs, and offsets from the store.
 //! - [`metrics`]: counters and gauges.
 
 pub mod batch;
 pub mod history;
 mod members;
 pub mod metrics;
+pub mod stored;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -60,6 +65,8 @@ use crate::batch::{Batch, MergePolicy, Wake};
 use crate::history::{Epochs, Histories, HistoryConfig};
 use crate::members::Members;
 pub use crate::metrics::HubMetrics;
+use crate::stored::StoredRooms;
+pub use crate::stored::{Ack, Completion, Fetched, JoinRequest, StoredSince};
 
 /// Deliveries a worker makes before it lets other tasks run.
 const DELIVERIES_PER_YIELD: usize = 4096;
@@ -132,16 +139,20 @@ pub struct Hub<R> {
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
     /// The epochs this hub gives the histories it starts.
     epochs: Epochs,
+    /// The store's epoch, when room history is kept elsewhere ([`stored`]).
+    elsewhere: OnceLock<Arc<str>>,
 }
 
-/// A room (or user) gained its first member here, or lost its last one: what a gateway on a message bus
-/// subscribes and unsubscribes by.
+/// What a gateway on a message bus subscribes and unsubscribes by, in the order it happened for each room or user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interest {
-    /// The room or user ([`Target::Room`] or [`Target::User`]).
-    pub topic: Target,
-    /// True when it has members now, false when it has none left.
-    pub wanted: bool,
+pub enum Interest {
+    /// A room or user ([`Target::Room`] or [`Target::User`]) gained its first member here (or, with history kept
+    /// elsewhere, its first pending JOIN).
+    Wanted(Target),
+    /// It lost its last member (and pending JOIN).
+    Unwanted(Target),
+    /// A JOIN waiting for the store (history kept elsewhere): answer it with [`Hub::complete_join`].
+    Join(JoinRequest),
 }
 
 struct Shard<R> {
@@ -165,8 +176,10 @@ struct ShardState<R> {
     pending_bytes: usize,
     /// The broadcast's batch (used only in the hub's broadcast shard).
     broadcast: Batch,
-    /// The histories of this shard's rooms (empty with history off, and in the broadcast shard).
+    /// The histories of this shard's rooms (empty with history off or kept elsewhere, and in the broadcast shard).
     histories: Histories,
+    /// With history kept elsewhere: JOINs waiting for the store, and where the rooms stand.
+    stored: StoredRooms<R>,
     /// The worker made its final pass: nothing added now would ever be sent.
     stopped: bool,
 }
@@ -234,9 +247,20 @@ fn topic_name(topic: &Target) -> &Arc<str> {
 struct Flush<R> {
     target: Target,
     items: Vec<Bytes>,
-    /// The position of the first item, in a room with history.
+    /// The position of the first item, in a room with history here.
     first: Option<Position>,
+    /// Each item's offset, in a room with history kept elsewhere (else empty).
+    offsets: Vec<u64>,
     members: Vec<Arc<Vec<Arc<R>>>>,
+}
+
+/// The offsets a room's frames carry.
+#[derive(Clone, Copy)]
+enum Offsets<'a> {
+    /// Counted from the first item's position, one by one (history here); none without history.
+    From(Option<&'a Position>),
+    /// Each item's own, in this epoch (history elsewhere).
+    Each(&'a [u64], &'a Arc<str>),
 }
 
 impl<R> Shard<R> {
@@ -252,6 +276,7 @@ impl<R> Shard<R> {
                 pending_bytes: 0,
                 broadcast: Batch::default(),
                 histories: Histories::new(history_budget),
+                stored: StoredRooms::default(),
                 stopped: false,
             }),
             wake: Notify::new(),
@@ -277,6 +302,7 @@ impl<R: Recipient> Hub<R> {
             parallelism: std::thread::available_parallelism().map_or(1, usize::from),
             interest: OnceLock::new(),
             epochs: Epochs::new(),
+            elsewhere: OnceLock::new(),
         })
     }
 
@@ -319,17 +345,25 @@ impl<R: Recipient> Hub<R> {
                     .map(|(name, _)| Arc::clone(name))
                     .collect::<Vec<_>>()
             };
-            topics.extend(held(&state.rooms).into_iter().map(Target::Room));
+            let mut rooms = held(&state.rooms);
+            rooms.extend(
+                state
+                    .stored
+                    .joining_rooms()
+                    .filter(|room| state.rooms.get(&***room).is_none_or(|entry| entry.members.is_empty()))
+                    .cloned(),
+            );
+            topics.extend(rooms.into_iter().map(Target::Room));
             topics.extend(held(&state.users).into_iter().map(Target::User));
         }
         topics
     }
 
     /// Called under the topic's shard lock, so one topic's events are sent in the order they happened.
-    fn interest_changed(&self, topic: Target, wanted: bool) {
+    fn interest_changed(&self, change: Interest) {
         if let Some(watcher) = self.interest.get() {
             // A watcher gone (shutting down) has nothing left to subscribe.
-            let _ = watcher.send(Interest { topic, wanted });
+            let _ = watcher.send(change);
         }
     }
 
@@ -377,13 +411,19 @@ impl<R: Recipient> Hub<R> {
     /// delivers the acknowledgement `ack` makes, then, for a JOIN that resumes from `since` in a room with
     /// history, every item after `since` (when the history still holds them all). `ack` is given where the room
     /// stands and whether it resumed, when the room keeps history; `None` when it does not.
+    ///
+    /// With history kept elsewhere, a JOIN of a new member waits for the store instead (see [`stored`]): it is
+    /// acknowledged, and the connection made a member, when the store's reader completes it.
     pub fn join_with(
         &self,
         room: &str,
         conn: &Arc<R>,
         since: Option<&Since<'_>>,
-        ack: impl FnOnce(Option<&JoinAnswer>) -> Option<Bytes>,
+        ack: impl FnOnce(Option<&JoinAnswer>) -> Option<Bytes> + Send + 'static,
     ) -> Result<Joined, RoomLimit> {
+        if let Some(epoch) = self.elsewhere.get() {
+            return self.join_pending(room, conn, since, Box::new(ack), epoch);
+        }
         let (new, room) = self.add_member(
             Kind::Room,
             room,
@@ -421,7 +461,7 @@ impl<R: Recipient> Hub<R> {
                         offset: since.offset + 1,
                         epoch: Arc::clone(&answer.position.epoch),
                     };
-                    for frame in self.frames(&target, &replay, Some(&first)).iter() {
+                    for frame in self.frames(&target, &replay, Offsets::From(Some(&first))).iter() {
                         conn.deliver(frame);
                     }
                 }
@@ -460,11 +500,13 @@ impl<R: Recipient> Hub<R> {
         then: impl FnOnce(&mut ShardState<R>, &Arc<str>, bool),
     ) -> Result<(bool, Arc<str>), RoomLimit> {
         let mut state = self.room_shard(name).state.lock();
+        // A room with a JOIN waiting for the store is wanted already.
+        let joining = kind == Kind::Room && state.stored.is_joining(name);
         let entries = state.map(kind);
         // `first`: the entry had no member before this one.
         let (joined, first) = match entries.get_mut(name) {
             Some(existing) => {
-                let first = existing.members.is_empty();
+                let first = existing.members.is_empty() && !joining;
                 let joined = existing.members.insert(conn);
                 (joined, joined && first)
             }
@@ -482,13 +524,13 @@ impl<R: Recipient> Hub<R> {
                 created.members.insert(conn);
                 entries.insert(key(), created);
                 self.kind_gauge(kind).inc();
-                (true, true)
+                (true, !joining)
             }
         };
         let (key, _) = entries.get_key_value(name).expect("present under the same lock");
         let key = Arc::clone(key);
         if first {
-            self.interest_changed(kind.topic(Arc::clone(&key)), true);
+            self.interest_changed(Interest::Wanted(kind.topic(Arc::clone(&key))));
         }
         then(&mut *state, &key, joined);
         Ok((joined, key))
@@ -497,11 +539,18 @@ impl<R: Recipient> Hub<R> {
     /// Removes a member from a room's or a user's entry; false if it was not one.
     fn remove_member(&self, kind: Kind, name: &str, id: u64) -> bool {
         let mut state = self.room_shard(name).state.lock();
+        let stopped_joining = kind == Kind::Room && state.stored.drop_joins(name, id);
+        let joining = kind == Kind::Room && state.stored.is_joining(name);
         let entries = state.map(kind);
         let Some((key, existing)) = entries.get_key_value(name) else {
+            if stopped_joining && !joining {
+                state.stored.forget(name);
+                self.interest_changed(Interest::Unwanted(Target::Room(Arc::from(name))));
+            }
             return false;
         };
-        let last = existing.members.len() == 1 && existing.members.contains(id);
+        let emptied = existing.members.is_empty() || (existing.members.len() == 1 && existing.members.contains(id));
+        let last = emptied && !joining && (stopped_joining || existing.members.contains(id));
         let topic = last.then(|| kind.topic(Arc::clone(key)));
         let existing = entries.get_mut(name).expect("present under the same lock");
         let left = existing.members.remove(id);
@@ -511,10 +560,11 @@ impl<R: Recipient> Hub<R> {
             self.kind_gauge(kind).dec();
             if kind == Kind::Room {
                 state.histories.forget_if_empty(name);
+                state.stored.forget(name);
             }
         }
         if let Some(topic) = topic {
-            self.interest_changed(topic, false);
+            self.interest_changed(Interest::Unwanted(topic));
         }
         left
     }
@@ -751,6 +801,7 @@ impl<R: Recipient> Hub<R> {
             };
             let pending = batch.len();
             let items = batch.take(now, self.config.merge, everything || entry.members.is_empty());
+            let offsets = batch.take_offsets(items.len());
             let deadline = batch.deadline();
             let members = vec![entry.members.snapshot()];
             let gone = entry.members.is_empty();
@@ -764,6 +815,7 @@ impl<R: Recipient> Hub<R> {
             };
             if gone {
                 state.histories.forget_if_empty(name);
+                state.stored.forget(name);
             }
             if let Some(at) = deadline {
                 state.timers.push(Reverse((at, topic.clone())));
@@ -776,6 +828,7 @@ impl<R: Recipient> Hub<R> {
                     target: topic,
                     items,
                     first,
+                    offsets,
                     members,
                 });
             }
@@ -815,6 +868,7 @@ impl<R: Recipient> Hub<R> {
                 target: Target::All,
                 items,
                 first: None,
+                offsets: Vec::new(),
                 members,
             });
         }
@@ -832,7 +886,11 @@ impl<R: Recipient> Hub<R> {
             self.metrics.items_unrouted.inc_by(flush.items.len() as u64);
             return;
         }
-        let frames = self.frames(&flush.target, &flush.items, flush.first.as_ref());
+        let offsets = match (self.elsewhere.get(), &flush.target) {
+            (Some(epoch), Target::Room(_)) => Offsets::Each(&flush.offsets, epoch),
+            _ => Offsets::From(flush.first.as_ref()),
+        };
+        let frames = self.frames(&flush.target, &flush.items, offsets);
         for (frame, chunk) in frames.iter().zip(flush.items.chunks(self.config.merge.max_items)) {
             self.metrics.frames.inc();
             self.metrics.frame_items.inc_by(chunk.len() as u64);
@@ -852,18 +910,25 @@ impl<R: Recipient> Hub<R> {
         }
     }
 
-    /// The frames of `items` pushed to `target`, at most `merge_max_items` each; in a room with history `first`
-    /// is the position of the first item, and each frame carries the position of its last.
-    fn frames(&self, target: &Target, items: &[Bytes], first: Option<&Position>) -> Arc<[Bytes]> {
-        let mut end = 0u64;
+    /// The frames of `items` pushed to `target`, at most `merge_max_items` each; in a room with history each frame
+    /// carries the position of its last item.
+    fn frames(&self, target: &Target, items: &[Bytes], offsets: Offsets<'_>) -> Arc<[Bytes]> {
+        let mut end = 0usize;
         items
             .chunks(self.config.merge.max_items)
             .map(|chunk| {
-                end += chunk.len() as u64;
-                let last = first.map(|first| Position {
-                    offset: first.offset + end - 1,
-                    epoch: Arc::clone(&first.epoch),
-                });
+                end += chunk.len();
+                let last = match offsets {
+                    Offsets::From(None) => None,
+                    Offsets::From(Some(first)) => Some(Position {
+                        offset: first.offset + end as u64 - 1,
+                        epoch: Arc::clone(&first.epoch),
+                    }),
+                    Offsets::Each(each, epoch) => each.get(end - 1).map(|offset| Position {
+                        offset: *offset,
+                        epoch: Arc::clone(epoch),
+                    }),
+                };
                 push_frame_at(target, chunk, last.as_ref())
             })
             .collect()

@@ -46,9 +46,18 @@ pub struct HubMetrics {
     pub(crate) history_items: Counter,
     pub(crate) history_bytes: Gauge,
     history_evicted: [Counter; 3],
-    recoveries: [Counter; 4],
+    recoveries: [Counter; OUTCOMES.len()],
     replayed_items: Counter,
 }
+
+/// Every outcome of a resuming JOIN, each counted under its label.
+const OUTCOMES: [Recovery; 5] = [
+    Recovery::Recovered,
+    Recovery::OtherEpoch,
+    Recovery::Gone,
+    Recovery::Ahead,
+    Recovery::Unavailable,
+];
 
 impl HubMetrics {
     /// Creates the metrics and registers them (prefix `herald_`).
@@ -82,13 +91,7 @@ impl HubMetrics {
             history_items: Counter::default(),
             history_bytes: Gauge::default(),
             history_evicted: ["size", "age", "memory"].map(|reason| labelled(&evicted, ReasonLabel { reason })),
-            recoveries: [
-                Recovery::Recovered,
-                Recovery::OtherEpoch,
-                Recovery::Gone,
-                Recovery::Ahead,
-            ]
-            .map(|outcome| {
+            recoveries: OUTCOMES.map(|outcome| {
                 labelled(
                     &recoveries,
                     OutcomeLabel {
@@ -185,12 +188,10 @@ impl HubMetrics {
     }
 
     pub(crate) fn recovery(&self, outcome: Recovery, replayed: usize) {
-        let index = match outcome {
-            Recovery::Recovered => 0,
-            Recovery::OtherEpoch => 1,
-            Recovery::Gone => 2,
-            Recovery::Ahead => 3,
-        };
+        let index = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .expect("every outcome is listed");
         self.recoveries[index].inc();
         self.replayed_items.inc_by(replayed as u64);
     }
@@ -208,15 +209,7 @@ impl HubMetrics {
     /// Resuming JOINs with `outcome`.
     #[cfg(test)]
     pub(crate) fn recoveries_of(&self, outcome: &str) -> u64 {
-        let index = [
-            Recovery::Recovered,
-            Recovery::OtherEpoch,
-            Recovery::Gone,
-            Recovery::Ahead,
-        ]
-        .iter()
-        .position(|r| r.label() == outcome)
-        .expect("an outcome");
+        let index = OUTCOMES.iter().position(|r| r.label() == outcome).expect("an outcome");
         self.recoveries[index].get()
     }
 

@@ -382,9 +382,13 @@ async fn interest_follows_the_first_and_last_member() {
     let mut interest = hub.watch_interest().expect("first watcher");
     assert!(hub.watch_interest().is_none(), "one watcher only");
     let (a, b) = (Recorder::new(1), Recorder::new(2));
-    let event = |room: &str, wanted| Interest {
-        topic: Target::Room(Arc::from(room)),
-        wanted,
+    let event = |room: &str, wanted| {
+        let topic = Target::Room(Arc::from(room));
+        if wanted {
+            Interest::Wanted(topic)
+        } else {
+            Interest::Unwanted(topic)
+        }
     };
 
     hub.join("r", &a).unwrap();
@@ -413,19 +417,10 @@ async fn interest_follows_the_first_and_last_member() {
     hub.register(&c);
     assert_eq!(
         interest.try_recv().unwrap(),
-        Interest {
-            topic: Target::User(Arc::clone(&user)),
-            wanted: true
-        }
+        Interest::Wanted(Target::User(Arc::clone(&user)))
     );
     hub.unregister(&*c, []);
-    assert_eq!(
-        interest.try_recv().unwrap(),
-        Interest {
-            topic: Target::User(user),
-            wanted: false
-        }
-    );
+    assert_eq!(interest.try_recv().unwrap(), Interest::Unwanted(Target::User(user)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -495,3 +490,4 @@ async fn census_counts_rooms_users_and_disconnects() {
 }
 
 mod history;
+mod stored;

@@ -24,12 +24,13 @@ use herald_cluster::logic::ClusterConfig;
 use herald_cluster::nats::NatsConfig;
 use herald_gateway::access::AccessConfig;
 use herald_hub::HubConfig;
+use herald_hub::history::HistoryConfig;
 
 pub use self::duration::DurationValue;
 pub use self::parts::{
-    AccessSettings, BusSettings, Http, HttpSettings, HubSettings, Internal, InternalSettings, LinkSettings,
-    MAX_API_THREADS, Part, Process, ProcessSettings, PublishSettings, PushApi, PushApiSettings, SecretSettings,
-    WebSocket, WebSocketSettings,
+    AccessSettings, BusSettings, HistorySettings, Http, HttpSettings, HubSettings, Internal, InternalSettings,
+    LinkSettings, MAX_API_THREADS, Part, Process, ProcessSettings, PublishSettings, PushApi, PushApiSettings,
+    SecretSettings, WebSocket, WebSocketSettings,
 };
 
 /// Every default (see `defaults.toml`).
@@ -82,7 +83,9 @@ impl SettingsFile {
         layers.under(ProcessSettings::default())?.resolve()?;
         layers.under(WebSocketSettings::default())?.resolve()?;
         layers.under(AccessSettings::default())?.resolve()?;
-        layers.under(HubSettings::default())?.resolve()?;
+        layers
+            .under(HubSettings::default())?
+            .resolve(layers.under(HistorySettings::default())?)?;
         let http = layers.under(HttpSettings::default())?.resolve()?;
         layers.under(PushApiSettings::default())?.resolve(&http)?;
         layers.under(InternalSettings::default())?.resolve()?;
@@ -131,6 +134,7 @@ pub fn setting_keys() -> Vec<String> {
     ids::<WebSocketSettings>(&mut keys);
     ids::<AccessSettings>(&mut keys);
     ids::<HubSettings>(&mut keys);
+    ids::<HistorySettings>(&mut keys);
     ids::<PushApiSettings>(&mut keys);
     ids::<HttpSettings>(&mut keys);
     ids::<SecretSettings>(&mut keys);
@@ -177,6 +181,9 @@ pub struct ServeArgs {
     pub hub: HubSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub history: HistorySettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub api: PushApiSettings,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -213,9 +220,8 @@ impl ServeArgs {
     pub fn resolve(self) -> anyhow::Result<Serve> {
         let layers = Layers::read(self.config.as_deref())?;
         let http = layers.under(self.http)?.resolve()?;
-        let hub = layers.under(self.hub)?.resolve()?;
+        let hub = layers.under(self.hub)?.resolve(layers.under(self.history)?)?;
         let nats = layers.under(self.bus)?.resolve(layers.under(self.publish)?)?;
-        history_without_nats(&hub, nats.as_ref())?;
         Ok(Serve {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
@@ -226,17 +232,6 @@ impl ServeArgs {
             nats,
         })
     }
-}
-
-/// History on NATS belongs in JetStream (a gateway subscribes only to the rooms it holds, so its hub sees no push
-/// made while a room's members are away); until herald keeps it there, the combination is refused at start.
-fn history_without_nats(hub: &HubConfig, nats: Option<&NatsConfig>) -> anyhow::Result<()> {
-    if hub.history.is_on() && nats.is_some() {
-        anyhow::bail!(
-            "history_size: room history is kept in memory, by serve and by each gateway of a gRPC cluster; on a NATS bus it is not supported yet (set history_size = 0)"
-        );
-    }
-    Ok(())
 }
 
 /// `herald gateway`: the WebSocket side and hub of a cluster, fed by logic nodes.
@@ -258,6 +253,9 @@ pub struct GatewayArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub hub: HubSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub history: HistorySettings,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub internal: InternalSettings,
@@ -297,12 +295,11 @@ impl GatewayArgs {
     /// Flags and env over the file over the defaults, validated.
     pub fn resolve(self) -> anyhow::Result<Gateway> {
         let layers = Layers::read(self.config.as_deref())?;
-        let hub = layers.under(self.hub)?.resolve()?;
+        let hub = layers.under(self.hub)?.resolve(layers.under(self.history)?)?;
         // A gateway publishes no pushes: the publish timeout keeps its default, unused.
         let nats = layers
             .under(self.bus)?
             .resolve(layers.under(PublishSettings::default())?)?;
-        history_without_nats(&hub, nats.as_ref())?;
         Ok(Gateway {
             process: layers.under(self.process)?.resolve()?,
             websocket: layers.under(self.websocket)?.resolve()?,
@@ -344,6 +341,9 @@ pub struct LogicArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub publish: PublishSettings,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub history: HistorySettings,
 }
 
 /// The settings of `herald logic`.
@@ -359,6 +359,8 @@ pub struct Logic {
     pub cluster: ClusterConfig,
     /// On NATS instead of gRPC.
     pub nats: Option<NatsConfig>,
+    /// Room history: on NATS, the JetStream stream's limits (on gRPC the gateways keep it; not used here).
+    pub history: HistoryConfig,
 }
 
 impl LogicArgs {
@@ -373,6 +375,7 @@ impl LogicArgs {
             http,
             cluster: layers.under(self.links)?.resolve(secret)?,
             nats: layers.under(self.bus)?.resolve(layers.under(self.publish)?)?,
+            history: layers.under(self.history)?.resolve(1)?,
         };
         if logic.nats.is_some() && !logic.cluster.gateways.is_empty() {
             bail!("gateways: not used with bus (on NATS, logic finds the gateways by their announcements)");
@@ -467,8 +470,8 @@ mod tests {
         assert!(config.nats.is_none());
         let on_nats = serve(&["--bus", "nats://127.0.0.1:4222"]).unwrap().nats.unwrap();
         assert_eq!(on_nats.publish_timeout, secs(5));
-        let refused = serve(&["--bus", "nats://127.0.0.1:4222", "--history-size", "10"]).unwrap_err();
-        assert!(refused.to_string().starts_with("history_size:"), "{refused}");
+        let kept = serve(&["--bus", "nats://127.0.0.1:4222", "--history-size", "10"]).unwrap();
+        assert_eq!(kept.hub.history.size, 10, "history on NATS lives in JetStream");
 
         let gateway = GatewayArgs::try_parse_from(["gateway"]).unwrap().resolve().unwrap();
         assert_eq!(gateway.internal.addr.to_string(), "127.0.0.1:7788");
@@ -528,7 +531,8 @@ mod tests {
             shards: Some(8),
             ..HubSettings::default()
         };
-        let hub = layers.under(flags).unwrap().resolve().unwrap();
+        let history = layers.under(HistorySettings::default()).unwrap();
+        let hub = layers.under(flags).unwrap().resolve(history).unwrap();
         assert_eq!((hub.shards, hub.merge.window), (8, Duration::from_millis(10)));
     }
 
@@ -539,7 +543,8 @@ mod tests {
             file: shared,
             defaults: SettingsFile::defaults(),
         };
-        let hub = layers.under(HubSettings::default()).unwrap().resolve().unwrap();
+        let history = layers.under(HistorySettings::default()).unwrap();
+        let hub = layers.under(HubSettings::default()).unwrap().resolve(history).unwrap();
         assert_eq!(hub.merge.window, Duration::from_millis(10));
         let links = layers.under(LinkSettings::default()).unwrap().resolve(None).unwrap();
         assert_eq!(links.gateways, ["127.0.0.1:7788"]);

@@ -37,6 +37,13 @@ pub async fn run(
     let (ws_addr, rpc_addr) = (ws.local_addr()?, rpc.local_addr()?);
     let mut registry = Registry::default();
     let mut running = Running::new(config.process.shutdown_grace);
+    // NATS first: with history on, the hub must know the JetStream stream before it takes a connection.
+    let nats = match &config.nats {
+        Some(settings) => {
+            Some(NatsNode::connect(settings, &config.hub.history, "herald-gateway", &mut registry).await?)
+        }
+        None => None,
+    };
     let node = Node::start(
         ws,
         config.hub,
@@ -44,9 +51,9 @@ pub async fn run(
         config.access.clone(),
         &mut registry,
         running.intake.clone(),
+        nats.as_ref().and_then(NatsNode::history_epoch),
     );
-    if let Some(settings) = &config.nats {
-        let nats = NatsNode::connect(settings, "herald-gateway", &mut registry).await?;
+    if let Some(nats) = nats {
         nats.feed_gateway(&node.hub, ws_addr, rpc_addr)?;
         running.nats = Some(nats);
     }

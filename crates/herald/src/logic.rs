@@ -44,7 +44,7 @@ pub async fn run(config: Logic, api: TcpListener, shutdown: CancellationToken) -
     let mut running = Running::new(config.process.shutdown_grace);
     let bus: Arc<dyn Bus> = match &config.nats {
         Some(settings) => {
-            let nats = NatsNode::connect(settings, "herald-logic", &mut registry).await?;
+            let nats = NatsNode::connect(settings, &config.history, "herald-logic", &mut registry).await?;
             let bus = nats.logic_bus();
             running.nats = Some(nats);
             bus

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use herald_cluster::nats::{Announce, NatsBus, NatsConfig, NatsMetrics, spawn_gateway_feed};
+use anyhow::Context;
+use herald_cluster::nats::{Announce, NatsBus, NatsConfig, NatsMetrics, RoomStore, spawn_gateway_feed};
 use herald_gateway::Session;
 use herald_hub::Hub;
+use herald_hub::history::HistoryConfig;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,13 +23,30 @@ pub(crate) struct NatsNode {
     tasks: TaskTracker,
     stop: CancellationToken,
     bus: OnceLock<Arc<NatsBus>>,
+    /// Room history in JetStream, when kept.
+    history: Option<RoomStore>,
 }
 
 impl NatsNode {
-    /// Connects (in the background if NATS is not up yet) and registers the NATS metrics.
-    pub(crate) async fn connect(config: &NatsConfig, name: &str, registry: &mut Registry) -> anyhow::Result<Self> {
+    /// Connects (in the background if NATS is not up yet) and registers the NATS metrics. With room history on,
+    /// creates or updates its JetStream stream first, waiting up to [`STORE_WAIT`] for JetStream: herald does not
+    /// start without it then, since no push could be answered truthfully.
+    pub(crate) async fn connect(
+        config: &NatsConfig,
+        history: &HistoryConfig,
+        name: &str,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Self> {
         let metrics = NatsMetrics::register(registry);
         let client = herald_cluster::nats::connect(config, name, &metrics).await?;
+        let history = if history.is_on() {
+            let store = RoomStore::open(client.clone(), history, STORE_WAIT)
+                .await
+                .context("history_size: room history on NATS is kept in JetStream (nats-server -js)")?;
+            Some(store)
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
             client,
@@ -35,6 +54,7 @@ impl NatsNode {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             bus: OnceLock::new(),
+            history,
         })
     }
 
@@ -53,6 +73,7 @@ impl NatsNode {
         spawn_gateway_feed(
             self.client.clone(),
             Arc::clone(hub),
+            self.history.clone(),
             announce,
             &self.config,
             self.metrics.clone(),
@@ -62,12 +83,18 @@ impl NatsNode {
         Ok(())
     }
 
+    /// The epoch of the JetStream stream that keeps room history, when it is kept.
+    pub(crate) fn history_epoch(&self) -> Option<Arc<str>> {
+        self.history.as_ref().map(|store| Arc::clone(store.epoch()))
+    }
+
     /// The bus the push API publishes through.
     pub(crate) fn logic_bus(&self) -> Arc<NatsBus> {
         let bus = self.bus.get_or_init(|| {
             NatsBus::start(
                 self.client.clone(),
                 &self.config,
+                self.history.clone(),
                 self.metrics.clone(),
                 &self.tasks,
                 self.stop.clone(),
@@ -96,6 +123,9 @@ impl NatsNode {
         let _ = tokio::time::timeout(NATS_STOP_TIMEOUT, self.client.flush()).await;
     }
 }
+
+/// Longest wait at start for JetStream to take the history stream.
+const STORE_WAIT: Duration = Duration::from_secs(30);
 
 /// Longest wait for the NATS side to stop and flush.
 const NATS_STOP_TIMEOUT: Duration = Duration::from_secs(2);

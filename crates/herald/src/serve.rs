@@ -28,6 +28,11 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
     let (ws_addr, api_addr) = (ws.local_addr()?, api.local_addr()?);
     let mut registry = Registry::default();
     let mut running = Running::new(config.process.shutdown_grace);
+    // NATS first: with history on, the hub must know the JetStream stream before it takes a connection.
+    let nats = match &config.nats {
+        Some(settings) => Some(NatsNode::connect(settings, &config.hub.history, "herald-serve", &mut registry).await?),
+        None => None,
+    };
     let node = Node::start(
         ws,
         config.hub,
@@ -35,10 +40,10 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         config.access.clone(),
         &mut registry,
         running.intake.clone(),
+        nats.as_ref().and_then(NatsNode::history_epoch),
     );
-    let bus: Arc<dyn Bus> = match &config.nats {
-        Some(settings) => {
-            let nats = NatsNode::connect(settings, "herald-serve", &mut registry).await?;
+    let bus: Arc<dyn Bus> = match nats {
+        Some(nats) => {
             nats.feed_gateway(&node.hub, ws_addr, api_addr)?;
             let bus = nats.logic_bus();
             running.nats = Some(nats);

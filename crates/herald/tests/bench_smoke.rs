@@ -182,4 +182,11 @@ fn bench_churn_resumes_with_since_and_says_how_many_recovered() {
     let recovered = churn["recovered"].as_u64().unwrap();
     assert!(recovered >= 20, "{churn}");
     assert_eq!(churn["not_recovered"], 0, "history holds 100 items: {churn}");
+
+    // On NATS, with JetStream (the bench starts nats-server with -js), resuming on whichever gateway takes it.
+    let nats =
+        bench("churn --nats 2 --conns 40 --churn 30 --hold-ms 150 --rate 20 --secs 3 --merge-window 20ms --resume");
+    assert_every_item_delivered(&nats, 40, 60);
+    assert!(nats["recovered"].as_u64().unwrap() >= 20, "{nats}");
+    assert_eq!(nats["not_recovered"], 0, "{nats}");
 }

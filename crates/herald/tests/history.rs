@@ -1,12 +1,13 @@
 //! History and recovery over real sockets: a client that comes back with `since` gets exactly what it missed, in
-//! order, before live items, or is told `recovered: false`; in `herald serve` and on each gateway of a gRPC cluster.
+//! order, before live items, or is told `recovered: false`; in `herald serve`, on each gateway of a gRPC cluster, and
+//! on NATS, where JetStream keeps it (each test starts its own `nats-server -js` with a private store).
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::cluster::{TestGateway, TestLogic};
+use support::cluster::{NatsServer, TestGateway, TestLogic};
 use support::{Client, TestServer, flags};
 
 /// Where a client stands in a room: the offset of its last item, and the epoch.
@@ -395,4 +396,192 @@ async fn with_history_off_frames_and_acks_are_go_push_s() {
         r#"{"type":"PUSH","data":{"room":"r","items":[1]}}"#
     );
     server.stop().await;
+}
+
+/// Flags of a gateway on `nats` with history (100 items a room, unless `extra` says otherwise).
+fn gateway_on(nats: &NatsServer, extra: &[&str]) -> Vec<String> {
+    [nats.bus(), history(extra)].concat()
+}
+
+/// Flags of a logic node on `nats` with the history settings of the gateways.
+fn logic_on(nats: &NatsServer, size: &str) -> Vec<String> {
+    [nats.bus(), flags(&["--history-size", size])].concat()
+}
+
+/// A NATS cluster with history: `gateways` gateways and one logic node, every gateway heard from.
+async fn history_on_nats(nats: &NatsServer, gateways: usize, size: &str) -> (Vec<TestGateway>, TestLogic) {
+    let mut started = Vec::new();
+    for _ in 0..gateways {
+        started.push(TestGateway::start(gateway_on(nats, &["--history-size", size])).await);
+    }
+    let logic = TestLogic::start(&[], logic_on(nats, size)).await;
+    logic
+        .wait_nats("every gateway heard from", |s| s.gateways_live == gateways as u64)
+        .await;
+    (started, logic)
+}
+
+#[tokio::test]
+async fn on_nats_a_client_resumes_on_another_gateway_from_jetstream() {
+    let nats = NatsServer::start_jetstream().await;
+    let (gateways, logic) = history_on_nats(&nats, 2, "100").await;
+    let (one, two) = (&gateways[0], &gateways[1]);
+    // herald made the stream, with the history settings as its limits, republishing to the room subjects.
+    let stream = nats.stream_config("HERALD_ROOMS").await;
+    assert_eq!(stream["max_msgs_per_subject"], 100, "{stream}");
+    assert_eq!(stream["max_age"], 300_000_000_000u64, "{stream}");
+    assert_eq!(stream["republish"]["dest"], "herald.room.>", "{stream}");
+
+    let (mut first, ack) = Resumer::join(one.ws, "news", None).await;
+    let joined_at = At::of(&ack);
+    assert!(joined_at.epoch.starts_with("js-"), "the stream's epoch: {ack}");
+    let answer = logic.push_room("news", "[1,2]").await;
+    assert_eq!(answer["items"], 2, "{answer}");
+    first.read_until(2).await;
+    let left_at = first.at.clone().unwrap();
+    assert!(left_at.offset > joined_at.offset, "{left_at:?} after {joined_at:?}");
+    drop(first);
+    one.internal().wait_metric_eq("herald_memberships", 0.0).await;
+
+    for n in 3..=5 {
+        logic.push_room("news", &format!("[{n}]")).await;
+    }
+    // The other gateway never held the room: what the client missed comes from JetStream.
+    let (mut back, ack) = Resumer::join(two.ws, "news", Some(left_at.clone())).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(At::of(&ack).epoch, left_at.epoch);
+    logic.push_room("news", "[6]").await;
+    back.read_until(4).await;
+    assert_eq!(
+        numbers(&back.items),
+        [3, 4, 5, 6],
+        "the missed items in order, then live"
+    );
+    assert!(back.at.clone().unwrap().offset > At::of(&ack).offset);
+    assert_eq!(
+        two.internal()
+            .metric_or_zero("herald_recoveries_total{outcome=\"recovered\"}")
+            .await,
+        1.0
+    );
+    logic.stop().await;
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn on_nats_clients_hopping_between_gateways_while_pushes_flow_get_every_item_once_in_order() {
+    let nats = NatsServer::start_jetstream().await;
+    let (gateways, logic) = history_on_nats(&nats, 2, "1000").await;
+    const CLIENTS: usize = 6;
+    const PUSHES: i64 = 150;
+    let ws = [gateways[0].ws, gateways[1].ws];
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        clients.push(Resumer::join(ws[n % 2], "hop", None).await.0);
+    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut resumer)| {
+            tokio::spawn(async move {
+                let mut items = Vec::new();
+                let mut hops = 0;
+                loop {
+                    for _ in 0..1 + (n + hops) % 4 {
+                        if items.len() + resumer.items.len() >= PUSHES as usize {
+                            break;
+                        }
+                        resumer.read_frame().await;
+                    }
+                    items.append(&mut resumer.items);
+                    if items.len() >= PUSHES as usize {
+                        return (items, hops);
+                    }
+                    let at = resumer.at.clone();
+                    drop(resumer);
+                    hops += 1;
+                    // To the other gateway each time.
+                    let (back, ack) = Resumer::join(ws[(n + hops) % 2], "hop", at).await;
+                    assert_eq!(ack["recovered"], true, "{ack}");
+                    resumer = back;
+                }
+            })
+        })
+        .collect();
+    let api = logic.api.0;
+    for n in 1..=PUSHES {
+        support::PushApi(api).push_room("hop", &format!("[{n}]")).await;
+    }
+    let mut hops = 0;
+    for reader in readers {
+        let (items, hopped) = reader.await.unwrap();
+        assert_eq!(
+            numbers(&items),
+            (1..=PUSHES).collect::<Vec<_>>(),
+            "exactly once, in order"
+        );
+        hops += hopped;
+    }
+    assert!(hops >= CLIENTS, "the clients moved between gateways ({hops} times)");
+    logic.stop().await;
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn on_nats_what_jetstream_no_longer_holds_is_not_recovered_and_a_push_it_cannot_take_is_503() {
+    let nats = NatsServer::start_jetstream().await;
+    let (gateways, logic) = history_on_nats(&nats, 1, "3").await;
+    let gateway = &gateways[0];
+    let (mut client, ack) = Resumer::join(gateway.ws, "r", None).await;
+    let joined_at = At::of(&ack);
+    logic.push_room("r", "[1,2,3,4,5]").await;
+    client.read_until(5).await;
+    let now_at = client.at.clone().unwrap();
+    drop(client);
+    gateway.internal().wait_metric_eq("herald_memberships", 0.0).await;
+
+    for (since, why) in [
+        (joined_at.clone(), "items 1 and 2 left the stream by count"),
+        (
+            At {
+                epoch: "js-another".into(),
+                ..now_at.clone()
+            },
+            "another stream",
+        ),
+    ] {
+        let (_, ack) = Resumer::join(gateway.ws, "r", Some(since)).await;
+        assert_eq!(ack["recovered"], false, "{why}: {ack}");
+        assert_eq!(At::of(&ack), now_at, "{why}: where the room stands");
+    }
+    let gone = gateway
+        .internal()
+        .metric_or_zero("herald_recoveries_total{outcome=\"gone\"}")
+        .await;
+    assert_eq!(gone, 1.0);
+
+    // Without JetStream, no push is taken: it could not be recovered.
+    drop(nats);
+    let deadline = tokio::time::Instant::now() + support::FAILSAFE;
+    let refused = loop {
+        let answer = logic.push_raw("r", "[6]").await;
+        if answer.status == 503 {
+            break answer;
+        }
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushes still taken without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    logic.stop().await;
+    for gateway in gateways {
+        gateway.stop().await;
+    }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_hub::{Hub, Interest, Recipient};
+use herald_hub::history::Recovery;
+use herald_hub::{Completion, Fetched, Hub, Interest, JoinRequest, Recipient};
 use herald_protocol::bus::Target;
 use herald_protocol::stats::Announcement;
 use prost::Message as _;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{NatsConfig, NatsError};
+use super::history::{RoomStore, store_subject};
 use super::metrics::NatsMetrics;
 use super::subjects::{ALL_SUBJECT, ANNOUNCE_SUBJECT, QUERY_SUBJECT, subject};
 use crate::hop;
@@ -37,10 +39,14 @@ pub struct Announce {
 }
 
 /// A gateway's side on NATS: subscriptions that follow the hub's rooms, the broadcast subscription, and the
-/// announcements. Runs until `stop`, then announces that it leaves.
+/// announcements; with `history`, rooms read from JetStream (see `history`), where the hub keeps its history
+/// ([`herald_hub::Hub::keep_history_elsewhere`], set before the hub's first connection).
+/// Runs until `stop`, then announces that it leaves.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_gateway_feed<R: Recipient>(
     client: async_nats::Client,
     hub: Arc<Hub<R>>,
+    history: Option<RoomStore>,
     announce: Announce,
     config: &NatsConfig,
     metrics: NatsMetrics,
@@ -48,11 +54,16 @@ pub fn spawn_gateway_feed<R: Recipient>(
     stop: CancellationToken,
 ) -> Result<(), NatsError> {
     let interest = hub.watch_interest().ok_or(NatsError::InterestWatched)?;
+    if let Some(history) = &history {
+        // Set when the hub was made (before its first connection), to this store's epoch.
+        debug_assert_eq!(hub.history_elsewhere(), Some(history.epoch()));
+    }
     let feed = Arc::new(Feed {
         id: announce.id.clone(),
         probe_subject: format!("herald.probe.{:016x}", fastrand::u64(..)),
         client,
         hub,
+        history,
         metrics,
         tracker: tracker.clone(),
     });
@@ -72,8 +83,19 @@ struct Feed<R> {
     probe_subject: String,
     client: async_nats::Client,
     hub: Arc<Hub<R>>,
+    /// Where room history is kept, when it is.
+    history: Option<RoomStore>,
     metrics: NatsMetrics,
     tracker: TaskTracker,
+}
+
+/// How long a JOIN the hub cannot take yet waits before it is answered again (see [`Completion::Wait`]).
+const JOIN_RETRY: Duration = Duration::from_millis(20);
+
+/// A subscription of the feed: how to end it, and, for a room with history, where its JOINs go.
+struct Followed {
+    unsubscribe: CancellationToken,
+    joins: Option<mpsc::UnboundedSender<JoinRequest>>,
 }
 
 impl<R: Recipient> Feed<R> {
@@ -83,7 +105,7 @@ impl<R: Recipient> Feed<R> {
         mut interest: mpsc::UnboundedReceiver<Interest>,
         stop: CancellationToken,
     ) {
-        let mut rooms: HashMap<Target, CancellationToken> = HashMap::new();
+        let mut rooms: HashMap<Target, Followed> = HashMap::new();
         // Rooms and users joined before the watch began (none when the feed starts with the gateway).
         for topic in self.hub.topics_with_members() {
             self.subscribe(&mut rooms, topic, &stop);
@@ -96,34 +118,56 @@ impl<R: Recipient> Feed<R> {
                     None => break,
                 },
             };
-            if change.wanted {
-                self.subscribe(&mut rooms, change.topic, &stop);
-            } else if let Some(unsubscribe) = rooms.remove(&change.topic) {
-                unsubscribe.cancel();
+            match change {
+                Interest::Wanted(topic) => self.subscribe(&mut rooms, topic, &stop),
+                Interest::Unwanted(topic) => {
+                    if let Some(followed) = rooms.remove(&topic) {
+                        followed.unsubscribe.cancel();
+                    }
+                }
+                Interest::Join(request) => {
+                    let topic = Target::Room(Arc::clone(&request.room));
+                    if !rooms.contains_key(&topic) {
+                        // Its room's Wanted comes first; should one not have, the JOIN still gets its answer.
+                        self.subscribe(&mut rooms, topic.clone(), &stop);
+                    }
+                    if let Some(joins) = rooms.get(&topic).and_then(|followed| followed.joins.as_ref()) {
+                        let _ = joins.send(request);
+                    }
+                }
             }
         }
-        for unsubscribe in rooms.into_values() {
-            unsubscribe.cancel();
+        for followed in rooms.into_values() {
+            followed.unsubscribe.cancel();
         }
     }
 
-    fn subscribe(
-        self: &Arc<Self>,
-        rooms: &mut HashMap<Target, CancellationToken>,
-        topic: Target,
-        stop: &CancellationToken,
-    ) {
+    fn subscribe(self: &Arc<Self>, rooms: &mut HashMap<Target, Followed>, topic: Target, stop: &CancellationToken) {
         let unsubscribe = stop.child_token();
-        let kind = if matches!(topic, Target::User(_)) {
-            "user"
-        } else {
-            "room"
-        };
         let subject = subject(&topic);
-        if let Some(previous) = rooms.insert(topic, unsubscribe.clone()) {
-            previous.cancel();
+        let (kind, room) = match &topic {
+            Target::User(_) => ("user", None),
+            Target::Room(room) => ("room", Some(Arc::clone(room))),
+            Target::All => ("all", None),
+        };
+        let joins = match (room, &self.history) {
+            (Some(room), Some(_)) => {
+                let (joins, requests) = mpsc::unbounded_channel();
+                let channel = (joins.clone(), requests);
+                self.tracker
+                    .spawn(Arc::clone(self).follow_room(room, subject, unsubscribe.clone(), channel));
+                Some(joins)
+            }
+            _ => {
+                self.tracker
+                    .spawn(Arc::clone(self).follow(subject, kind, unsubscribe.clone()));
+                None
+            }
+        };
+        let followed = Followed { unsubscribe, joins };
+        if let Some(previous) = rooms.insert(topic, followed) {
+            previous.unsubscribe.cancel();
         }
-        self.tracker.spawn(Arc::clone(self).follow(subject, kind, unsubscribe));
     }
 
     /// Hands every message on `subject` to the hub, in order, until `unsubscribe`.
@@ -167,6 +211,208 @@ impl<R: Recipient> Feed<R> {
                     }
                 },
             }
+        }
+    }
+
+    /// Follows a room whose history JetStream keeps: hands its items to the hub one by one in the stream's order
+    /// (dropping what it handed already, reading from the stream what it missed), and answers its JOINs from the
+    /// stream between two items, until `unsubscribe`.
+    async fn follow_room(
+        self: Arc<Self>,
+        room: Arc<str>,
+        subject: String,
+        unsubscribe: CancellationToken,
+        (retry, mut joins): (mpsc::UnboundedSender<JoinRequest>, mpsc::UnboundedReceiver<JoinRequest>),
+    ) {
+        let history = self
+            .history
+            .clone()
+            .expect("rooms are followed this way only with history");
+        let store = store_subject(&subject);
+        let mut subscriber = match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                tracing::error!(%subject, error = %e, "cannot subscribe");
+                self.metrics.event_named("subscribe_failed");
+                return;
+            }
+        };
+        let confirmed = tokio::select! {
+            confirmed = self.confirm() => confirmed,
+            () = unsubscribe.cancelled() => false,
+        };
+        if confirmed {
+            self.metrics.subscriptions.inc();
+        }
+        // Subscribed: every item stored from now on reaches this subscription. Where the stream stands now is
+        // where the room stands for this gateway: no later item of the room is at or below it.
+        let Some(mut stands) = self.stream_position(&history, &unsubscribe).await else {
+            if confirmed {
+                self.metrics.subscriptions.dec();
+            }
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = unsubscribe.cancelled() => break,
+                Some(request) = joins.recv() => {
+                    stands = self.answer_join(&history, &room, &store, request, stands, &retry).await;
+                }
+                message = subscriber.next() => match message {
+                    Some(message) => {
+                        self.metrics.received("room");
+                        stands = self.take_stored(&history, &room, &store, message, stands).await;
+                    }
+                    None => break,
+                },
+            }
+        }
+        if confirmed {
+            self.metrics.subscriptions.dec();
+        }
+        let _ = subscriber.unsubscribe().await;
+    }
+
+    /// The stream's last sequence, asked until it answers (for up to 5 s; then 0: the room's JOINs are told they
+    /// did not resume, which stays true); `None` once unsubscribed.
+    async fn stream_position(&self, history: &RoomStore, unsubscribe: &CancellationToken) -> Option<u64> {
+        for _ in 0..25 {
+            if unsubscribe.is_cancelled() {
+                return None;
+            }
+            match history.last_sequence().await {
+                Ok(last) => return Some(last),
+                Err(error) => {
+                    tracing::warn!(%error, "JetStream does not say where the history stream stands; asking again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        self.metrics.event_named("history_unavailable");
+        Some(0)
+    }
+
+    /// Answers a pending JOIN from the stream (see herald_hub::stored), or sends it to `retry` again a little later
+    /// when the hub cannot take it yet; returns where the room stands after.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_join(
+        &self,
+        history: &RoomStore,
+        room: &Arc<str>,
+        store: &str,
+        request: JoinRequest,
+        mut stands: u64,
+        retry: &mpsc::UnboundedSender<JoinRequest>,
+    ) -> u64 {
+        let fetched = match &request.since {
+            None => Fetched {
+                stands_at: stands,
+                ..Fetched::default()
+            },
+            Some(since) => {
+                if since.offset > stands && since.epoch == **history.epoch() {
+                    // The client saw items this gateway has not taken yet (another gateway was ahead): take them
+                    // first.
+                    stands = self.catch_up(history, room, store, stands, since.offset).await;
+                }
+                let missed = history.missed(store, since.offset, &since.epoch, stands).await;
+                let resumed = missed.outcome == Some(Recovery::Recovered);
+                Fetched {
+                    since: resumed.then_some(since.offset),
+                    stands_at: stands,
+                    items: missed.items,
+                    outcome: missed.outcome,
+                }
+            }
+        };
+        if self.hub.complete_join(room, request.conn, fetched) == Completion::Wait {
+            // Items the client has still wait for their frame here (this gateway is behind the one it saw them
+            // on): ask again, with a fresh read, once they went out.
+            let retry = retry.clone();
+            self.tracker.spawn(async move {
+                tokio::time::sleep(JOIN_RETRY).await;
+                let _ = retry.send(request);
+            });
+        }
+        stands
+    }
+
+    /// Hands the hub the room's stored items after `stands` up to and including `upto`, read from the stream;
+    /// returns where the room stands then (`upto` itself when the stream has reached it).
+    async fn catch_up(&self, history: &RoomStore, room: &Arc<str>, store: &str, mut stands: u64, upto: u64) -> u64 {
+        match history.between(store, stands, upto + 1).await {
+            Ok(items) => {
+                for (offset, item) in items {
+                    self.hand(room, item, offset, stands);
+                    stands = offset;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read room history from JetStream");
+                return stands;
+            }
+        }
+        match history.last_sequence().await {
+            Ok(last) if last >= upto => upto,
+            _ => stands,
+        }
+    }
+
+    /// Takes one message of a room with history: drops it if handed already, reads what was missed before it, and
+    /// hands it to the hub; returns where the room stands after.
+    async fn take_stored(
+        &self,
+        history: &RoomStore,
+        room: &Arc<str>,
+        store: &str,
+        message: async_nats::Message,
+        stands: u64,
+    ) -> u64 {
+        // The constants, not their text: the client files the headers it knows under them.
+        let header = |name: async_nats::header::HeaderName| -> Option<u64> {
+            message.headers.as_ref()?.get(name)?.as_str().parse().ok()
+        };
+        let previous = header(async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
+        let Some(offset) = header(async_nats::header::NATS_SEQUENCE) else {
+            // Published around the stream (a logic node without history): no offset to carry.
+            self.metrics.refused("not_stored");
+            return stands;
+        };
+        if offset <= stands {
+            return stands;
+        }
+        let mut stands = stands;
+        if previous > stands {
+            // Messages this subscription lost (a slow consumer): read them from the stream, in order, first.
+            match history.between(store, stands, offset).await {
+                Ok(missed) => {
+                    for (missed_offset, item) in missed {
+                        self.hand(room, item, missed_offset, stands);
+                        stands = missed_offset;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the messages a room subscription lost from JetStream");
+                    self.metrics.refused("history_gap");
+                }
+            }
+        }
+        let Ok(push) = pb::Push::decode(message.payload) else {
+            self.metrics.refused("undecodable");
+            return offset;
+        };
+        match <[Bytes; 1]>::try_from(push.items) {
+            Ok([item]) => self.hand(room, item, offset, stands),
+            Err(_) => self.metrics.refused("invalid"),
+        }
+        offset
+    }
+
+    /// Hands one stored item to the hub.
+    fn hand(&self, room: &Arc<str>, item: Bytes, offset: u64, before: u64) {
+        if let Err(refused) = self.hub.push_stored(room, vec![item], vec![offset], before) {
+            self.metrics.refused(hop::refusal(refused).reason.label());
         }
     }
 

@@ -55,7 +55,8 @@ impl NatsMetrics {
         );
         registry.register(
             "herald_nats_publishes",
-            "logic: pushes published, by result: published, unavailable (NATS down, answered 503), timeout, error",
+            "logic: pushes published, by result: published, unavailable (NATS down, answered 503), timeout, error; \
+             with room history: stored (JetStream acknowledged every item), store_failed (answered 503)",
             metrics.publishes.clone(),
         );
         registry.register(

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{NatsConfig, nats_state};
+use super::history::{RoomStore, store_subject};
 use super::metrics::NatsMetrics;
 use super::subjects::{ANNOUNCE_SUBJECT, QUERY_SUBJECT, subject};
 use crate::hop::{census_of, wire_push, wire_query};
@@ -36,13 +37,17 @@ pub struct NatsBus {
     gateways: Mutex<HashMap<String, (Instant, Announcement)>>,
     metrics: NatsMetrics,
     closed: AtomicBool,
+    /// Room history, when kept: room pushes go through JetStream (see `history`).
+    history: Option<RoomStore>,
 }
 
 impl NatsBus {
-    /// A bus on `client`; starts listening to the gateways' announcements (until `stop`).
+    /// A bus on `client` (storing room pushes in `history` when given); starts listening to the gateways'
+    /// announcements (until `stop`).
     pub fn start(
         client: async_nats::Client,
         config: &NatsConfig,
+        history: Option<RoomStore>,
         metrics: NatsMetrics,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -54,6 +59,7 @@ impl NatsBus {
             gateways: Mutex::new(HashMap::new()),
             metrics,
             closed: AtomicBool::new(false),
+            history,
         });
         tracker.spawn(Arc::clone(&bus).listen_to_gateways(stop));
         bus
@@ -133,6 +139,29 @@ impl NatsBus {
         }
         let count = items.len();
         let subject = subject(&target);
+        if let (Target::Room(_), Some(history)) = (&target, &self.history) {
+            // Answered 200 only once JetStream holds every item, with its offset.
+            return match history
+                .store(store_subject(&subject), &target, items, self.publish_timeout)
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.publish("stored");
+                    Ok(Accepted {
+                        items: count,
+                        recipients: None,
+                        gateways: None,
+                    })
+                }
+                Err(error) => {
+                    self.metrics.publish("store_failed");
+                    Err(Refused::Unavailable {
+                        retry_after_secs: 1,
+                        detail: format!("room history (JetStream) did not take the push: {error}"),
+                    })
+                }
+            };
+        }
         let payload = encode(target, items);
         match tokio::time::timeout(self.publish_timeout, self.client.publish(subject, payload)).await {
             Ok(Ok(())) => {

@@ -9,7 +9,10 @@ pub const ALL_SUBJECT: &str = "herald.all";
 pub const ANNOUNCE_SUBJECT: &str = "herald.gateways";
 /// Subject of presence queries and disconnects: every gateway answers each request.
 pub const QUERY_SUBJECT: &str = "herald.query";
-const ROOM_PREFIX: &str = "herald.room.";
+/// Rooms: what gateways subscribe to (with history, the stream republishes here what it stored).
+pub(crate) const ROOM_PREFIX: &str = "herald.room.";
+/// Rooms with history: what logic publishes to, and the history stream holds (see `history`).
+pub(crate) const STORE_PREFIX: &str = "herald.store.room.";
 const USER_PREFIX: &str = "herald.user.";
 
 /// The subject of a push's target (see the module docs for the encoding of room names).

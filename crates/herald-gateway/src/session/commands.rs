@@ -156,11 +156,13 @@ impl Commands<'_> {
                 return Err(RequestError::TooManyRooms);
             }
         }
-        let ack = |answer: Option<&JoinAnswer>| {
+        // Owned: with history kept elsewhere the ACK goes when the store has answered, after this message is gone.
+        let id = id.map(ToOwned::to_owned);
+        let ack = move |answer: Option<&JoinAnswer>| {
             let id = id?;
             Some(match answer {
-                Some(answer) => position::join_ack(id, answer),
-                None => client::ack(id),
+                Some(answer) => position::join_ack(&id, answer),
+                None => client::ack(&id),
             })
         };
         let joined = context

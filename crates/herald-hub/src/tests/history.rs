@@ -33,12 +33,14 @@ fn join(hub: &Hub<Recorder>, name: &str, conn: &Arc<Recorder>, since: Option<&Po
         offset: at.offset,
         epoch: Cow::Borrowed(&*at.epoch),
     });
-    let mut answer = None;
-    hub.join_with(name, conn, since.as_ref(), |given| {
-        answer = given.cloned();
+    let answer = Arc::new(Mutex::new(None));
+    let given = Arc::clone(&answer);
+    hub.join_with(name, conn, since.as_ref(), move |at| {
+        *given.lock() = at.cloned();
         None
     })
     .unwrap();
+    let answer = answer.lock().take();
     answer.expect("a room with history answers with its position")
 }
 
@@ -228,13 +230,14 @@ async fn with_history_off_frames_and_joins_are_as_before() {
     let (hub, _stop, _tracker) = start(100, 1000);
     let conn = Recorder::new(1);
     hub.register(&conn);
-    let mut answered = true;
-    hub.join_with("r", &conn, None, |given| {
-        answered = given.is_some();
+    let answered = Arc::new(AtomicBool::new(true));
+    let seen = Arc::clone(&answered);
+    hub.join_with("r", &conn, None, move |given| {
+        seen.store(given.is_some(), Ordering::Relaxed);
         None
     })
     .unwrap();
-    assert!(!answered, "no position without history");
+    assert!(!answered.load(Ordering::Relaxed), "no position without history");
     hub.push(&room("r"), items(&["1"])).unwrap();
     settle().await;
     let frame = conn.frames.lock()[0].clone();

@@ -312,15 +312,6 @@ pub struct HubSettings {
     /// Rooms held at most; a JOIN of one more is refused (too_many_rooms_total); 0 means no limit
     #[arg(long, env = "HERALD_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
-    /// Items each room keeps for clients that resume (JOIN with since); 0 turns history off
-    #[arg(long, env = "HERALD_HISTORY_SIZE")]
-    pub history_size: Option<usize>,
-    /// How long a room keeps an item in its history
-    #[arg(long, env = "HERALD_HISTORY_TTL")]
-    pub history_ttl: Option<DurationValue>,
-    /// Bytes all room histories of the process may hold; past it the oldest items go first
-    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES")]
-    pub history_max_bytes: Option<usize>,
 }
 part!(HubSettings {
     merge_window,
@@ -329,13 +320,10 @@ part!(HubSettings {
     queue_items,
     queue_bytes,
     max_rooms,
-    history_size,
-    history_ttl,
-    history_max_bytes,
 });
 
 impl HubSettings {
-    pub(crate) fn resolve(self) -> anyhow::Result<HubConfig> {
+    pub(crate) fn resolve(self, history: HistorySettings) -> anyhow::Result<HubConfig> {
         let shards = at_least("shards", given(self.shards), 1)?;
         Ok(HubConfig {
             shards: at_most("shards", shards, 4096)?,
@@ -346,11 +334,39 @@ impl HubSettings {
             queue_items: at_least("queue_items", given(self.queue_items), 1)?,
             queue_bytes: at_least("queue_bytes", given(self.queue_bytes), 1)?,
             max_rooms: given(self.max_rooms),
-            history: HistoryConfig {
-                size: given(self.history_size),
-                ttl: positive("history_ttl", self.history_ttl)?,
-                max_bytes: at_least("history_max_bytes", given(self.history_max_bytes), shards)?,
-            },
+            history: history.resolve(shards)?,
+        })
+    }
+}
+
+/// Room history (serve and gateways keep it; on NATS it is a JetStream stream, which logic and the gateways
+/// create or update with these settings).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[command(next_help_heading = "History")]
+pub struct HistorySettings {
+    /// Items each room keeps for clients that resume (JOIN with since); 0 turns history off
+    #[arg(long, env = "HERALD_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// How long a room keeps an item in its history
+    #[arg(long, env = "HERALD_HISTORY_TTL")]
+    pub history_ttl: Option<DurationValue>,
+    /// Bytes all room histories of the process (on NATS: of the stream) may hold; past it the oldest items go first
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
+}
+part!(HistorySettings {
+    history_size,
+    history_ttl,
+    history_max_bytes,
+});
+
+impl HistorySettings {
+    /// With `shards`, each of which gets an even share of `history_max_bytes`.
+    pub(crate) fn resolve(self, shards: usize) -> anyhow::Result<HistoryConfig> {
+        Ok(HistoryConfig {
+            size: given(self.history_size),
+            ttl: positive("history_ttl", self.history_ttl)?,
+            max_bytes: at_least("history_max_bytes", given(self.history_max_bytes), shards)?,
         })
     }
 }

@@ -243,7 +243,18 @@ pub struct NatsServer {
     pub port: u16,
     /// Its monitoring endpoint (`/subsz`), when started by [`NatsServer::start`].
     monitor: Option<SocketAddr>,
+    /// JetStream's private store directory, removed when the server is dropped.
+    store: Option<std::path::PathBuf>,
     child: Child,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(store) = &self.store {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    }
 }
 
 impl NatsServer {
@@ -266,9 +277,24 @@ impl NatsServer {
     /// Starts on a port nats-server picks itself (`-p -1`) and reports in its ports file: a port picked here and
     /// handed over could be taken by a parallel test's server in between, and two tests would share one server.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts with JetStream (`-js`), its store in a directory of its own.
+    pub async fn start_jetstream() -> Self {
+        let store = std::env::temp_dir().join(format!("herald-nats-js-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&store).unwrap();
+        Self::start_with(Some(store)).await
+    }
+
+    async fn start_with(store: Option<std::path::PathBuf>) -> Self {
         let dir = std::env::temp_dir().join(format!("herald-nats-ports-{}-{}", std::process::id(), next_id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(Self::binary())
+        let mut command = Command::new(Self::binary());
+        if let Some(store) = &store {
+            command.arg("-js").arg("-sd").arg(store);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "--ports_file_dir"])
             .arg(&dir)
             .stdout(Stdio::null())
@@ -298,8 +324,24 @@ impl NatsServer {
         Self {
             port,
             monitor: Some(monitor),
+            store,
             child,
         }
+    }
+
+    /// The configuration of a JetStream stream, as the server's monitoring endpoint (`/jsz`) shows it.
+    pub async fn stream_config(&self, name: &str) -> serde_json::Value {
+        let monitor = self.monitor.expect("started with monitoring");
+        let answer = super::http(monitor, "GET", "/jsz?streams=true&config=true", None, b"").await;
+        let json = answer.json();
+        json["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)
+            .map(|stream| stream["config"].clone())
+            .unwrap_or_else(|| panic!("no stream {name} in {json}"))
     }
 
     /// The subjects of the subscriptions the server itself holds (its `/subsz`) that start with `prefix`: what is
@@ -355,6 +397,7 @@ impl NatsServer {
         Self {
             port,
             monitor: None,
+            store: None,
             child,
         }
     }
