@@ -191,15 +191,45 @@ impl Gateway {
         }
     }
 
+    /// Serves one TCP connection: its handshake, then, when it is upgraded, its WebSocket session until it ends.
     async fn handle(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         handshake: Option<OwnedSemaphorePermit>,
         shutdown: CancellationToken,
     ) {
+        // The handshake's state (the request being read, a refusal lingering) lives in a box of its own, freed when
+        // the handshake is over: this task then holds the session alone for the connection's whole life. Inline, the
+        // handshake's states made the task of every idle connection 760 bytes larger than its session needs.
+        let Some(upgraded) = Box::pin(self.handshake(stream, peer, handshake)).await else {
+            return;
+        };
+        let Upgraded {
+            stream,
+            early,
+            admitted,
+            permit,
+        } = upgraded;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let Admitted { identity, _slot } = admitted;
+        tracing::debug!(id, %peer, authenticated = identity.is_some(), "connected");
+        let (session, auth) = Session::new(id, stream, Arc::clone(&self.context), identity);
+        session::run(session, auth, early, shutdown).await;
+        drop(_slot);
+        drop(permit);
+    }
+
+    /// Reads the HTTP request and answers it; what the session needs when the connection was upgraded.
+    async fn handshake(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        handshake: Option<OwnedSemaphorePermit>,
+    ) -> Option<Upgraded> {
         let Some(handshake) = handshake else {
-            return self.refuse_at_once(stream).await;
+            self.refuse_at_once(stream).await;
+            return None;
         };
         let request = tokio::time::timeout(
             self.context.limits.handshake_timeout,
@@ -207,8 +237,11 @@ impl Gateway {
         )
         .await;
         let (response, outcome, upgrade) = match request {
-            Err(_elapsed) => return self.context.metrics.handshake(Handshake::Timeout),
-            Ok(None) => return,
+            Err(_elapsed) => {
+                self.context.metrics.handshake(Handshake::Timeout);
+                return None;
+            }
+            Ok(None) => return None,
             Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
             Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
             Ok(Some(Request::Upgrade {
@@ -246,19 +279,18 @@ impl Gateway {
             if matches!(written, Ok(Ok(()))) {
                 linger(stream).await;
             }
-            return;
+            return None;
         };
         if !matches!(written, Ok(Ok(()))) {
-            return;
+            return None;
         }
         let _ = stream.set_nodelay(true);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let Admitted { identity, _slot } = admitted;
-        tracing::debug!(id, %peer, authenticated = identity.is_some(), "connected");
-        let (session, auth) = Session::new(id, stream, Arc::clone(&self.context), identity);
-        session::run(session, auth, early, shutdown).await;
-        drop(_slot);
-        drop(permit);
+        Some(Upgraded {
+            stream,
+            early,
+            admitted,
+            permit,
+        })
     }
 
     /// The response to a refused handshake, and how it is counted. The token's reason is named in the body (the
@@ -328,6 +360,16 @@ async fn linger(mut stream: TcpStream) {
         Ok::<(), io::Error>(())
     })
     .await;
+}
+
+/// A connection whose handshake was answered 101: what its session starts from.
+struct Upgraded {
+    stream: TcpStream,
+    /// Bytes that came with the request, after it.
+    early: Vec<u8>,
+    admitted: Admitted,
+    /// Its place in `max_connections`.
+    permit: OwnedSemaphorePermit,
 }
 
 /// `accept` errors that mean the process is out of something, not that one connection failed.
