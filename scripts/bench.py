@@ -75,6 +75,13 @@ SCENARIOS = {
                 "reply hogs, flooders, fresh-room churners, half-open sockets, slow readers in the room)",
                 ["hostile", "--conns", "5000", "--attackers", "200", "--rate", "10", "--secs", "30",
                  "--merge-window", "10ms"]),
+    "history_10ms": ("history on (100 items a room, in memory): the 10 ms window scenario",
+                     ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--item-bytes", "100",
+                      "--secs", "30", "--merge-window", "10ms", "--server-arg=--history-size", "--server-arg=100"]),
+    "history_seed": ("history on (100 items a room, in memory): the seed's rate",
+                     ["fanout", "--conns", "10000", "--rate", "1000", "--items", "1", "--item-bytes", "100",
+                      "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100",
+                      "--server-arg=--history-size", "--server-arg=100"]),
     "churn": ("churn: 10,000 connections stay in one room while 2,000 connections a second join and leave "
               "(each held 50 ms, dropped with a reset), 10 pushes/s, 10 ms window, 30 s",
               ["churn", "--conns", "10000", "--churn", "2000", "--hold-ms", "50", "--rate", "10", "--secs", "30",
@@ -109,6 +116,10 @@ for _floor, _scenario in FLOOR_OF.items():
 
 # Memory after a churn storm must come back to within this much of the memory before it.
 CHURN_RSS_MARGIN_PCT = 10
+
+# History on, run alternately with the same load with history off (stored as "<name>_off"), as a floor is.
+HISTORY_OFF = {"history_10ms": "window_10ms", "history_seed": "seed"}
+HISTORY_FIGURES = ["items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms", "server_cpu_secs"]
 
 # (single node, gRPC cluster, NATS) scenarios shown side by side.
 CLUSTER_PAIRS = [("window_10ms", "cluster_10ms", "nats_10ms"), ("seed", "cluster_seed", "nats_seed")]
@@ -351,6 +362,17 @@ def render(results, benches):
                   "| scenario | figure | raw floor | herald | herald − floor |", "|---|---|---|---|---|"]
         for floor, scenario in floors:
             lines += beside_floor(results, floor, scenario, FLOORS[scenario][4])
+    pairs = [(f"{on}_off", on) for on in HISTORY_OFF if f"{on}_off" in results and on in results]
+    if pairs:
+        lines += ["", "## History beside none", "",
+                  "The same load with `--history-size 100` (every item retained in its room's history in memory, its",
+                  "frames carrying offsets) and without, in alternating runs: what history costs on the fan-out path.",
+                  "",
+                  "| figure | " + " | ".join(f"{off} | {on}" for off, on in pairs) + " |",
+                  "|---|" + "---|---|" * len(pairs)]
+        for figure in HISTORY_FIGURES:
+            cells = [shown(figure, results[name].get(figure)) for pair in pairs for name in pair]
+            lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     churn = results.get("churn")
     if churn:
         growth = churn["server_rss_after_vs_before_pct"]
@@ -446,13 +468,19 @@ def main():
                 results = json.load(f)
         targeted = {scenario for scenario, *_ in TARGETS}
         for name in opts.only or [n for n in SCENARIOS if n not in FLOOR_OF]:
-            repeats = max(1, opts.repeats) if name in targeted else 1
+            repeats = max(1, opts.repeats) if name in targeted or name in HISTORY_OFF else 1
             floors = [FLOORS[name][0]] if name in FLOORS else []
-            runs = {key: [] for key in [name, *floors]}
+            beside = [f"{name}_off"] if name in HISTORY_OFF else []
+            runs = {key: [] for key in [name, *floors, *beside]}
             for attempt in range(repeats):
                 for key in runs:
                     print(f"running {key} ({attempt + 1}/{repeats}) ...", file=sys.stderr, flush=True)
-                    runs[key].append(run_floor(key) if key in FLOOR_OF else run(SCENARIOS[key][1]))
+                    if key in FLOOR_OF:
+                        runs[key].append(run_floor(key))
+                    elif key in beside:
+                        runs[key].append(run(SCENARIOS[HISTORY_OFF[name]][1]))
+                    else:
+                        runs[key].append(run(SCENARIOS[key][1]))
             measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             for key, key_runs in runs.items():
                 if key_runs:
