@@ -464,6 +464,7 @@ async fn on_nats_a_client_resumes_on_another_gateway_from_jetstream() {
             .await,
         1.0
     );
+    assert_eq!(logic.metric_or_zero("herald_nats_history_items_total").await, 6.0);
     logic.stop().await;
     for gateway in gateways {
         gateway.stop().await;

@@ -36,6 +36,7 @@ pub struct NatsMetrics {
     refused: Family<ReasonLabel, Counter>,
     pub(super) subscriptions: Gauge,
     pub(super) gateways_live: Gauge,
+    pub(super) history_items: Counter,
 }
 
 impl NatsMetrics {
@@ -67,13 +68,19 @@ impl NatsMetrics {
         registry.register(
             "herald_nats_pushes_refused",
             "gateway: pushes from NATS the hub did not take (lost), by reason: queue_full, shutting_down, \
-             too_many_items, invalid, undecodable",
+             too_many_items, invalid, undecodable; with history: not_stored (published around the stream), \
+             history_gap (messages the subscription lost could not be read back)",
             metrics.refused.clone(),
         );
         registry.register(
             "herald_nats_subscriptions",
             "gateway: rooms subscribed (rooms with a member here)",
             metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "herald_nats_history_items",
+            "logic: room items stored in JetStream for history (acknowledged by the stream)",
+            metrics.history_items.clone(),
         );
         registry.register(
             "herald_nats_gateways_live",

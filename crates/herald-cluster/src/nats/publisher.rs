@@ -147,6 +147,7 @@ impl NatsBus {
             {
                 Ok(()) => {
                     self.metrics.publish("stored");
+                    self.metrics.history_items.inc_by(count as u64);
                     Ok(Accepted {
                         items: count,
                         recipients: None,
