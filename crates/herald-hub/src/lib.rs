@@ -222,6 +222,17 @@ impl Kind {
 }
 
 impl<R> ShardState<R> {
+    /// Counts `count` items of `bytes` that joined `topic`'s batch, and files the wake-up the batch asked for.
+    fn queued(&mut self, topic: &Target, wake: Wake, count: usize, bytes: usize) {
+        self.pending += count;
+        self.pending_bytes += bytes;
+        match wake {
+            Wake::Nothing => {}
+            Wake::Now => self.ready.push(topic.clone()),
+            Wake::At(at) => self.timers.push(Reverse((at, topic.clone()))),
+        }
+    }
+
     fn map(&mut self, kind: Kind) -> &mut HashMap<Arc<str>, Room<R>> {
         match kind {
             Kind::Room => &mut self.rooms,
@@ -624,13 +635,7 @@ impl<R: Recipient> Hub<R> {
                 let room = &**name;
                 self.retain(state, room, || Arc::from(room), &items, now);
             }
-            // Nobody to deliver to: say so (recipients 0) and count the items as not delivered here.
-            self.metrics.items_unrouted.inc_by(count as u64);
-            return Ok(Accepted {
-                items: count,
-                recipients: Some(0),
-                gateways: None,
-            });
+            return Ok(self.unrouted(count));
         };
         let recipients = entry.members.len();
         let bytes = bytes_of(&items);
@@ -648,23 +653,34 @@ impl<R: Recipient> Hub<R> {
         let (entries, name) = state.entries(topic);
         let entry = entries.get_mut(&**name).expect("found above, under the same lock");
         let wake = entry.batch.get_or_insert_default().add(items, now, self.config.merge);
-        state.pending += count;
-        state.pending_bytes += bytes;
-        match wake {
-            Wake::Nothing => {}
-            Wake::Now => state.ready.push(topic.clone()),
-            Wake::At(at) => state.timers.push(Reverse((at, topic.clone()))),
-        }
+        state.queued(topic, wake, count, bytes);
         drop(guard);
+        Ok(self.woken(shard, wake, count, recipients))
+    }
+
+    /// A push to a room or user with no entry here: nobody to deliver to, said so (recipients 0), and its items
+    /// counted as not delivered here.
+    fn unrouted(&self, count: usize) -> Accepted {
+        self.metrics.items_unrouted.inc_by(count as u64);
+        Accepted {
+            items: count,
+            recipients: Some(0),
+            gateways: None,
+        }
+    }
+
+    /// After a push joined a batch (and the shard's lock is released): wakes the shard's worker when the batch
+    /// asked, counts what waits, and says what was taken.
+    fn woken(&self, shard: &Shard<R>, wake: Wake, count: usize, recipients: usize) -> Accepted {
         if wake != Wake::Nothing {
             shard.wake.notify_one();
         }
         self.metrics.pending_items.inc_by(count as i64);
-        Ok(Accepted {
+        Accepted {
             items: count,
             recipients: Some(recipients),
             gateways: None,
-        })
+        }
     }
 
     /// Retains a room push's items in the room's history (`key` names a history that is new).

@@ -26,7 +26,6 @@ use herald_protocol::client::Since;
 use herald_protocol::position::{JoinAnswer, Position};
 use tokio::time::Instant;
 
-use crate::batch::Wake;
 use crate::history::Recovery;
 use crate::members::Members;
 use crate::{Hub, Interest, Joined, Offsets, Recipient, Room, RoomLimit, ShardState};
@@ -321,12 +320,7 @@ impl<R: Recipient> Hub<R> {
             *at = (*at).max(last);
         }
         let Some(entry) = state.rooms.get_mut(room) else {
-            self.metrics.items_unrouted.inc_by(count as u64);
-            return Ok(Accepted {
-                items: count,
-                recipients: Some(0),
-                gateways: None,
-            });
+            return Ok(self.unrouted(count));
         };
         let recipients = entry.members.len();
         let bytes = crate::bytes_of(&items);
@@ -339,28 +333,14 @@ impl<R: Recipient> Hub<R> {
             .batch
             .get_or_insert_default()
             .add_stored(items, offsets, before, now, self.config.merge);
-        state.pending += count;
-        state.pending_bytes += bytes;
         let (key, _) = state
             .rooms
             .get_key_value(room)
             .expect("found above, under the same lock");
         let topic = Target::Room(Arc::clone(key));
-        match wake {
-            Wake::Nothing => {}
-            Wake::Now => state.ready.push(topic),
-            Wake::At(at) => state.timers.push(std::cmp::Reverse((at, topic))),
-        }
+        state.queued(&topic, wake, count, bytes);
         drop(guard);
-        if wake != Wake::Nothing {
-            shard.wake.notify_one();
-        }
-        self.metrics.pending_items.inc_by(count as i64);
-        Ok(Accepted {
-            items: count,
-            recipients: Some(recipients),
-            gateways: None,
-        })
+        Ok(self.woken(shard, wake, count, recipients))
     }
 }
 

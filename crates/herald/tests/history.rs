@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -88,6 +89,65 @@ impl Resumer {
         }
         self.at = Some(at);
     }
+}
+
+/// A reader's task: what it received (items with their offsets), and how often it dropped.
+type Reader = tokio::task::JoinHandle<(Vec<(u64, Value)>, usize)>;
+
+/// A reader for each client: it reads a few frames, drops its connection, joins again from where it stood (at the
+/// address `ws_for(client, drops so far)`) and asserts that it recovered, until it holds `count` items. Each gives its
+/// items and how often it dropped.
+fn keep_dropping_and_resuming(
+    clients: Vec<Resumer>,
+    count: usize,
+    ws_for: impl Fn(usize, usize) -> SocketAddr + Copy + Send + 'static,
+) -> Vec<Reader> {
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut resumer)| {
+            tokio::spawn(async move {
+                let room = resumer.room.clone();
+                let mut items = Vec::new();
+                let mut drops = 0;
+                loop {
+                    for _ in 0..1 + (n + drops) % 5 {
+                        if items.len() + resumer.items.len() >= count {
+                            break;
+                        }
+                        resumer.read_frame().await;
+                    }
+                    items.append(&mut resumer.items);
+                    if items.len() >= count {
+                        return (items, drops);
+                    }
+                    let at = resumer.at.clone();
+                    drop(resumer);
+                    drops += 1;
+                    tokio::time::sleep(Duration::from_millis((n as u64 * 3) % 10)).await;
+                    let (back, ack) = Resumer::join(ws_for(n, drops), &room, at).await;
+                    assert_eq!(ack["recovered"], true, "{ack}");
+                    resumer = back;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits for every reader and asserts that each got items 1 to `pushes`, once each, in order; how often they
+/// dropped in all.
+async fn every_item_once(readers: Vec<Reader>, pushes: i64) -> usize {
+    let mut drops = 0;
+    for reader in readers {
+        let (items, dropped) = reader.await.unwrap();
+        assert_eq!(
+            numbers(&items),
+            (1..=pushes).collect::<Vec<_>>(),
+            "exactly once, in order"
+        );
+        drops += dropped;
+    }
+    drops
 }
 
 fn numbers(items: &[(u64, Value)]) -> Vec<i64> {
@@ -301,52 +361,14 @@ async fn many_clients_dropping_and_resuming_each_get_every_item_once_in_order() 
         clients.push(Resumer::join(server.ws, "churn", None).await.0);
     }
     let ws = server.ws;
-    let readers: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(n, mut resumer)| {
-            tokio::spawn(async move {
-                let mut items = Vec::new();
-                let mut drops = 0;
-                loop {
-                    let frames = 1 + (n + drops) % 5;
-                    for _ in 0..frames {
-                        if items.len() + resumer.items.len() >= PUSHES as usize {
-                            break;
-                        }
-                        resumer.read_frame().await;
-                    }
-                    items.append(&mut resumer.items);
-                    if items.len() >= PUSHES as usize {
-                        return (items, drops);
-                    }
-                    let at = resumer.at.clone();
-                    drop(resumer);
-                    drops += 1;
-                    tokio::time::sleep(Duration::from_millis((n as u64 * 3) % 10)).await;
-                    let (back, ack) = Resumer::join(ws, "churn", at).await;
-                    assert_eq!(ack["recovered"], true, "{ack}");
-                    resumer = back;
-                }
-            })
-        })
-        .collect();
+    let readers = keep_dropping_and_resuming(clients, PUSHES as usize, move |_, _| ws);
     for n in 1..=PUSHES {
         server.push_room("churn", &format!("[{n}]")).await;
         if n % 20 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let mut drops = 0;
-    for reader in readers {
-        let (items, dropped) = reader.await.unwrap();
-        assert_eq!(
-            numbers(&items),
-            (1..=PUSHES).collect::<Vec<_>>(),
-            "exactly once, in order"
-        );
-        drops += dropped;
-    }
+    let drops = every_item_once(readers, PUSHES).await;
     assert!(drops >= CLIENTS, "the clients dropped and resumed ({drops} times)");
     server.stop().await;
 }
@@ -482,49 +504,13 @@ async fn on_nats_clients_hopping_between_gateways_while_pushes_flow_get_every_it
     for n in 0..CLIENTS {
         clients.push(Resumer::join(ws[n % 2], "hop", None).await.0);
     }
-    let readers: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(n, mut resumer)| {
-            tokio::spawn(async move {
-                let mut items = Vec::new();
-                let mut hops = 0;
-                loop {
-                    for _ in 0..1 + (n + hops) % 4 {
-                        if items.len() + resumer.items.len() >= PUSHES as usize {
-                            break;
-                        }
-                        resumer.read_frame().await;
-                    }
-                    items.append(&mut resumer.items);
-                    if items.len() >= PUSHES as usize {
-                        return (items, hops);
-                    }
-                    let at = resumer.at.clone();
-                    drop(resumer);
-                    hops += 1;
-                    // To the other gateway each time.
-                    let (back, ack) = Resumer::join(ws[(n + hops) % 2], "hop", at).await;
-                    assert_eq!(ack["recovered"], true, "{ack}");
-                    resumer = back;
-                }
-            })
-        })
-        .collect();
+    // To the other gateway each time.
+    let readers = keep_dropping_and_resuming(clients, PUSHES as usize, move |n, drops| ws[(n + drops) % 2]);
     let api = logic.api.0;
     for n in 1..=PUSHES {
         support::PushApi(api).push_room("hop", &format!("[{n}]")).await;
     }
-    let mut hops = 0;
-    for reader in readers {
-        let (items, hopped) = reader.await.unwrap();
-        assert_eq!(
-            numbers(&items),
-            (1..=PUSHES).collect::<Vec<_>>(),
-            "exactly once, in order"
-        );
-        hops += hopped;
-    }
+    let hops = every_item_once(readers, PUSHES).await;
     assert!(hops >= CLIENTS, "the clients moved between gateways ({hops} times)");
     logic.stop().await;
     for gateway in gateways {

@@ -170,16 +170,23 @@ impl<R: Recipient> Feed<R> {
         }
     }
 
-    /// Hands every message on `subject` to the hub, in order, until `unsubscribe`.
-    async fn follow(self: Arc<Self>, subject: String, kind: &'static str, unsubscribe: CancellationToken) {
-        let mut subscriber = match self.client.subscribe(subject.clone()).await {
-            Ok(subscriber) => subscriber,
+    /// Subscribes to `subject`; `None` (logged, counted) only when the client itself is closed: the room's members
+    /// then get nothing from NATS.
+    async fn subscribe_to(&self, subject: &str) -> Option<async_nats::Subscriber> {
+        match self.client.subscribe(subject.to_owned()).await {
+            Ok(subscriber) => Some(subscriber),
             Err(e) => {
-                // Only when the client itself is closed; the room's members then get nothing from NATS.
                 tracing::error!(%subject, error = %e, "cannot subscribe");
                 self.metrics.event_named("subscribe_failed");
-                return;
+                None
             }
+        }
+    }
+
+    /// Hands every message on `subject` to the hub, in order, until `unsubscribe`.
+    async fn follow(self: Arc<Self>, subject: String, kind: &'static str, unsubscribe: CancellationToken) {
+        let Some(mut subscriber) = self.subscribe_to(&subject).await else {
+            return;
         };
         // The gauge counts only subscriptions the server has confirmed: from then on this gateway gets the
         // subject's messages.
@@ -229,13 +236,8 @@ impl<R: Recipient> Feed<R> {
             .clone()
             .expect("rooms are followed this way only with history");
         let store = store_subject(&subject);
-        let mut subscriber = match self.client.subscribe(subject.clone()).await {
-            Ok(subscriber) => subscriber,
-            Err(e) => {
-                tracing::error!(%subject, error = %e, "cannot subscribe");
-                self.metrics.event_named("subscribe_failed");
-                return;
-            }
+        let Some(mut subscriber) = self.subscribe_to(&subject).await else {
+            return;
         };
         let confirmed = tokio::select! {
             confirmed = self.confirm() => confirmed,
@@ -341,13 +343,8 @@ impl<R: Recipient> Feed<R> {
     /// Hands the hub the room's stored items after `stands` up to and including `upto`, read from the stream;
     /// returns where the room stands then (`upto` itself when the stream has reached it).
     async fn catch_up(&self, history: &RoomStore, room: &Arc<str>, store: &str, mut stands: u64, upto: u64) -> u64 {
-        match history.between(store, stands, upto + 1).await {
-            Ok(items) => {
-                for (offset, item) in items {
-                    self.hand(room, item, offset, stands);
-                    stands = offset;
-                }
-            }
+        match self.hand_stored(history, room, store, stands, upto + 1).await {
+            Ok(now) => stands = now,
             Err(error) => {
                 tracing::warn!(%error, "cannot read room history from JetStream");
                 return stands;
@@ -385,13 +382,8 @@ impl<R: Recipient> Feed<R> {
         let mut stands = stands;
         if previous > stands {
             // Messages this subscription lost (a slow consumer): read them from the stream, in order, first.
-            match history.between(store, stands, offset).await {
-                Ok(missed) => {
-                    for (missed_offset, item) in missed {
-                        self.hand(room, item, missed_offset, stands);
-                        stands = missed_offset;
-                    }
-                }
+            match self.hand_stored(history, room, store, stands, offset).await {
+                Ok(now) => stands = now,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the messages a room subscription lost from JetStream");
                     self.metrics.refused("history_gap");
@@ -407,6 +399,23 @@ impl<R: Recipient> Feed<R> {
             Err(_) => self.metrics.refused("invalid"),
         }
         offset
+    }
+
+    /// Reads the room's items in `(stands, upto)` from the stream and hands them to the hub, in order; returns where
+    /// the room stands then.
+    async fn hand_stored(
+        &self,
+        history: &RoomStore,
+        room: &Arc<str>,
+        store: &str,
+        mut stands: u64,
+        upto: u64,
+    ) -> Result<u64, String> {
+        for (offset, item) in history.between(store, stands, upto).await? {
+            self.hand(room, item, offset, stands);
+            stands = offset;
+        }
+        Ok(stands)
     }
 
     /// Hands one stored item to the hub.

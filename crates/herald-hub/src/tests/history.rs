@@ -9,7 +9,7 @@ use crate::history::{HISTORY_OVERHEAD, HistoryConfig, ITEM_OVERHEAD};
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn with_history(size: usize, max_bytes: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
+pub(super) fn with_history(size: usize, max_bytes: usize) -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
     start_with(HubConfig {
         shards: 2,
         merge: MergePolicy {

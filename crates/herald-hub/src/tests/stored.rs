@@ -11,20 +11,7 @@ use crate::history::{HistoryConfig, Recovery};
 const EPOCH: &str = "js-test";
 
 fn elsewhere() -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
-    let started = start_with(HubConfig {
-        shards: 2,
-        merge: MergePolicy {
-            window: WINDOW,
-            max_items: 100,
-        },
-        queue_items: 10_000,
-        queue_bytes: 1 << 30,
-        max_rooms: 0,
-        history: HistoryConfig {
-            size: 100,
-            ..HistoryConfig::OFF
-        },
-    });
+    let started = super::history::with_history(100, HistoryConfig::OFF.max_bytes);
     assert!(started.0.keep_history_elsewhere(Arc::from(EPOCH)));
     started
 }
@@ -58,6 +45,21 @@ fn frames(conn: &Recorder) -> Vec<(u64, Vec<String>)> {
             (offset, items.iter().map(|item| item.to_string()).collect())
         })
         .collect()
+}
+
+/// Connection 1, a member of room `r` (which stood at 4 when it joined), with item 5 sent to it.
+async fn member_with_item_5(hub: &Hub<Recorder>) -> Arc<Recorder> {
+    let stays = Recorder::new(1);
+    hub.register(&stays);
+    let _ = join(hub, &stays, None);
+    let at_4 = Fetched {
+        stands_at: 4,
+        ..Fetched::default()
+    };
+    assert_eq!(hub.complete_join("r", 1, at_4), Completion::Done);
+    stored(hub, "5", 5, 4);
+    settle().await;
+    stays
 }
 
 fn stored(hub: &Hub<Recorder>, item: &str, offset: u64, before: u64) -> Accepted {
@@ -115,20 +117,9 @@ async fn a_join_waits_for_the_store_then_gets_what_it_missed_before_live_items()
 #[tokio::test(start_paused = true)]
 async fn items_waiting_for_their_frame_when_the_join_completes_arrive_live_once() {
     let (hub, _stop, _tracker) = elsewhere();
-    let (stays, returns) = (Recorder::new(1), Recorder::new(2));
-    hub.register(&stays);
+    let stays = member_with_item_5(&hub).await;
+    let returns = Recorder::new(2);
     hub.register(&returns);
-    let _ = join(&hub, &stays, None);
-    let _ = hub.complete_join(
-        "r",
-        1,
-        Fetched {
-            stands_at: 4,
-            ..Fetched::default()
-        },
-    );
-    stored(&hub, "5", 5, 4);
-    settle().await;
     // Inside the window: 7 waits in the batch when the returning client's JOIN completes.
     stored(&hub, "7", 7, 5);
     let answer = join(&hub, &returns, Some(4));
@@ -189,20 +180,9 @@ async fn a_connection_that_leaves_before_the_store_answers_is_forgotten() {
 #[tokio::test(start_paused = true)]
 async fn a_join_ahead_of_items_still_waiting_here_waits_for_their_frame() {
     let (hub, _stop, _tracker) = elsewhere();
-    let (stays, ahead) = (Recorder::new(1), Recorder::new(2));
-    hub.register(&stays);
+    let _stays = member_with_item_5(&hub).await;
+    let ahead = Recorder::new(2);
     hub.register(&ahead);
-    let _ = join(&hub, &stays, None);
-    let _ = hub.complete_join(
-        "r",
-        1,
-        Fetched {
-            stands_at: 4,
-            ..Fetched::default()
-        },
-    );
-    stored(&hub, "5", 5, 4);
-    settle().await;
     // 6 waits in the batch here, but the client got it elsewhere already: it resumes from 6.
     stored(&hub, "6", 6, 5);
     let answer = join(&hub, &ahead, Some(6));
