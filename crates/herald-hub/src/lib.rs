@@ -565,10 +565,20 @@ impl<R: Recipient> Hub<R> {
         let topic = last.then(|| kind.topic(Arc::clone(key)));
         let existing = entries.get_mut(name).expect("present under the same lock");
         let left = existing.members.remove(id);
-        // An entry with items still waiting stays until its worker flushes it (and then drops it).
-        if existing.members.is_empty() && !existing.has_items() {
-            entries.remove(name);
+        // An entry with items still waiting stays until its worker flushes it (and then drops it); with history
+        // elsewhere a room nobody wants any more goes at once with its batch, which no one would receive: the
+        // store's next reader of the room starts from where the store stands, and must find no batch of before.
+        let drop_waiting = kind == Kind::Room && !joining && self.elsewhere.get().is_some();
+        if existing.members.is_empty() && (drop_waiting || !existing.has_items()) {
+            let gone = entries.remove(name).expect("present under the same lock");
             self.kind_gauge(kind).dec();
+            if let Some(mut batch) = gone.batch {
+                let items = batch.take(Instant::now(), self.config.merge, true);
+                state.pending -= items.len();
+                state.pending_bytes -= bytes_of(&items);
+                self.metrics.pending_items.dec_by(items.len() as i64);
+                self.metrics.items_unrouted.inc_by(items.len() as u64);
+            }
             if kind == Kind::Room {
                 state.histories.forget_if_empty(name);
                 state.stored.forget(name);
@@ -626,6 +636,13 @@ impl<R: Recipient> Hub<R> {
         let state = &mut *guard;
         if state.stopped {
             return Err(self.refuse_shutting_down());
+        }
+        if self.elsewhere.get().is_some() && Kind::of(topic) == Kind::Room {
+            // Its items would have no offsets: a room's items come from the store (see `push_stored`).
+            return Err(Refused::Unavailable {
+                retry_after_secs: 1,
+                detail: "room history is kept in JetStream: room pushes come through it".to_owned(),
+            });
         }
         let now = Instant::now();
         let keeps_history = self.config.history.is_on() && Kind::of(topic) == Kind::Room;

@@ -14,8 +14,16 @@
 //!    connection live: items still waiting in the room's batch will), the missed items up to there, and makes the
 //!    connection a member, so every later item reaches it live, in order, once.
 //!
-//! A connection that leaves or closes before step 3 is forgotten with its pending JOIN. A re-JOIN of a member is
-//! answered at once with where the room stands.
+//! A connection that leaves or closes before step 3 is forgotten with its pending JOIN, and a late answer to it is
+//! not taken for a newer one (each pending JOIN has its id). A JOIN sent again while the first waits is answered
+//! with it; a re-JOIN of a member is answered at once with where the room stands.
+//!
+//! Two rules keep a resuming client free of duplicates across readers: an item at or below where the room stands
+//! is dropped (a reader of the room that was replaced may still hand some), and a room left with neither a member
+//! nor a pending JOIN is dropped at once with its batch, so that the room's next reader, which starts from where the
+//! store stands, finds no batch of before in front of its first JOIN. A JOIN whose client already has items that
+//! still wait in the batch here (it saw them on a faster gateway) waits for that batch to go out
+//! ([`Completion::Wait`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,8 +42,12 @@ use crate::{Hub, Interest, Joined, Offsets, Recipient, Room, RoomLimit, ShardSta
 pub type Ack = Box<dyn FnOnce(Option<&JoinAnswer>) -> Option<Bytes> + Send>;
 
 struct PendingJoin<R> {
+    /// Which JOIN this is ([`JoinRequest::id`]): a late answer to one that was left is not taken for a newer one.
+    id: u64,
     conn: Arc<R>,
     ack: Ack,
+    /// The acknowledgements of JOINs the connection sent again while this one waited: answered as a member's.
+    again: Vec<Ack>,
 }
 
 /// One shard's JOINs waiting for the store, and where its rooms stand (used only with history elsewhere).
@@ -43,6 +55,8 @@ pub(crate) struct StoredRooms<R> {
     joining: HashMap<Arc<str>, Vec<PendingJoin<R>>>,
     /// The offset of the last item handed to each room that has an entry or a pending JOIN.
     stands_at: HashMap<Arc<str>, u64>,
+    /// The id the next pending JOIN of this shard gets.
+    next_id: u64,
 }
 
 impl<R> Default for StoredRooms<R> {
@@ -50,6 +64,7 @@ impl<R> Default for StoredRooms<R> {
         Self {
             joining: HashMap::new(),
             stands_at: HashMap::new(),
+            next_id: 1,
         }
     }
 }
@@ -90,6 +105,8 @@ impl<R: Recipient> StoredRooms<R> {
 /// A JOIN the store must answer (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinRequest {
+    /// Which pending JOIN this is (unique in its room's shard).
+    pub id: u64,
     /// The room, as the hub holds its name.
     pub room: Arc<str>,
     /// The connection's id.
@@ -158,6 +175,17 @@ impl<R: Recipient> Hub<R> {
             }
             return Ok(Joined { room: key, new: false });
         }
+        // Sent again while its first JOIN waits: answered with it, as a member's.
+        if let Some(pending) = state
+            .stored
+            .joining
+            .get_mut(room)
+            .and_then(|list| list.iter_mut().find(|pending| pending.conn.id() == conn.id()))
+        {
+            pending.again.push(ack);
+            let key = Arc::clone(state.stored.joining.get_key_value(room).expect("found above").0);
+            return Ok(Joined { room: key, new: false });
+        }
         let joining = state.stored.joining.get_key_value(room).map(|(key, _)| Arc::clone(key));
         let key = match (entry.map(|(key, _)| Arc::clone(key)), joining.clone()) {
             (Some(key), _) | (None, Some(key)) => key,
@@ -177,16 +205,21 @@ impl<R: Recipient> Hub<R> {
         if joining.is_none() && !has_members {
             self.interest_changed(Interest::Wanted(Target::Room(Arc::clone(&key))));
         }
+        let id = state.stored.next_id;
+        state.stored.next_id += 1;
         state
             .stored
             .joining
             .entry(Arc::clone(&key))
             .or_default()
             .push(PendingJoin {
+                id,
                 conn: Arc::clone(conn),
                 ack,
+                again: Vec::new(),
             });
         self.interest_changed(Interest::Join(JoinRequest {
+            id,
             room: Arc::clone(&key),
             conn: conn.id(),
             since: since.map(|since| StoredSince {
@@ -197,31 +230,48 @@ impl<R: Recipient> Hub<R> {
         Ok(Joined { room: key, new: true })
     }
 
-    /// Completes the pending JOINs of connection `conn` in `room` with what the store's reader found (see the module
-    /// docs); nothing when the connection left or closed meanwhile. [`Completion::Wait`] when an item the client
-    /// has already (at or below `since`) still waits in the room's batch: it would reach the connection again with
-    /// the batch's frame, so the JOIN stays pending; ask again (with a fresh read) once the batch went out.
-    pub fn complete_join(&self, room: &str, conn: u64, fetched: Fetched) -> Completion {
+    /// Completes the pending JOIN `request` with what the store's reader found (see the module docs); nothing when
+    /// its connection left or closed meanwhile. [`Completion::Wait`] when an item the client has already (at or
+    /// below `since`) still waits in the room's batch: it would reach the connection again with the batch's frame,
+    /// so the JOIN stays pending; ask again (with a fresh read) once the batch went out.
+    pub fn complete_join(&self, request: &JoinRequest, fetched: Fetched) -> Completion {
         let Some(epoch) = self.elsewhere.get() else {
             return Completion::Done;
         };
+        let room = &*request.room;
         let mut guard = self.room_shard(room).state.lock();
         let state = &mut *guard;
+        let Some(index) = state
+            .stored
+            .joining
+            .get(room)
+            .and_then(|list| list.iter().position(|pending| pending.id == request.id))
+        else {
+            return Completion::Done;
+        };
         if let Some(since) = fetched.since
             && waiting_from(state, room).is_some_and(|first| first <= since)
         {
             return Completion::Wait;
         }
-        let Some((key, list)) = state.stored.joining.remove_entry(room) else {
-            return Completion::Done;
-        };
-        let (mine, others): (Vec<_>, Vec<_>) = list.into_iter().partition(|pending| pending.conn.id() == conn);
-        if !others.is_empty() {
-            state.stored.joining.insert(Arc::clone(&key), others);
+        let key = Arc::clone(
+            state
+                .stored
+                .joining
+                .get_key_value(room)
+                .expect("found above, under the same lock")
+                .0,
+        );
+        let list = state
+            .stored
+            .joining
+            .get_mut(room)
+            .expect("found above, under the same lock");
+        let pending = list.remove(index);
+        if list.is_empty() {
+            state.stored.joining.remove(room);
         }
-        let Some(first) = mine.first().map(|pending| Arc::clone(&pending.conn)) else {
-            return Completion::Done;
-        };
+        let first = Arc::clone(&pending.conn);
         let at = state.stored.stands_at.entry(Arc::clone(&key)).or_insert(0);
         *at = (*at).max(fetched.stands_at);
         let position = stands_at(state, &key, epoch);
@@ -236,12 +286,11 @@ impl<R: Recipient> Hub<R> {
             self.metrics
                 .recovery(outcome, if recovered == Some(true) { items.len() } else { 0 });
         }
-        let mut acks = mine.into_iter().map(|pending| pending.ack);
         let answer = JoinAnswer {
             position: position.clone(),
             recovered,
         };
-        if let Some(frame) = acks.next().and_then(|ack| ack(Some(&answer))) {
+        if let Some(frame) = (pending.ack)(Some(&answer)) {
             first.deliver(&frame);
         }
         if recovered == Some(true) {
@@ -266,7 +315,7 @@ impl<R: Recipient> Hub<R> {
             position,
             recovered: None,
         };
-        for ack in acks {
+        for ack in pending.again {
             if let Some(frame) = ack(Some(&again)) {
                 first.deliver(&frame);
             }
@@ -304,6 +353,14 @@ impl<R: Recipient> Hub<R> {
         }
         let last = offsets.last().copied().unwrap_or(before);
         let known = state.rooms.contains_key(room) || state.stored.is_joining(room);
+        if known && state.stored.stands_at.get(room).is_some_and(|at| *at >= last) {
+            // Handed already (by a reader of this room that was replaced, say): taken, and dropped as a duplicate.
+            return Ok(Accepted {
+                items: 0,
+                recipients: Some(0),
+                gateways: None,
+            });
+        }
         if known {
             let key = match state.rooms.get_key_value(room) {
                 Some((key, _)) => Arc::clone(key),

@@ -328,7 +328,7 @@ impl<R: Recipient> Feed<R> {
                 }
             }
         };
-        if self.hub.complete_join(room, request.conn, fetched) == Completion::Wait {
+        if self.hub.complete_join(&request, fetched) == Completion::Wait {
             // Items the client has still wait for their frame here (this gateway is behind the one it saw them
             // on): ask again, with a fresh read, once they went out.
             let retry = retry.clone();
@@ -342,17 +342,17 @@ impl<R: Recipient> Feed<R> {
 
     /// Hands the hub the room's stored items after `stands` up to and including `upto`, read from the stream;
     /// returns where the room stands then (`upto` itself when the stream has reached it).
-    async fn catch_up(&self, history: &RoomStore, room: &Arc<str>, store: &str, mut stands: u64, upto: u64) -> u64 {
+    async fn catch_up(&self, history: &RoomStore, room: &Arc<str>, store: &str, stands: u64, upto: u64) -> u64 {
+        // Where the stream stands first: read after it, the room's items up to `upto` are all there to be read (an
+        // offset the stream has not reached is the client's invention, and moves nothing).
+        let reached = matches!(history.last_sequence().await, Ok(last) if last >= upto);
         match self.hand_stored(history, room, store, stands, upto + 1).await {
-            Ok(now) => stands = now,
+            Ok(now) if reached => now.max(upto),
+            Ok(now) => now,
             Err(error) => {
                 tracing::warn!(%error, "cannot read room history from JetStream");
-                return stands;
+                stands
             }
-        }
-        match history.last_sequence().await {
-            Ok(last) if last >= upto => upto,
-            _ => stands,
         }
     }
 
@@ -383,7 +383,13 @@ impl<R: Recipient> Feed<R> {
         if previous > stands {
             // Messages this subscription lost (a slow consumer): read them from the stream, in order, first.
             match self.hand_stored(history, room, store, stands, offset).await {
-                Ok(now) => stands = now,
+                Ok(now) => {
+                    if now != previous {
+                        // The stream no longer holds some of them (removed by its limits meanwhile): lost here.
+                        self.metrics.refused("history_gap");
+                    }
+                    stands = now;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the messages a room subscription lost from JetStream");
                     self.metrics.refused("history_gap");
@@ -420,8 +426,11 @@ impl<R: Recipient> Feed<R> {
 
     /// Hands one stored item to the hub.
     fn hand(&self, room: &Arc<str>, item: Bytes, offset: u64, before: u64) {
-        if let Err(refused) = self.hub.push_stored(room, vec![item], vec![offset], before) {
-            self.metrics.refused(hop::refusal(refused).reason.label());
+        match self.hub.push_stored(room, vec![item], vec![offset], before) {
+            // The room had it already (from a reader of it that was replaced): nothing lost.
+            Ok(accepted) if accepted.items == 0 => self.metrics.event_named("history_duplicate"),
+            Ok(_) => {}
+            Err(refused) => self.metrics.refused(hop::refusal(refused).reason.label()),
         }
     }
 

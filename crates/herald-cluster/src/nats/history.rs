@@ -46,15 +46,11 @@ pub struct RoomStore {
     context: jetstream::Context,
     stream: stream::Stream,
     epoch: Arc<str>,
-    size: u64,
 }
 
 impl std::fmt::Debug for RoomStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoomStore")
-            .field("epoch", &self.epoch)
-            .field("size", &self.size)
-            .finish()
+        f.debug_struct("RoomStore").field("epoch", &self.epoch).finish()
     }
 }
 
@@ -108,12 +104,7 @@ impl RoomStore {
             .map_err(|error| StoreError(error.to_string()))?;
         let epoch = Arc::from(format!("js-{:x}", info.created.unix_timestamp_nanos()));
         tracing::info!(stream = STREAM, %epoch, size = config.size, "room history in JetStream");
-        Ok(Self {
-            context,
-            stream,
-            epoch,
-            size: config.size as u64,
-        })
+        Ok(Self { context, stream, epoch })
     }
 
     /// The stream's epoch: every offset it gives is of this epoch.
@@ -205,11 +196,21 @@ impl RoomStore {
                 return outcome(Recovery::Unavailable);
             }
         }
-        match self.between(subject, since, upto + 1).await {
-            Ok(items) => Missed {
+        let items = match self.between(subject, since, upto + 1).await {
+            Ok(items) => items,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read room history from JetStream");
+                return outcome(Recovery::Unavailable);
+            }
+        };
+        // Asked again after the read: the stream removes oldest first, so if it still holds everything after
+        // `since` now, nothing was removed while the items were read one by one.
+        match self.kept_since(subject, since).await {
+            Ok(true) => Missed {
                 items,
                 outcome: Some(Recovery::Recovered),
             },
+            Ok(false) => outcome(Recovery::Gone),
             Err(error) => {
                 tracing::warn!(%error, "cannot read room history from JetStream");
                 outcome(Recovery::Unavailable)
@@ -235,12 +236,14 @@ impl RoomStore {
             // Messages after `since` may have gone by age or bytes (or by count, of other rooms): unknown, so no.
             return Ok(false);
         }
+        // The stream's own limit, whoever set it last (every node should give the same).
+        let limit = info.info.config.max_messages_per_subject;
         let held = info
             .try_next()
             .await
             .map_err(|e| e.to_string())?
-            .map_or(0, |(_, count)| count as u64);
-        if held < self.size {
+            .map_or(0, |(_, count)| count as i64);
+        if limit <= 0 || held < limit {
             return Ok(true);
         }
         // Full: kept only if the room still holds a message at or below `since` (its oldest goes first).

@@ -10,26 +10,53 @@ use crate::history::{HistoryConfig, Recovery};
 
 const EPOCH: &str = "js-test";
 
-fn elsewhere() -> (Arc<Hub<Recorder>>, CancellationToken, TaskTracker) {
-    let started = super::history::with_history(100, HistoryConfig::OFF.max_bytes);
-    assert!(started.0.keep_history_elsewhere(Arc::from(EPOCH)));
-    started
+/// A hub with history elsewhere, and what it reports to its store's reader.
+struct Elsewhere {
+    hub: Arc<Hub<Recorder>>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+    _stop: CancellationToken,
+    _tracker: TaskTracker,
 }
 
-/// Sends a JOIN (resuming from `since` when given); the answer lands in the returned slot when the store answers.
-fn join(hub: &Hub<Recorder>, conn: &Arc<Recorder>, since: Option<u64>) -> Arc<Mutex<Option<JoinAnswer>>> {
-    let since = since.map(|offset| Since {
-        offset,
-        epoch: Cow::Borrowed(EPOCH),
-    });
-    let answer = Arc::new(Mutex::new(None));
-    let slot = Arc::clone(&answer);
-    hub.join_with("r", conn, since.as_ref(), move |given| {
-        *slot.lock() = given.cloned();
-        None
-    })
-    .unwrap();
-    answer
+fn elsewhere() -> Elsewhere {
+    let (hub, stop, tracker) = super::history::with_history(100, HistoryConfig::OFF.max_bytes);
+    assert!(hub.keep_history_elsewhere(Arc::from(EPOCH)));
+    let interest = hub.watch_interest().unwrap();
+    Elsewhere {
+        hub,
+        interest,
+        _stop: stop,
+        _tracker: tracker,
+    }
+}
+
+/// Where a pending JOIN's answer lands once the store answered it.
+type Slot = Arc<Mutex<Option<JoinAnswer>>>;
+
+impl Elsewhere {
+    /// Sends a JOIN to `r` (resuming from `since` when given): its answer's slot, the request the store must
+    /// answer, and the changes of interest reported before it.
+    fn join(&mut self, conn: &Arc<Recorder>, since: Option<u64>) -> (Slot, JoinRequest, Vec<Interest>) {
+        let since = since.map(|offset| Since {
+            offset,
+            epoch: Cow::Borrowed(EPOCH),
+        });
+        let answer = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&answer);
+        self.hub
+            .join_with("r", conn, since.as_ref(), move |given| {
+                *slot.lock() = given.cloned();
+                None
+            })
+            .unwrap();
+        let mut before = Vec::new();
+        loop {
+            match self.interest.try_recv().expect("a JOIN request") {
+                Interest::Join(request) => return (answer, request, before),
+                other => before.push(other),
+            }
+        }
+    }
 }
 
 /// The offsets of the frames a connection received, and their items.
@@ -48,16 +75,16 @@ fn frames(conn: &Recorder) -> Vec<(u64, Vec<String>)> {
 }
 
 /// Connection 1, a member of room `r` (which stood at 4 when it joined), with item 5 sent to it.
-async fn member_with_item_5(hub: &Hub<Recorder>) -> Arc<Recorder> {
+async fn member_with_item_5(store: &mut Elsewhere) -> Arc<Recorder> {
     let stays = Recorder::new(1);
-    hub.register(&stays);
-    let _ = join(hub, &stays, None);
+    store.hub.register(&stays);
+    let (_, request, _) = store.join(&stays, None);
     let at_4 = Fetched {
         stands_at: 4,
         ..Fetched::default()
     };
-    assert_eq!(hub.complete_join("r", 1, at_4), Completion::Done);
-    stored(hub, "5", 5, 4);
+    assert_eq!(store.hub.complete_join(&request, at_4), Completion::Done);
+    stored(&store.hub, "5", 5, 4);
     settle().await;
     stays
 }
@@ -68,76 +95,69 @@ fn stored(hub: &Hub<Recorder>, item: &str, offset: u64, before: u64) -> Accepted
 
 #[tokio::test(start_paused = true)]
 async fn a_join_waits_for_the_store_then_gets_what_it_missed_before_live_items() {
-    let (hub, _stop, _tracker) = elsewhere();
-    let mut interest = hub.watch_interest().unwrap();
+    let mut store = elsewhere();
+    let hub = Arc::clone(&store.hub);
     let a = Recorder::new(1);
     hub.register(&a);
-    let answer = join(&hub, &a, Some(10));
-    assert_eq!(interest.try_recv().unwrap(), Interest::Wanted(room("r")));
+    let (answer, request, before) = store.join(&a, Some(10));
+    assert_eq!(before, [Interest::Wanted(room("r"))]);
     assert_eq!(
-        interest.try_recv().unwrap(),
-        Interest::Join(JoinRequest {
-            room: Arc::from("r"),
-            conn: 1,
-            since: Some(StoredSince {
+        (request.room.as_ref(), request.conn, request.since.clone()),
+        (
+            "r",
+            1,
+            Some(StoredSince {
                 offset: 10,
                 epoch: EPOCH.to_owned(),
-            }),
-        })
+            })
+        )
     );
     assert!(answer.lock().is_none(), "no ACK before the store answered");
     // Taken while the JOIN waits: not delivered to it live (it is not a member yet); the store has it.
     assert_eq!(stored(&hub, "12", 12, 11).recipients, Some(0));
-    let _ = hub.complete_join(
-        "r",
-        1,
-        Fetched {
-            since: Some(10),
-            stands_at: 12,
-            items: vec![(11, Bytes::from("11")), (12, Bytes::from("12"))],
-            outcome: Some(Recovery::Recovered),
-        },
-    );
+    let fetched = Fetched {
+        since: Some(10),
+        stands_at: 12,
+        items: vec![(11, Bytes::from("11")), (12, Bytes::from("12"))],
+        outcome: Some(Recovery::Recovered),
+    };
+    assert_eq!(hub.complete_join(&request, fetched), Completion::Done);
     let answer = answer.lock().clone().expect("answered");
     assert_eq!((answer.position.offset, answer.recovered), (12, Some(true)));
     assert_eq!(frames(&a), [(12, vec!["11".to_owned(), "12".to_owned()])]);
     assert_eq!(stored(&hub, "13", 13, 12).recipients, Some(1));
+    assert_eq!(stored(&hub, "12", 12, 11).items, 0, "what the room has is dropped");
     settle().await;
     assert_eq!(
-        frames(&a)[1],
-        (13, vec!["13".to_owned()]),
+        frames(&a)[1..],
+        [(13, vec!["13".to_owned()])],
         "then live, with the store's offset"
     );
     assert!(
-        interest.try_recv().is_err(),
+        store.interest.try_recv().is_err(),
         "the member changes no interest: the JOIN had"
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn items_waiting_for_their_frame_when_the_join_completes_arrive_live_once() {
-    let (hub, _stop, _tracker) = elsewhere();
-    let stays = member_with_item_5(&hub).await;
+    let mut store = elsewhere();
+    let stays = member_with_item_5(&mut store).await;
+    let hub = Arc::clone(&store.hub);
     let returns = Recorder::new(2);
     hub.register(&returns);
     // Inside the window: 7 waits in the batch when the returning client's JOIN completes.
     stored(&hub, "7", 7, 5);
-    let answer = join(&hub, &returns, Some(4));
-    let _ = hub.complete_join(
-        "r",
-        2,
-        Fetched {
-            since: Some(4),
-            stands_at: 7,
-            items: vec![(5, Bytes::from("5")), (7, Bytes::from("7"))],
-            outcome: Some(Recovery::Recovered),
-        },
-    );
-    assert_eq!(
-        answer.lock().clone().unwrap().position.offset,
-        5,
-        "the item before those waiting"
-    );
+    let (answer, request, _) = store.join(&returns, Some(4));
+    let fetched = Fetched {
+        since: Some(4),
+        stands_at: 7,
+        items: vec![(5, Bytes::from("5")), (7, Bytes::from("7"))],
+        outcome: Some(Recovery::Recovered),
+    };
+    assert_eq!(hub.complete_join(&request, fetched), Completion::Done);
+    let at = answer.lock().clone().unwrap().position.offset;
+    assert_eq!(at, 5, "the item before those waiting");
     assert_eq!(
         frames(&returns),
         [(5, vec!["5".to_owned()])],
@@ -155,48 +175,105 @@ async fn items_waiting_for_their_frame_when_the_join_completes_arrive_live_once(
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_leaves_before_the_store_answers_is_forgotten() {
-    let (hub, _stop, _tracker) = elsewhere();
-    let mut interest = hub.watch_interest().unwrap();
+    let mut store = elsewhere();
+    let hub = Arc::clone(&store.hub);
     let a = Recorder::new(1);
     hub.register(&a);
-    let answer = join(&hub, &a, None);
+    let (answer, request, _) = store.join(&a, None);
     hub.unregister(&*a, ["r"]);
-    assert_eq!(interest.try_recv().unwrap(), Interest::Wanted(room("r")));
-    assert!(matches!(interest.try_recv().unwrap(), Interest::Join(_)));
-    assert_eq!(interest.try_recv().unwrap(), Interest::Unwanted(room("r")));
-    let _ = hub.complete_join(
-        "r",
-        1,
-        Fetched {
-            stands_at: 3,
-            ..Fetched::default()
-        },
-    );
+    assert_eq!(store.interest.try_recv().unwrap(), Interest::Unwanted(room("r")));
+    let late = Fetched {
+        stands_at: 3,
+        ..Fetched::default()
+    };
+    assert_eq!(hub.complete_join(&request, late.clone()), Completion::Done);
     assert!(answer.lock().is_none() && a.frames.lock().is_empty());
-    assert_eq!(hub.stats().memberships, 0);
-    assert_eq!(hub.stats().rooms, 0);
+    assert_eq!((hub.stats().memberships, hub.stats().rooms), (0, 0));
+
+    // Back again: a new JOIN, which a late answer to the old one does not complete.
+    let (answer, again, _) = store.join(&a, None);
+    assert_ne!(again.id, request.id);
+    assert_eq!(hub.complete_join(&request, late), Completion::Done);
+    assert!(answer.lock().is_none(), "the old answer is not this JOIN's");
+    let now = Fetched {
+        stands_at: 8,
+        ..Fetched::default()
+    };
+    assert_eq!(hub.complete_join(&again, now), Completion::Done);
+    assert_eq!(answer.lock().clone().unwrap().position.offset, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_sent_again_while_the_first_waits_is_answered_with_it() {
+    let mut store = elsewhere();
+    let hub = Arc::clone(&store.hub);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    let (first, request, _) = store.join(&a, None);
+    let second = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&second);
+    let joined = hub
+        .join_with("r", &a, None, move |given| {
+            *slot.lock() = given.cloned();
+            None
+        })
+        .unwrap();
+    assert!(!joined.new, "the connection is joining already");
+    assert!(store.interest.try_recv().is_err(), "no second request for the store");
+    let fetched = Fetched {
+        stands_at: 2,
+        ..Fetched::default()
+    };
+    assert_eq!(hub.complete_join(&request, fetched), Completion::Done);
+    assert_eq!(first.lock().clone().unwrap().position.offset, 2);
+    assert_eq!(second.lock().clone().unwrap().position.offset, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_nobody_wants_any_more_drops_its_batch_at_once() {
+    let mut store = elsewhere();
+    let stays = member_with_item_5(&mut store).await;
+    let hub = Arc::clone(&store.hub);
+    stored(&hub, "6", 6, 5);
+    hub.unregister(&*stays, ["r"]);
+    assert_eq!(hub.stats().rooms, 0, "gone with its batch");
+    assert_eq!(hub.stats().pending_items, 0);
+    // The next reader starts from where the store stands (9): it finds no batch of before (6) to wait behind.
+    let b = Recorder::new(2);
+    hub.register(&b);
+    let (answer, request, _) = store.join(&b, None);
+    let fetched = Fetched {
+        stands_at: 9,
+        ..Fetched::default()
+    };
+    assert_eq!(hub.complete_join(&request, fetched), Completion::Done);
+    assert_eq!(answer.lock().clone().unwrap().position.offset, 9);
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    assert!(b.frames.lock().is_empty(), "6 reached nobody");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_join_ahead_of_items_still_waiting_here_waits_for_their_frame() {
-    let (hub, _stop, _tracker) = elsewhere();
-    let _stays = member_with_item_5(&hub).await;
+    let mut store = elsewhere();
+    let _stays = member_with_item_5(&mut store).await;
+    let hub = Arc::clone(&store.hub);
     let ahead = Recorder::new(2);
     hub.register(&ahead);
     // 6 waits in the batch here, but the client got it elsewhere already: it resumes from 6.
     stored(&hub, "6", 6, 5);
-    let answer = join(&hub, &ahead, Some(6));
+    let (answer, request, _) = store.join(&ahead, Some(6));
     let resumed = Fetched {
         since: Some(6),
         stands_at: 6,
         items: Vec::new(),
         outcome: Some(Recovery::Recovered),
     };
-    assert_eq!(hub.complete_join("r", 2, resumed.clone()), Completion::Wait);
+    assert_eq!(hub.complete_join(&request, resumed.clone()), Completion::Wait);
     assert!(answer.lock().is_none(), "still pending");
     tokio::time::advance(WINDOW).await;
     settle().await;
-    assert_eq!(hub.complete_join("r", 2, resumed), Completion::Done);
+    assert_eq!(hub.complete_join(&request, resumed), Completion::Done);
     assert_eq!(answer.lock().clone().unwrap().position.offset, 6);
     stored(&hub, "7", 7, 6);
     tokio::time::advance(WINDOW).await;
