@@ -207,6 +207,8 @@ async fn a_client_that_reconnects_with_since_gets_exactly_what_it_missed() {
 async fn pushes_racing_the_join_leave_no_gap_and_no_duplicate() {
     let server = TestServer::start(history(&[])).await;
     let (mut watcher, _) = Resumer::join(server.ws, "race", None).await;
+    // In the room before the first push: a JOIN without `since` starts from where the room stands.
+    let (first, _) = Resumer::join(server.ws, "race", None).await;
     const PUSHES: i64 = 400;
     let api = support::PushApi(server.api);
     let pusher = tokio::spawn(async move {
@@ -215,10 +217,10 @@ async fn pushes_racing_the_join_leave_no_gap_and_no_duplicate() {
         }
     });
     // Joins again and again while the pushes flow, each time from where the last connection stopped.
-    let mut resumer: Option<Resumer> = None;
+    let mut resumer = Some(first);
     let mut items = Vec::new();
     let mut at = None;
-    let mut rejoins = 0;
+    let mut rejoins = 1;
     while items.len() < PUSHES as usize {
         let mut current = match resumer.take() {
             Some(current) => current,
