@@ -345,7 +345,17 @@ impl<R: Recipient> Feed<R> {
     async fn catch_up(&self, history: &RoomStore, room: &Arc<str>, store: &str, stands: u64, upto: u64) -> u64 {
         // Where the stream stands first: read after it, the room's items up to `upto` are all there to be read (an
         // offset the stream has not reached is the client's invention, and moves nothing).
-        let reached = matches!(history.last_sequence().await, Ok(last) if last >= upto);
+        let mut reached = false;
+        for _ in 0..3 {
+            match history.last_sequence().await {
+                Ok(last) => {
+                    reached = last >= upto;
+                    break;
+                }
+                // A slow answer under load is no reason to tell the client it cannot resume: ask again.
+                Err(error) => tracing::debug!(%error, "JetStream does not say where the stream stands; asking again"),
+            }
+        }
         match self.hand_stored(history, room, store, stands, upto + 1).await {
             Ok(now) if reached => now.max(upto),
             Ok(now) => now,
