@@ -629,6 +629,13 @@ impl<R: Recipient> Hub<R> {
 
     /// A push to a room or a user.
     fn push_topic(&self, topic: &Target, items: Vec<Bytes>) -> Result<Accepted, Refused> {
+        if self.elsewhere.get().is_some() && Kind::of(topic) == Kind::Room {
+            // Its items would have no offsets: a room's items come from the store (see `push_stored`).
+            return Err(Refused::Unavailable {
+                retry_after_secs: 1,
+                detail: "room history is kept in JetStream: room pushes come through it".to_owned(),
+            });
+        }
         let name = topic_name(topic);
         let shard = self.room_shard(name);
         let count = items.len();
@@ -636,13 +643,6 @@ impl<R: Recipient> Hub<R> {
         let state = &mut *guard;
         if state.stopped {
             return Err(self.refuse_shutting_down());
-        }
-        if self.elsewhere.get().is_some() && Kind::of(topic) == Kind::Room {
-            // Its items would have no offsets: a room's items come from the store (see `push_stored`).
-            return Err(Refused::Unavailable {
-                retry_after_secs: 1,
-                detail: "room history is kept in JetStream: room pushes come through it".to_owned(),
-            });
         }
         let now = Instant::now();
         let keeps_history = self.config.history.is_on() && Kind::of(topic) == Kind::Room;

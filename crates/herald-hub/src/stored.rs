@@ -336,10 +336,12 @@ impl<R: Recipient> Hub<R> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(self.refuse_shutting_down());
         }
-        let count = items.len() as u64;
         let accepted = self.take_stored(room, items, offsets, before)?;
-        self.metrics.pushes_room.inc();
-        self.metrics.items.inc_by(count);
+        // A duplicate dropped (no item taken) is no push.
+        if accepted.items > 0 {
+            self.metrics.pushes_room.inc();
+            self.metrics.items.inc_by(accepted.items as u64);
+        }
         Ok(accepted)
     }
 

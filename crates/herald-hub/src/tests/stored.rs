@@ -280,3 +280,12 @@ async fn a_join_ahead_of_items_still_waiting_here_waits_for_their_frame() {
     settle().await;
     assert_eq!(frames(&ahead), [(7, vec!["7".to_owned()])], "6 not again, 7 live");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_room_push_around_the_store_is_refused() {
+    let store = elsewhere();
+    let refused = store.hub.push(&room("r"), items(&["1"])).unwrap_err();
+    assert!(matches!(refused, Refused::Unavailable { .. }), "{refused:?}");
+    // Broadcasts and users have no history: taken as before.
+    assert!(store.hub.push(&Target::All, items(&["1"])).is_ok());
+}
