@@ -3,7 +3,8 @@
 //! # Endpoints
 //! - `POST /push/room`, `POST /push/all`, `POST /push/user`: go-push's form fields or a JSON body
 //!   ([`herald_protocol::api`]). `200 {"items":N,"recipients":M}` when taken; `400 {"error":..,"field":..}`
-//!   naming the field at fault; `413` over the body limit; `503` with `Retry-After` when the bus cannot take it.
+//!   naming the field at fault; `413` over the body limit; `408` when the body does not arrive within
+//!   `body_read_timeout`; `503` with `Retry-After` when the bus cannot take it.
 //! - `POST /disconnect/user`: closes every connection of a user (4004), `200 {"user":..,"closed":N,"partial":..}`.
 //! - `GET /rooms/{room}`, `GET /users/{user}`: presence, summed over every gateway ([`herald_protocol::presence`]).
 //! - `GET /stats` (JSON), `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz`.
@@ -13,12 +14,13 @@
 //!
 //! The API never delivers anything itself: it validates, then hands the push (or the query) to a [`Bus`].
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -40,6 +42,9 @@ use tokio_util::sync::CancellationToken;
 pub struct ApiConfig {
     /// Largest request body taken, in bytes; larger ones are answered 413.
     pub max_body_bytes: usize,
+    /// Time a request has to send its whole body once its head is in; past it the request is answered 408 and
+    /// its connection closed (hyper's `header_read_timeout` covers the head only).
+    pub body_read_timeout: Duration,
     /// Keys a caller must present (`Authorization: Bearer <key>`) on every request but `/healthz`; empty means
     /// none is needed.
     pub api_keys: Vec<String>,
@@ -50,6 +55,7 @@ impl std::fmt::Debug for ApiConfig {
         // Never the keys themselves.
         f.debug_struct("ApiConfig")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_read_timeout", &self.body_read_timeout)
             .field("api_keys", &self.api_keys.len())
             .finish()
     }
@@ -91,6 +97,7 @@ impl ApiMetrics {
 
 struct Api {
     bus: Arc<dyn Bus>,
+    body_read_timeout: Duration,
     registry: Arc<Registry>,
     metrics: ApiMetrics,
     /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
@@ -100,7 +107,7 @@ struct Api {
 /// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
 /// is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
 pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping: CancellationToken) -> Router {
-    let api = Api::new(bus, registry, stopping);
+    let api = Api::new(bus, registry, config.body_read_timeout, stopping);
     let keys = Arc::new(config.api_keys);
     let guarded = Router::new()
         .route("/push/room", post(push_room))
@@ -174,15 +181,23 @@ fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
 /// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
 /// internal listener). It has no fallback, so it can be merged into a router that has one.
 pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> Router {
-    ops_routes().with_state(Api::new(bus, registry, stopping))
+    // Nothing it serves reads a body.
+    let body_read_timeout = Duration::ZERO;
+    ops_routes().with_state(Api::new(bus, registry, body_read_timeout, stopping))
 }
 
 impl Api {
     /// The API's state; its own metrics are registered into `registry` before it is shared.
-    fn new(bus: Arc<dyn Bus>, mut registry: Registry, stopping: CancellationToken) -> Arc<Self> {
+    fn new(
+        bus: Arc<dyn Bus>,
+        mut registry: Registry,
+        body_read_timeout: Duration,
+        stopping: CancellationToken,
+    ) -> Arc<Self> {
         let metrics = ApiMetrics::register(&mut registry);
         Arc::new(Self {
             bus,
+            body_read_timeout,
             registry: Arc::new(registry),
             metrics,
             stopping,
@@ -197,25 +212,49 @@ fn ops_routes() -> Router<Arc<Api>> {
         .route("/healthz", get(healthz))
 }
 
-async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+/// A request's body, read within `body_read_timeout` and at most `max_body_bytes` long, or the answer that says
+/// why not (408, 413, 400).
+struct Body(Result<Bytes, Response>);
+
+impl FromRequest<Arc<Api>> for Body {
+    type Rejection = Infallible;
+
+    async fn from_request(request: Request, api: &Arc<Api>) -> Result<Self, Infallible> {
+        let read = tokio::time::timeout(api.body_read_timeout, Bytes::from_request(request, api));
+        Ok(Self(match read.await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(rejection)) => Err(error(rejection.status(), "body", &rejection.body_text())),
+            Err(_) => {
+                let mut response = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body",
+                    "not received within body_read_timeout",
+                );
+                // The rest of the body may still come: the connection cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Err(response)
+            }
+        }))
+    }
+}
+
+async fn push_room(State(api): State<Arc<Api>>, headers: HeaderMap, Body(body): Body) -> Response {
     push(&api, Endpoint::Room, &headers, body).await
 }
 
-async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push_all(State(api): State<Arc<Api>>, headers: HeaderMap, Body(body): Body) -> Response {
     push(&api, Endpoint::All, &headers, body).await
 }
 
-async fn push_user(State(api): State<Arc<Api>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push_user(State(api): State<Arc<Api>>, headers: HeaderMap, Body(body): Body) -> Response {
     push(&api, Endpoint::User, &headers, body).await
 }
 
-async fn disconnect_user(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn disconnect_user(State(api): State<Arc<Api>>, headers: HeaderMap, Body(body): Body) -> Response {
     let user = match body {
-        Err(rejection) => Err(error(rejection.status(), "body", &rejection.body_text())),
+        Err(response) => Err(response),
         Ok(body) => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             parse_user(content_type, body)
@@ -289,14 +328,14 @@ fn ok(document: impl serde::Serialize) -> Response {
     (StatusCode::OK, axum_json(document)).into_response()
 }
 
-async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<Bytes, Response>) -> Response {
     let name = match endpoint {
         Endpoint::Room => "/push/room",
         Endpoint::All => "/push/all",
         Endpoint::User => "/push/user",
     };
     let response = match body {
-        Err(rejection) => error(rejection.status(), "body", &rejection.body_text()),
+        Err(response) => response,
         Ok(body) => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             match parse_push(endpoint, content_type, body) {

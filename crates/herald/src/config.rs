@@ -462,10 +462,11 @@ mod tests {
         assert_eq!(
             (
                 config.api.limits.max_body_bytes,
+                config.api.limits.body_read_timeout,
                 config.http.max_body_bytes,
                 config.http.header_read_timeout
             ),
-            (1 << 20, 1 << 20, secs(30))
+            (1 << 20, secs(30), 1 << 20, secs(30))
         );
         assert!(config.nats.is_none());
         let on_nats = serve(&["--bus", "nats://127.0.0.1:4222"]).unwrap().nats.unwrap();

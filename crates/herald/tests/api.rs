@@ -66,27 +66,37 @@ async fn bodies_over_the_limit_get_413() {
     server.stop().await;
 }
 
+/// A shard's queue is bounded in items (`queue_items`) and in bytes (`queue_bytes`): either full, a push is
+/// answered 503 with `Retry-After`, counted, and nothing of it is delivered.
 #[tokio::test]
 async fn a_full_queue_gets_503_with_retry_after_and_nothing_is_delivered() {
-    let settings = flags(&["--merge-window", "1h", "--queue-items", "2"]);
-    let server = TestServer::start(settings).await;
-    let mut client = server.member("q").await;
-    server.push_room("q", "[0]").await; // goes at once: the queue is empty again
-    assert_eq!(client.next_push().await["items"], serde_json::json!([0]));
-    server.push_room("q", "[1, 2]").await; // waits for the window: the queue is full
-    let refused = server.post_form("/push/room", "room=q&items=[3]").await;
-    assert_eq!(refused.status, 503, "{refused:?}");
-    assert_eq!(refused.header("retry-after"), Some("60"));
-    assert_eq!(
-        server
-            .metric(r#"herald_pushes_refused_total{reason="queue_full"}"#)
-            .await,
-        1.0
-    );
-    server.stop().await;
-    // The drain on shutdown sends what was taken, and only that.
-    assert_eq!(client.next_push().await["items"], serde_json::json!([1, 2]));
-    assert_eq!(client.closed().await.0, 1001);
+    // `[1, 2]` waiting fills either queue: two items, of one byte each.
+    for limit in [["--queue-items", "2"], ["--queue-bytes", "2"]] {
+        let settings = flags(&["--merge-window", "1h", limit[0], limit[1]]);
+        let server = TestServer::start(settings).await;
+        let mut client = server.member("q").await;
+        server.push_room("q", "[0]").await; // goes at once: the queue is empty again
+        assert_eq!(client.next_push().await["items"], serde_json::json!([0]));
+        server.push_room("q", "[1, 2]").await; // waits for the window: the queue is full
+        let refused = server.post_form("/push/room", "room=q&items=[3]").await;
+        assert_eq!(refused.status, 503, "{limit:?}: {refused:?}");
+        assert_eq!(refused.header("retry-after"), Some("60"), "{limit:?}");
+        assert_eq!(
+            server
+                .metric(r#"herald_pushes_refused_total{reason="queue_full"}"#)
+                .await,
+            1.0,
+            "{limit:?}"
+        );
+        server.stop().await;
+        // The drain on shutdown sends what was taken, and only that.
+        assert_eq!(
+            client.next_push().await["items"],
+            serde_json::json!([1, 2]),
+            "{limit:?}"
+        );
+        assert_eq!(client.closed().await.0, 1001, "{limit:?}");
+    }
 }
 
 #[tokio::test]
@@ -196,4 +206,37 @@ async fn http_listeners_drop_connections_that_send_no_request_in_time() {
     }
     gateway.stop().await;
     server.stop().await;
+}
+
+/// A push whose body stops short is answered 408 once `body_read_timeout` has passed, and its connection closed
+/// (the rest of the body could still come); nothing of it is delivered, and a push sent whole beside it is taken.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_is_closed() {
+    let server = TestServer::start(flags(&["--body-read-timeout", "1s", "--merge-window", "0"])).await;
+    let mut client = server.member("slow").await;
+    let mut stream = TcpStream::connect(server.api).await.unwrap();
+    let head = "POST /push/room HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                Content-Length: 100\r\n\r\nroom=slow&items=";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(server.push_room("slow", "[\"whole\"]").await["items"], 1);
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(support::FAILSAFE, stream.read_to_end(&mut received)).await;
+    assert!(ended.is_ok(), "the connection was still open");
+    let answer = support::parse_response(&received);
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (408, Some("body")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        server
+            .metric(r#"herald_api_requests_total{endpoint="/push/room",status="408"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(client.next_push().await["items"], serde_json::json!(["whole"]));
+    server.stop().await;
+    let last = client.next().await;
+    let code = last.as_close().map(|(code, _)| u16::from(code));
+    assert_eq!(code, Some(1001), "the slow push was delivered: {last:?}");
 }

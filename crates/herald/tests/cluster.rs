@@ -365,16 +365,19 @@ async fn a_stalled_gateway_holds_at_most_gateway_queue_bytes_of_logic() {
 }
 
 /// Stops one of two gateways and pushes three times; `queue` lets two pushes wait for it. Pushes carry `pad`.
-/// The healthy gateway is checked by what its client receives, not by acks within `ack_timeout`, so a loaded
-/// machine cannot fail the test by slowness.
+/// The healthy gateway is checked by what its client receives, not by acks within `ack_timeout`, and the third
+/// push waits until it has acknowledged the first two (its own queue empty again), so a loaded machine cannot
+/// fail the test by slowness.
 async fn stalled_gateway_fills_its_queue(queue: &[&str], pad: &str) {
     let logic_args = [queue, &["--ack-timeout", "300ms"][..]].concat();
     let (stalled, healthy, logic, api) = process_cluster(&logic_args).await;
     let stalled_rpc = stalled.addr("rpc").to_string();
     let mut asleep = Client::member(stalled.addr("ws"), "r").await;
     let mut awake = Client::member(healthy.addr("ws"), "r").await;
+    let healthy_rpc = healthy.addr("rpc").to_string();
     let forwards =
         |result: &str| format!(r#"herald_cluster_forwards_total{{gateway="{stalled_rpc}",result="{result}"}}"#);
+    let healthy_accepted = format!(r#"herald_cluster_forwards_total{{gateway="{healthy_rpc}",result="accepted"}}"#);
     let item = |n: u32| json!({"n": n, "pad": pad});
 
     let pid = stalled.child.id().unwrap().to_string();
@@ -391,7 +394,9 @@ async fn stalled_gateway_fills_its_queue(queue: &[&str], pad: &str) {
         assert_eq!(answer["gateways"]["refused"], 0, "{answer}");
         assert!(answer["gateways"]["unconfirmed"].as_u64() >= Some(1), "{answer}");
     }
-    // Two pushes outstanding fill its queue: the next is refused for it at once, and taken by the other.
+    // Two pushes outstanding fill its queue: the next is refused for it at once, and taken by the other (whose
+    // acks, however late, are counted when they come).
+    api.wait_metric(&healthy_accepted, 2.0).await;
     let answer = api.push_room("r", &json!([item(3)]).to_string()).await;
     assert_eq!(answer["gateways"]["refused"], 1, "{answer}");
     assert_eq!(api.metric(&forwards("queue_full")).await, 1.0);

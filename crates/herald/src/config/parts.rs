@@ -384,6 +384,9 @@ pub struct PushApiSettings {
     /// Threads serving the push API, each with its own event loop
     #[arg(long, env = "HERALD_API_THREADS")]
     pub api_threads: Option<usize>,
+    /// Time a push-API request has to send its whole body once its head is in (408 past it)
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT")]
+    pub body_read_timeout: Option<DurationValue>,
     /// Keys callers must send as `Authorization: Bearer KEY` (all but /healthz). Prefer the env var or the file
     #[arg(
         long = "api-key",
@@ -397,6 +400,7 @@ pub struct PushApiSettings {
 part!(PushApiSettings {
     api_addr,
     api_threads,
+    body_read_timeout,
     api_keys,
 });
 
@@ -419,6 +423,7 @@ impl PushApiSettings {
             threads: at_most("api_threads", threads, MAX_API_THREADS)?,
             limits: ApiConfig {
                 max_body_bytes: http.max_body_bytes,
+                body_read_timeout: positive("body_read_timeout", self.body_read_timeout)?,
                 api_keys: checked_keys(self.api_keys.unwrap_or_default())?,
             },
         })
