@@ -11,6 +11,11 @@
 //! server of this protocol must do beyond writing frames: where the clients' heartbeats are a large share of the
 //! work (10,000 connections that get one frame a second), this variant tells the heartbeats' cost from herald's.
 //!
+//! With `--processes N` it is N processes sharing the WebSocket port (SO_REUSEPORT, the kernel spreading the
+//! connections), as `herald bench --nats N` runs N gateways: the first takes the pushes and the `/stats` requests
+//! and hands each on to the others over HTTP/1.1 (as logic hands pushes to the gateways through nats-server), each
+//! writes to its own connections. The others are its children and end when it does.
+//!
 //! ```text
 //! cargo build --release -p herald --example raw_fanout -p herald-bench
 //! target/release/examples/raw_fanout 127.0.0.1:17777 127.0.0.1:17799 1000 100 &   # not `cargo run`: $! must be it
@@ -18,7 +23,8 @@
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -39,21 +45,70 @@ struct Shared {
     frame_full: Condvar,
 }
 
+/// The command line: `WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--processes N]`.
+struct Args {
+    ws: SocketAddr,
+    api: SocketAddr,
+    window_ms: String,
+    max_items: String,
+    answer_pings: bool,
+    processes: usize,
+    /// One of the processes another one started (`--child`, not for users): it prints its push-API address and
+    /// ends when its parent does.
+    child: bool,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Self> {
+        const USAGE: &str = "usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--processes N]";
+        let mut args = std::env::args().skip(1);
+        let mut positional = Vec::new();
+        let (mut answer_pings, mut processes, mut child) = (false, 1, false);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--answer-pings" => answer_pings = true,
+                "--child" => child = true,
+                "--processes" => processes = args.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+                _ => positional.push(arg),
+            }
+        }
+        let [ws, api, window_ms, max_items] =
+            <[String; 4]>::try_from(positional).map_err(|_| anyhow::anyhow!(USAGE))?;
+        anyhow::ensure!(processes >= 1, "--processes must be at least 1; {USAGE}");
+        Ok(Self {
+            ws: ws.parse()?,
+            api: api.parse()?,
+            window_ms,
+            max_items,
+            answer_pings,
+            processes,
+            child,
+        })
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (ws, api, window_ms, max_items, answer_pings) = match args.as_slice() {
-        [ws, api, window_ms, max_items] => (ws, api, window_ms, max_items, false),
-        [ws, api, window_ms, max_items, flag] if flag == "--answer-pings" => (ws, api, window_ms, max_items, true),
-        _ => anyhow::bail!("usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings]"),
-    };
-    let window = Duration::from_millis(window_ms.parse()?);
-    let max_items: usize = max_items.parse()?;
+    let args = Args::parse()?;
+    let window = Duration::from_millis(args.window_ms.parse()?);
+    let max_items: usize = args.max_items.parse()?;
     anyhow::ensure!(max_items > 0, "MAX_ITEMS must be at least 1");
     let shared = Arc::new(Shared::default());
-    let ws = TcpListener::bind(ws)?;
-    let api = TcpListener::bind(api)?;
+    let shared_port = args.processes > 1 || args.child;
+    let ws = listen(args.ws, shared_port)?;
+    let api = TcpListener::bind(args.api)?;
+    let others = if args.child {
+        println!("{}", api.local_addr()?);
+        // The parent holds the other end of stdin: when it ends, so does this process.
+        std::thread::spawn(|| {
+            let _ = io::copy(&mut io::stdin(), &mut io::sink());
+            std::process::exit(0);
+        });
+        Others::default()
+    } else {
+        Others::start(&args)?
+    };
     let accepting = Arc::clone(&shared);
-    let pongs = answer_pings.then(PingAnswerer::start).transpose()?;
+    let pongs = args.answer_pings.then(PingAnswerer::start).transpose()?;
     std::thread::spawn(move || {
         for stream in ws.incoming().flatten() {
             if let Ok(stream) = upgrade(stream) {
@@ -69,12 +124,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
     });
+    let others = Arc::new(others);
     let serving = Arc::clone(&shared);
     std::thread::spawn(move || {
         for stream in api.incoming().flatten() {
-            let serving = Arc::clone(&serving);
+            let (serving, others) = (Arc::clone(&serving), Arc::clone(&others));
             std::thread::spawn(move || {
-                let _ = serve_api(stream, &serving, max_items);
+                let _ = serve_api(stream, &serving, &others, max_items);
             });
         }
     });
@@ -119,6 +175,115 @@ fn main() -> anyhow::Result<()> {
             eprintln!("raw_fanout: {short_writes} short writes so far");
         }
     }
+}
+
+/// The WebSocket listener; with `shared_port`, opened with SO_REUSEPORT so that every process can bind it.
+fn listen(addr: SocketAddr, shared_port: bool) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared_port)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// With `--processes N`, the N - 1 other processes: their push APIs, each over one kept-alive connection.
+#[derive(Default)]
+struct Others {
+    links: Mutex<Vec<HttpLink>>,
+    children: Vec<Child>,
+}
+
+impl Others {
+    fn start(args: &Args) -> anyhow::Result<Self> {
+        let mut others = Self::default();
+        for _ in 1..args.processes {
+            let mut child = Command::new(std::env::current_exe()?)
+                .args([
+                    &args.ws.to_string(),
+                    "127.0.0.1:0",
+                    &args.window_ms,
+                    &args.max_items,
+                    "--child",
+                ])
+                .args(args.answer_pings.then_some("--answer-pings"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+            let api: SocketAddr = line.trim().parse()?;
+            others.links.get_mut().unwrap().push(HttpLink::connect(api)?);
+            others.children.push(child);
+        }
+        Ok(others)
+    }
+
+    /// Sends `request` to every other process, then reads their answers (so they work on it at once).
+    fn forward(&self, request: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let mut links = self.links.lock().unwrap();
+        for link in links.iter_mut() {
+            link.writer.write_all(request)?;
+        }
+        links
+            .iter_mut()
+            .map(|link| {
+                read_message(&mut link.reader)?
+                    .map(|(_, body)| body)
+                    .ok_or(io::ErrorKind::UnexpectedEof.into())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Others {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+        }
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection to another process's push API.
+struct HttpLink {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl HttpLink {
+    fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let writer = TcpStream::connect(addr)?;
+        writer.set_nodelay(true)?;
+        Ok(Self {
+            reader: BufReader::new(writer.try_clone()?),
+            writer,
+        })
+    }
+}
+
+/// Reads one HTTP/1.1 message (a request or a response) with a `Content-Length` body: its first line and its body;
+/// `None` at the end of the stream.
+fn read_message(reader: &mut impl BufRead) -> io::Result<Option<(String, Vec<u8>)>> {
+    let mut first_line = String::new();
+    if reader.read_line(&mut first_line)? == 0 {
+        return Ok(None);
+    }
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().map_err(|_| io::ErrorKind::InvalidData)?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(Some((first_line, body)))
 }
 
 /// Reads the handshake request and answers 101; the socket is then non-blocking and never read again.
@@ -228,46 +393,39 @@ impl PingAnswerer {
 }
 
 /// A keep-alive HTTP/1.1 connection: `POST /push/...` with a JSON body takes its items; `GET /stats` tells the
-/// bench how many connections are in.
-fn serve_api(stream: TcpStream, shared: &Shared, max_items: usize) -> anyhow::Result<()> {
+/// bench how many connections are in. Both are handed on to the other processes, whose figures are added.
+fn serve_api(stream: TcpStream, shared: &Shared, others: &Others, max_items: usize) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
         items: Vec<&'a serde_json::value::RawValue>,
     }
+    #[derive(serde::Deserialize)]
+    struct Taken {
+        recipients: usize,
+    }
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(());
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        let conns = shared.connected.load(Ordering::Relaxed);
+    while let Some((request_line, body)) = read_message(&mut reader)? {
+        let path = request_line.split(' ').nth(1).unwrap_or("/");
+        let method = request_line.split(' ').next().unwrap_or("GET");
+        let forwarded = format!("{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        let answers = others.forward(&[forwarded.as_bytes(), &body].concat())?;
         let answer = if request_line.starts_with("GET /stats") {
+            let mut conns = shared.connected.load(Ordering::Relaxed) as u64;
+            for answer in answers {
+                conns += serde_json::from_slice::<herald_protocol::stats::HubStats>(&answer)?.connections;
+            }
             // The document `herald serve` answers, so the bench reads the floor as it reads herald.
             let stats = herald_protocol::stats::HubStats {
-                connections: conns as u64,
-                memberships: conns as u64,
+                connections: conns,
+                memberships: conns,
                 ..Default::default()
             };
             serde_json::to_string(&stats)?
         } else {
+            let mut conns = shared.connected.load(Ordering::Relaxed);
             let items = serde_json::from_slice::<Body>(&body)?.items;
             let count = items.len();
             let mut pending = shared.pending.lock().unwrap();
@@ -276,6 +434,9 @@ fn serve_api(stream: TcpStream, shared: &Shared, max_items: usize) -> anyhow::Re
                 shared.frame_full.notify_one();
             }
             drop(pending);
+            for answer in answers {
+                conns += serde_json::from_slice::<Taken>(&answer)?.recipients;
+            }
             format!(r#"{{"items":{count},"recipients":{conns}}}"#)
         };
         // One write per answer: `write!` on the bare socket would send each piece of the format in its own
@@ -286,4 +447,5 @@ fn serve_api(stream: TcpStream, shared: &Shared, max_items: usize) -> anyhow::Re
         );
         writer.write_all(response.as_bytes())?;
     }
+    Ok(())
 }

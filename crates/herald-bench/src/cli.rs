@@ -39,7 +39,7 @@ pub struct Target {
     /// Push-API address of the running herald (`http://127.0.0.1:7799` or `127.0.0.1:7799`; with --ws)
     #[arg(long, requires = "ws", value_parser = parse_address)]
     pub api: Option<SocketAddr>,
-    /// PID of the running herald, to read its CPU and memory (with --ws)
+    /// PID of the running herald, to read its CPU and memory (with --ws); the processes below it are counted too
     #[arg(long, requires = "ws")]
     pub server_pid: Option<u32>,
     /// Allow a target outside the loopback range

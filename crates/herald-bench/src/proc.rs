@@ -28,6 +28,47 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     status_kb(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmRSS:").map(|kb| kb * 1024)
 }
 
+/// Proportional resident memory of a process, in bytes: its private pages, and each page it shares with others
+/// divided by the number of processes sharing it. Summed over processes of one binary, the binary's pages count
+/// once, not once a process as in their RSS.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    status_kb(&fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?, "Pss:").map(|kb| kb * 1024)
+}
+
+/// Every process below `pid` (its children, theirs, ...), as the machine has them now.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let parent = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat_parent(&stat));
+        if let Some(parent) = parent {
+            parents.push((child, parent));
+        }
+    }
+    let mut found = vec![pid];
+    let mut at = 0;
+    while at < found.len() {
+        let below = found[at];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, parent)| parent == below)
+                .map(|&(child, _)| child),
+        );
+        at += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn stat_parent(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Kernel slab memory of the whole machine, in bytes (socket buffers and structures live there).
 pub fn slab_bytes() -> Option<u64> {
     status_kb(&fs::read_to_string("/proc/meminfo").ok()?, "Slab:").map(|kb| kb * 1024)
@@ -47,6 +88,12 @@ mod tests {
     fn reads_this_process() {
         assert!(self_cpu_secs().is_some());
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(pss_bytes(std::process::id()).unwrap() > 0);
+        assert_eq!(stat_parent("7 (a) b) S 42 7 7"), Some(42));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(descendants(std::process::id()).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(slab_bytes().unwrap() > 0);
         assert_eq!(stat_cpu("1 (a b) S 0 0 0 0 0 0 0 0 0 0 250 150 0 0"), Some(4.0));
     }

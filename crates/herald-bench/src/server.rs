@@ -38,10 +38,16 @@ impl Server {
                     bail!("{addr} is outside loopback; pass --allow-remote to load a remote server");
                 }
             }
+            // A server of several processes (raw_fanout --processes) is measured whole: the pid and every process
+            // below it.
+            let pids = target
+                .server_pid
+                .map(|pid| [vec![pid], proc::descendants(pid)].concat())
+                .unwrap_or_default();
             return Ok(Self {
                 ws: vec![ws],
                 api: target.api,
-                pids: target.server_pid.into_iter().collect(),
+                pids,
                 children: Vec::new(),
                 gateways: None,
                 auth_secret: None,
@@ -226,6 +232,15 @@ impl Server {
             return None;
         }
         self.pids.iter().map(|&pid| proc::rss_bytes(pid)).sum()
+    }
+
+    /// Proportional resident memory of all the server's processes (pages they share counted once between them);
+    /// `None` when a process is unknown or gone.
+    pub(crate) fn pss_bytes(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| proc::pss_bytes(pid)).sum()
     }
 
     /// Samples the server's resident memory every 250 ms until the sampler is stopped, keeping the peak.

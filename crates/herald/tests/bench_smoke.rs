@@ -69,6 +69,17 @@ fn bench_scenarios_run_and_account_for_every_item() {
         "{idle}"
     );
     assert!(idle["server_rss_per_conn_bytes"].is_u64(), "{idle}");
+    // Everything the server holds, its baseline included, is more than what the connections added.
+    let (pss, rss_added) = (
+        idle["server_pss_per_conn_bytes"].as_u64().unwrap(),
+        idle["server_rss_per_conn_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        pss > 0 && idle["server_pss_bytes"].as_u64() >= Some(pss * 300),
+        "{idle}"
+    );
+    assert!(pss > rss_added, "{idle}");
+    assert!(idle["server_cpu_per_ping_us"].is_number(), "{idle}");
     // The hold is part of the run: its CPU is a share of the server's whole.
     let (held, total) = (
         idle["server_cpu_held_secs"].as_f64().unwrap(),

@@ -23,6 +23,7 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     // Let the server settle (connection tasks parked, allocator quiet) before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_after, slab_after) = (server.rss_bytes(), proc::slab_bytes());
+    let pss_after = server.pss_bytes();
     let cpu_before_hold = server.cpu_secs();
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
     // The hold alone: what the open connections cost the server (their heartbeats), without the connects.
@@ -51,12 +52,28 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
         rss_after.map_or(serde_json::Value::Null, Into::into),
     );
     out.put("server_rss_per_conn_bytes", per_conn(rss_before, rss_after));
+    // Everything the server's processes hold, their own baselines included, each page once: what a host must have
+    // for them (RSS summed over several processes counts their shared binary once each).
+    out.put(
+        "server_pss_bytes",
+        pss_after.map_or(serde_json::Value::Null, Into::into),
+    );
+    out.put("server_pss_per_conn_bytes", per_conn(Some(0), pss_after));
     out.put("kernel_slab_per_conn_bytes", per_conn(slab_before, slab_after));
     out.put(
         "server_cpu_secs",
         server_cpu.map_or(serde_json::Value::Null, Into::into),
     );
-    out.put("server_cpu_held_secs", held_cpu);
+    out.put("server_cpu_held_secs", held_cpu.clone());
+    // The hold's CPU over the PINGs its connections sent in it (one each `ping_secs`): what a heartbeat costs.
+    let pings_held = conns as f64 * args.secs / args.target.ping_secs;
+    out.put(
+        "server_cpu_per_ping_us",
+        held_cpu
+            .as_f64()
+            .filter(|_| pings_held > 0.0)
+            .map_or(serde_json::Value::Null, |cpu| (cpu / pings_held * 1e6).into()),
+    );
     out.put("loadgen_cpu_secs", loadgen_cpu);
     out.put("loadgen_rss_per_conn_bytes", loadgen_rss / conns.max(1) as u64);
     Ok(out)
