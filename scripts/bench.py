@@ -170,10 +170,10 @@ CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "closed_early", 
 TARGET_KINDS = {
     # Memory does not drift with the VM: absolute.
     "rss": ("≤ 3 KB", lambda v, f: v <= 3000),
-    "cpu": ("≤ 1.10 × the floor's", lambda v, f: f is not None and v <= 1.10 * f),
+    # Server CPU, and the million broadcast's latency (tens of seconds: 10 ms would say nothing).
+    "ratio": ("≤ 1.10 × the floor's", lambda v, f: f is not None and v <= 1.10 * f),
     "latency": ("≤ the floor's + 10 ms, or ≤ 1.10 × the floor's where larger",
                 lambda v, f: f is not None and v <= max(f + 10, 1.10 * f)),
-    "latency_ratio": ("≤ 1.10 × the floor's", lambda v, f: f is not None and v <= 1.10 * f),
     "ping": ("≤ 1.2 × the floor's", lambda v, f: f is not None and v <= 1.2 * f),
     # Every item reached every connection (the losses are checked for every fan-out row below).
     "delivered": ("every item, as the floor", lambda v, f: True),
@@ -184,19 +184,19 @@ TARGET_KINDS = {
 TARGETS = [
     ("idle", "server_rss_per_conn_bytes", "server RSS per idle connection", "44–46 KB", "2.1 KB", "rss"),
     ("idle_auth", "server_rss_per_conn_bytes", "server RSS per idle authenticated connection", "—", "—", "rss"),
-    ("window_1s", "server_cpu_secs", "1 s window: server CPU seconds", "5.0 s", "2.0 s", "cpu"),
+    ("window_1s", "server_cpu_secs", "1 s window: server CPU seconds", "5.0 s", "2.0 s", "ratio"),
     ("light", "latency_p99_ms", "light traffic: p99 latency push → client", "~1 s", "—", "latency"),
-    ("window_10ms", "server_cpu_secs", "10 ms window: server CPU seconds", "33.8–35.5 s", "14.8–16.6 s", "cpu"),
+    ("window_10ms", "server_cpu_secs", "10 ms window: server CPU seconds", "33.8–35.5 s", "14.8–16.6 s", "ratio"),
     ("window_10ms", "latency_p99_ms", "10 ms window: p99 latency", "264–493 ms", "73–92 ms", "latency"),
     ("seed", "items_per_sec", "seed rate: items delivered per second", "4.1–5.3 M/s, 30–45% lost", "9.9 M/s",
      "delivered"),
     ("seed", "latency_p99_ms", "seed rate: p99 latency", "29–32 s", "0.32–0.39 s", "latency"),
-    ("seed", "server_cpu_secs", "seed rate: server CPU seconds", "70 s", "19–21 s", "cpu"),
+    ("seed", "server_cpu_secs", "seed rate: server CPU seconds", "70 s", "19–21 s", "ratio"),
     ("million_idle", "server_pss_per_conn_bytes",
      "a million held: memory per connection, all processes together (PSS)", "—", "—", "rss"),
     ("million_idle", "server_cpu_per_ping_us", "a million held: server CPU per PING", "—", "—", "ping"),
-    ("million_fanout", "latency_p99_ms", "a million, broadcast: p99 latency", "—", "—", "latency_ratio"),
-    ("million_fanout", "server_cpu_secs", "a million, broadcast: server CPU seconds", "—", "—", "cpu"),
+    ("million_fanout", "latency_p99_ms", "a million, broadcast: p99 latency", "—", "—", "ratio"),
+    ("million_fanout", "server_cpu_secs", "a million, broadcast: server CPU seconds", "—", "—", "ratio"),
 ]
 
 

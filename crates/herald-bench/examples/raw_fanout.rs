@@ -408,10 +408,14 @@ fn serve_api(stream: TcpStream, shared: &Shared, others: &Others, max_items: usi
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     while let Some((request_line, body)) = read_message(&mut reader)? {
-        let path = request_line.split(' ').nth(1).unwrap_or("/");
-        let method = request_line.split(' ').next().unwrap_or("GET");
-        let forwarded = format!("{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
-        let answers = others.forward(&[forwarded.as_bytes(), &body].concat())?;
+        let answers = if others.children.is_empty() {
+            Vec::new() // one process: the floor's push path stays as it was
+        } else {
+            let path = request_line.split(' ').nth(1).unwrap_or("/");
+            let method = request_line.split(' ').next().unwrap_or("GET");
+            let forwarded = format!("{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+            others.forward(&[forwarded.as_bytes(), &body].concat())?
+        };
         let answer = if request_line.starts_with("GET /stats") {
             let mut conns = shared.connected.load(Ordering::Relaxed) as u64;
             for answer in answers {
