@@ -1,5 +1,5 @@
 //! The HTTP/1.1 side of the WebSocket listener: read one request head, then upgrade `/connect`, serve the demo
-//! page at `/`, or refuse.
+//! page at `/` (and the client library it runs on at `/herald-client.js`), or refuse.
 //!
 //! Written on `httparse` rather than a full HTTP server so the upgraded connection is a bare `TcpStream` the
 //! session owns outright (no HTTP-layer buffers kept per connection, direct non-blocking writes possible).
@@ -11,8 +11,27 @@ use tokio::net::TcpStream;
 /// The longest request head taken; browsers send well under 2 KiB.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 
+/// A file the listener serves, built into the binary.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Asset {
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its bytes.
+    pub body: &'static str,
+}
+
 /// The demo page (`GET /`).
-pub const DEMO_PAGE: &str = include_str!("demo.html");
+pub const DEMO_PAGE: Asset = Asset {
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("demo.html"),
+};
+
+/// herald-client, the JavaScript client library the demo page imports (`GET /herald-client.js`): the package's
+/// own file, so the page runs exactly the code an application installs.
+pub const CLIENT_LIBRARY: Asset = Asset {
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("../../../clients/js/herald-client.js"),
+};
 
 /// What a request asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,8 +47,8 @@ pub enum Request {
         /// The `Origin` header (browsers send it; other clients usually do not).
         origin: Option<String>,
     },
-    /// `GET /`: the demo page.
-    Page,
+    /// `GET /` (the demo page) or `GET /herald-client.js`.
+    Page(&'static Asset),
     /// Anything else, with the complete response to send before closing.
     Refuse(&'static str),
 }
@@ -89,7 +108,8 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8], upgrade_at_root: b
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/" if upgrade_at_root => {}
-        "/" | "/index.html" => return Request::Page,
+        "/" | "/index.html" => return Request::Page(&DEMO_PAGE),
+        "/herald-client.js" => return Request::Page(&CLIENT_LIBRARY),
         "/connect" => {}
         _ => return Request::Refuse(NOT_FOUND),
     }
@@ -156,12 +176,14 @@ pub fn switching_protocols(accept: &str) -> String {
     )
 }
 
-/// The demo page response.
-pub fn page_response() -> String {
+/// The response that serves `asset`.
+pub fn page_response(asset: &Asset) -> String {
     format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Cache-Control: no-cache\r\nConnection: close\r\n\r\n{DEMO_PAGE}",
-        DEMO_PAGE.len()
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nConnection: close\r\n\r\n{}",
+        asset.content_type,
+        asset.body.len(),
+        asset.body
     )
 }
 
@@ -221,7 +243,11 @@ mod tests {
 
     #[test]
     fn routes_and_refuses() {
-        assert_eq!(parse("GET /?room=a HTTP/1.1\r\n\r\n"), Request::Page);
+        assert_eq!(parse("GET /?room=a HTTP/1.1\r\n\r\n"), Request::Page(&DEMO_PAGE));
+        assert_eq!(
+            parse("GET /herald-client.js HTTP/1.1\r\n\r\n"),
+            Request::Page(&CLIENT_LIBRARY)
+        );
         assert_eq!(parse("GET /nope HTTP/1.1\r\n\r\n"), Request::Refuse(NOT_FOUND));
         assert_eq!(
             parse("POST /connect HTTP/1.1\r\n\r\n"),

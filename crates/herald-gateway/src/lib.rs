@@ -4,7 +4,7 @@
 //! - [`Gateway::serve`]: the accept loop. It never waits on a client: each connection's handshake runs in its
 //!   own task under the handshake timeout, and a full `accept` (out of file descriptors) backs off instead of
 //!   spinning.
-//! - [`handshake`]: reads one HTTP request; `/connect` upgrades, `/` serves the demo page.
+//! - [`handshake`]: reads one HTTP request; `/connect` upgrades, `/` serves the demo page (`/herald-client.js` its library).
 //! - [`access`]: who may connect (source rate, `Origin`, token, connections per user) and join which rooms.
 //! - [`session`]: a connection's life: the writer (direct writes, a bounded outbox behind them), the connection's
 //!   task (reads into a stack buffer, heartbeat, close, as one state) and the client's commands.
@@ -242,7 +242,7 @@ impl Gateway {
                 return None;
             }
             Ok(None) => return None,
-            Ok(Some(Request::Page)) => (handshake::page_response(), Handshake::Page, None),
+            Ok(Some(Request::Page(asset))) => (handshake::page_response(asset), Handshake::Page, None),
             Ok(Some(Request::Refuse(response))) => (response.to_owned(), Handshake::Rejected, None),
             Ok(Some(Request::Upgrade {
                 accept,

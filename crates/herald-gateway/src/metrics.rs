@@ -135,7 +135,7 @@ impl BadInput {
 pub enum Handshake {
     /// Upgraded to a WebSocket.
     Upgraded,
-    /// Served the demo page.
+    /// Served the demo page or its client library.
     Page,
     /// Answered 4xx (not a valid upgrade, unknown path).
     Rejected,

@@ -21,6 +21,7 @@ use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
 pub mod chromium;
 pub mod cluster;
 pub mod jwt;
+pub mod proxy;
 
 /// How long any single expected event may take before the test fails.
 pub const FAILSAFE: Duration = Duration::from_secs(20);
