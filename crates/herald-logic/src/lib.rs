@@ -8,15 +8,20 @@
 //! - `POST /disconnect/user`: closes every connection of a user (4004), `200 {"user":..,"closed":N,"partial":..}`.
 //! - `GET /rooms/{room}`, `GET /users/{user}`: presence, summed over every gateway ([`herald_protocol::presence`]).
 //! - `GET /stats` (JSON), `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz`.
+//! - `GET /dashboard`: live charts for operators; `GET /dashboard/data`, the sample the page reads every second
+//!   ([`herald_protocol::dashboard`]); the page's script, style and the vendored uPlot under `/dashboard/`.
 //!
 //! With `api_keys` set, every request but `/healthz` needs `Authorization: Bearer <key>` (else `401`); keys are
-//! compared in constant time and never logged.
+//! compared in constant time and never logged. Under `/dashboard` only, `Authorization: Basic` with a key as the
+//! password is taken too, and a 401 there challenges `Basic`, so a browser asks its operator for the key.
 //!
 //! The API never delivers anything itself: it validates, then hands the push (or the query) to a [`Bus`].
 
+mod dashboard;
+
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -67,10 +72,16 @@ struct RequestLabels {
     status: u16,
 }
 
-/// Requests answered by the push API, by endpoint and status.
+/// Requests answered by the push API, by endpoint and status; what its pushes carried.
 #[derive(Clone, Debug, Default)]
 struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
+    /// Items in pushes answered 200.
+    items_taken: Counter,
+    /// Pushes answered 200 (for the dashboard; `/metrics` has them by endpoint in `requests`).
+    pushes_taken: Counter,
+    /// Pushes answered 503 or 413 (likewise).
+    pushes_refused: Counter,
 }
 
 impl ApiMetrics {
@@ -81,6 +92,11 @@ impl ApiMetrics {
             "herald_api_requests",
             "Push-API requests, by endpoint and status",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "herald_api_push_items",
+            "Items in pushes the push API answered 200",
+            metrics.items_taken.clone(),
         );
         metrics
     }
@@ -102,6 +118,8 @@ struct Api {
     metrics: ApiMetrics,
     /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
     stopping: CancellationToken,
+    /// When the API was made: the dashboard's clock for rates.
+    started: Instant,
 }
 
 /// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
@@ -118,6 +136,7 @@ pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping
         .route("/users/{*user}", get(user_presence))
         .route("/stats", get(stats))
         .route("/metrics", get(render_metrics))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             (keys, Arc::clone(&api)),
@@ -131,6 +150,12 @@ pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping
 }
 
 /// With `api_keys` set: a request without one of them is answered 401 (and counted), before its body is read.
+///
+/// Under `/dashboard` a browser's Basic credentials are taken too (any user name, a key as the password), and
+/// the 401 challenges `Basic` so that the browser asks for them. Nowhere else: a browser sends remembered Basic
+/// credentials with any request to the origin, a form another site posts to `/push/all` included, so taking
+/// them there would let any page the operator visits push (a `GET` of the dashboard changes nothing, and
+/// another origin cannot read its answer).
 async fn require_key(
     State((keys, api)): State<(Arc<Vec<String>>, Arc<Api>)>,
     request: Request,
@@ -139,30 +164,53 @@ async fn require_key(
     if keys.is_empty() {
         return next.run(request).await;
     }
+    let for_browser = dashboard::is_dashboard(request.uri().path());
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| presented_key(value, for_browser));
     // Every key is compared, in constant time, whatever matched: the time taken says nothing about the keys.
     let matched = presented.is_some_and(|presented| {
-        keys.iter().fold(false, |found, key| {
-            found | constant_time_eq(presented.as_bytes(), key.as_bytes())
-        })
+        keys.iter()
+            .fold(false, |found, key| found | constant_time_eq(&presented, key.as_bytes()))
     });
     if matched {
         return next.run(request).await;
     }
     api.metrics.count("unauthorized", StatusCode::UNAUTHORIZED);
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "authorization",
-        "this API needs `Authorization: Bearer <api key>`",
-    );
+    let (message, challenge) = if for_browser {
+        (
+            "the dashboard needs an api key: as the password of the browser's login (any user name), \
+             or `Authorization: Bearer <api key>`",
+            r#"Basic realm="herald", charset="UTF-8""#,
+        )
+    } else {
+        ("this API needs `Authorization: Bearer <api key>`", "Bearer")
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, "authorization", message);
     response
         .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     response
+}
+
+/// The key an `Authorization` header presents: a Bearer token, or (when `basic` is allowed) the password of
+/// Basic credentials, whatever the user name.
+fn presented_key(authorization: &str, basic: bool) -> Option<Vec<u8>> {
+    if let Some(token) = authorization.strip_prefix("Bearer ") {
+        return Some(token.as_bytes().to_vec());
+    }
+    let (scheme, credentials) = authorization.split_once(' ')?;
+    if !basic || !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|byte| *byte == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// Compares `presented` with `key` in time that depends only on the presented length (the caller's own): every
@@ -201,6 +249,7 @@ impl Api {
             registry: Arc::new(registry),
             metrics,
             stopping,
+            started: Instant::now(),
         })
     }
 }
@@ -341,8 +390,15 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
             match parse_push(endpoint, content_type, body) {
                 Err(FieldError { field, message }) => error(StatusCode::BAD_REQUEST, &field, &message),
                 Ok(request) => match api.bus.push(request.target, request.items).await {
-                    Ok(accepted) => (StatusCode::OK, axum_json(accepted)).into_response(),
-                    Err(refused) => unavailable(&refused),
+                    Ok(accepted) => {
+                        api.metrics.pushes_taken.inc();
+                        api.metrics.items_taken.inc_by(accepted.items as u64);
+                        (StatusCode::OK, axum_json(accepted)).into_response()
+                    }
+                    Err(refused) => {
+                        api.metrics.pushes_refused.inc();
+                        unavailable(&refused)
+                    }
                 },
             }
         }
@@ -421,4 +477,26 @@ async fn healthz(State(api): State<Arc<Api>>) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "path", "no such endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_presented_as_bearer_anywhere_and_as_basic_where_allowed() {
+        // "operator:k1" and ":k1" in base64.
+        let basic = "Basic b3BlcmF0b3I6azE=";
+        assert_eq!(presented_key("Bearer k1", false), Some(b"k1".to_vec()));
+        assert_eq!(presented_key(basic, true), Some(b"k1".to_vec()));
+        assert_eq!(presented_key("basic Omsx", true), Some(b"k1".to_vec()));
+        assert_eq!(
+            presented_key(basic, false),
+            None,
+            "Basic only where the caller allows it"
+        );
+        assert_eq!(presented_key("Basic azE=", true), None, "no colon: not user:password");
+        assert_eq!(presented_key("Basic !!", true), None);
+        assert_eq!(presented_key("Digest k1", true), None);
+    }
 }
