@@ -29,8 +29,8 @@ use herald_hub::history::HistoryConfig;
 pub use self::duration::DurationValue;
 pub use self::parts::{
     AccessSettings, BusSettings, HistorySettings, Http, HttpSettings, HubSettings, Internal, InternalSettings,
-    LinkSettings, MAX_API_THREADS, Part, Process, ProcessSettings, PublishSettings, PushApi, PushApiSettings,
-    SecretSettings, WebSocket, WebSocketSettings,
+    LinkSettings, MAX_API_THREADS, MAX_WORKER_THREADS, Part, Process, ProcessSettings, PublishSettings, PushApi,
+    PushApiSettings, SecretSettings, WebSocket, WebSocketSettings,
 };
 
 /// Every default (see `defaults.toml`).
@@ -569,6 +569,9 @@ mod tests {
             let error = serve(&["--api-threads", &threads.to_string()]).unwrap_err();
             assert!(error.to_string().starts_with("api_threads:"), "{error}");
         }
+        let workers = serve(&["--worker-threads", &(MAX_WORKER_THREADS + 1).to_string()]).unwrap_err();
+        assert!(workers.to_string().starts_with("worker_threads:"), "{workers}");
+        assert_eq!(serve(&["--worker-threads", "1"]).unwrap().websocket.worker_threads, 1);
         let no_heartbeat = serve(&["--heartbeat-timeout", "0"]).unwrap_err();
         assert!(
             no_heartbeat.to_string().starts_with("heartbeat_timeout:"),

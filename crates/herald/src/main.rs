@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             let config = args.resolve()?;
             start(
                 config.process.log.clone(),
-                Threads::PerCore,
+                Threads::workers(config.websocket.worker_threads),
                 move |shutdown| async move {
                     let (ws, api) = herald::serve::bind(&config).await?;
                     herald::serve::run(config, ws, api, shutdown).await
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             let config = args.resolve()?;
             start(
                 config.process.log.clone(),
-                Threads::PerCore,
+                Threads::workers(config.websocket.worker_threads),
                 move |shutdown| async move {
                     let (ws, rpc) = herald::gateway::bind(&config).await?;
                     herald::gateway::run(config, ws, rpc, shutdown).await

@@ -153,7 +153,14 @@ impl Conn {
     async fn drive(&mut self, shutdown: &CancellationToken) -> CloseReason {
         let limits = self.session.context.limits;
         let timer = sleep_until(self.last_seen + limits.heartbeat_timeout);
-        tokio::pin!(timer);
+        // Both made once, kept across the turns of the loop, and made again only when they fire: a future made
+        // anew at every turn registers with its `Notify` when polled and unregisters when another branch wins, a
+        // lock round trip each way on every wake (the shutdown's is shared by every connection of the process).
+        // In a profile of 56 gateways answering 25,000 PINGs a second they were the largest user-space cost.
+        let session = Arc::clone(&self.session);
+        let woken = session.wake.notified();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(timer, woken, cancelled);
         loop {
             let (queued, closing, failed, last_progress, ended_by, queued_bytes) = {
                 let outbox = self.session.outbox.lock();
@@ -231,11 +238,11 @@ impl Conn {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !closing => {
+                () = &mut cancelled, if !closing => {
                     self.state.closing(CloseReason::Shutdown);
                     self.session.begin_close(close::GOING_AWAY, "server shutting down", false);
                 }
-                () = self.session.wake.notified() => {}
+                () = &mut woken => woken.set(session.wake.notified()),
                 ready = self.session.stream.writable(), if queued => {
                     if ready.and_then(|()| self.session.flush()).is_err() {
                         return self.state.why().unwrap_or(CloseReason::WriteError);

@@ -120,6 +120,9 @@ pub struct WebSocketSettings {
     /// Open the WebSocket listener with SO_REUSEPORT, so several processes share the port
     #[arg(long, env = "HERALD_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
     pub reuse_port: Option<bool>,
+    /// Threads running the connections and the fan-out: 0 is one per core, 1 one event loop (several processes a host)
+    #[arg(long, env = "HERALD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Connections held at once; more get 503 at the handshake
     #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -154,6 +157,7 @@ pub struct WebSocketSettings {
 part!(WebSocketSettings {
     ws_addr,
     reuse_port,
+    worker_threads,
     max_connections,
     max_rooms_per_connection,
     max_message_bytes,
@@ -173,6 +177,8 @@ pub struct WebSocket {
     pub addr: SocketAddr,
     /// Open it with SO_REUSEPORT.
     pub reuse_port: bool,
+    /// Threads of the process's runtime; 0 is one per core.
+    pub worker_threads: usize,
     /// Limits of the connections.
     pub limits: GatewayConfig,
 }
@@ -196,6 +202,7 @@ impl WebSocketSettings {
         Ok(WebSocket {
             addr: given(self.ws_addr),
             reuse_port: given(self.reuse_port),
+            worker_threads: at_most("worker_threads", given(self.worker_threads), MAX_WORKER_THREADS)?,
             limits,
         })
     }
@@ -373,6 +380,9 @@ impl HistorySettings {
 
 /// More push-API threads than this is a typo, not a deployment.
 pub const MAX_API_THREADS: usize = 256;
+
+/// More runtime threads than this is a typo too.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// The push API (serve, logic).
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
