@@ -1,7 +1,9 @@
 //! A gateway's status as it crosses the gRPC hop: the protobuf form of [`herald_protocol::stats::GatewayStatus`],
-//! field for field.
+//! field for field; and the counts a gateway reports, read from its metrics registry.
 
+use herald_protocol::counts::{GatewayCounts, HistoryFigures};
 use herald_protocol::stats::{GatewayStatus, HubStats};
+use prometheus_client::registry::Registry;
 
 use crate::pb;
 use crate::pb::HubStats as WireHubStats;
@@ -31,11 +33,35 @@ macro_rules! hub_figures {
     }};
 }
 
+/// What a gateway's registry counts now (closes, drops, history), read as `/metrics` renders it: a few
+/// kilobytes of text, once per status request or announcement.
+pub(crate) fn counts_of(registry: &Registry) -> GatewayCounts {
+    let mut text = String::new();
+    // Encoding into a String cannot fail on I/O; a failure would leave every family unknown.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    GatewayCounts::from_metrics_text(&text)
+}
+
 /// The gateway's side: its status as the protobuf message.
 pub(crate) fn to_wire(status: &GatewayStatus) -> pb::GatewayStatus {
     pb::GatewayStatus {
         serving: status.serving,
         hub: Some(hub_figures!(&status.hub => WireHubStats)),
+        counts: status.counts.as_ref().map(|counts| pb::Counts {
+            closes: counts.closes.clone().map(|by| pb::Tally {
+                by: by.into_iter().collect(),
+            }),
+            dropped_frames: counts.dropped_frames.clone().map(|by| pb::Tally {
+                by: by.into_iter().collect(),
+            }),
+            history: counts.history.as_ref().map(|history| pb::History {
+                stored_items: history.stored_items,
+                bytes: history.bytes,
+                evicted: history.evicted.clone().into_iter().collect(),
+                recoveries: history.recoveries.clone().into_iter().collect(),
+                replayed_items: history.replayed_items,
+            }),
+        }),
     }
 }
 
@@ -44,5 +70,16 @@ pub(crate) fn from_wire(status: pb::GatewayStatus) -> GatewayStatus {
     GatewayStatus {
         serving: status.serving,
         hub: hub_figures!(status.hub.unwrap_or_default() => HubStats),
+        counts: status.counts.map(|counts| GatewayCounts {
+            closes: counts.closes.map(|tally| tally.by.into_iter().collect()),
+            dropped_frames: counts.dropped_frames.map(|tally| tally.by.into_iter().collect()),
+            history: counts.history.map(|history| HistoryFigures {
+                stored_items: history.stored_items,
+                bytes: history.bytes,
+                evicted: history.evicted.into_iter().collect(),
+                recoveries: history.recoveries.into_iter().collect(),
+                replayed_items: history.replayed_items,
+            }),
+        }),
     }
 }

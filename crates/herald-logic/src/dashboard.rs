@@ -7,10 +7,10 @@
 //! revalidated on every load, and the data is never cached.
 //!
 //! The sample's gauges and hub counters come from the bus's `/stats` document; the closes, dropped frames and
-//! history figures from this process's own metrics registry, read as `/metrics` renders it. A family the registry
-//! lacks (logic holds no connections) comes out as `null`: the dashboard says what it cannot see.
+//! history figures from this process's own metrics registry, read as `/metrics` renders it, or, on logic (which
+//! holds no connection), summed over what the gateways report with their status or announcement. What nobody
+//! reports comes out as `null`: the dashboard says what it cannot see.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,7 +18,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald_protocol::dashboard::{DashboardData, DashboardMode, GatewayRow, GatewayState, HistoryFigures, Totals};
+use herald_protocol::counts::GatewayCounts;
+use herald_protocol::dashboard::{DashboardData, DashboardMode, GatewayRow, GatewayState, Totals};
 use herald_protocol::stats::{ClusterStats, HubStats, LinkState, NatsStats, Stats};
 use prometheus_client::registry::Registry;
 
@@ -125,7 +126,7 @@ fn asset(content_type: &'static str, body: &'static str, caching: Caching) -> Re
 
 /// The sample `/dashboard/data` answers now.
 fn sample(api: &Api) -> DashboardData {
-    let scraped = Scrape::of(&api.registry);
+    let own = own_counts(&api.registry);
     let taken = Taken {
         pushes: api.metrics.pushes_taken.get(),
         items: api.metrics.items_taken.get(),
@@ -140,15 +141,30 @@ fn sample(api: &Api) -> DashboardData {
         ),
         Stats::Nats(nats) => (DashboardMode::Nats, nats_totals(&nats, &taken), nats_rows(&nats)),
     };
+    // A process that holds connections (serve) counts its own; logic adds up the gateways' (those still heard from,
+    // so a gateway that goes away takes its counts with it and the page shows no rate for that second).
+    let counts = if own.is_unknown() {
+        GatewayCounts::sum(gateways.iter().filter_map(|row| row.counts.as_ref())).unwrap_or_default()
+    } else {
+        own
+    };
     DashboardData {
         mode,
         uptime_ms: u64::try_from(api.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         total,
-        closes: scraped.by_label("herald_closes_total", "reason"),
-        dropped_frames: scraped.by_label("herald_dropped_frames_total", "reason"),
-        history: scraped.history(),
+        closes: counts.closes,
+        dropped_frames: counts.dropped_frames,
+        history: counts.history,
         gateways,
     }
+}
+
+/// What this process's registry counts of closes, drops and history (nothing, on logic).
+fn own_counts(registry: &Registry) -> GatewayCounts {
+    let mut text = String::new();
+    // Encoding into a String cannot fail on I/O; a failure would leave every family unknown (null).
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    GatewayCounts::from_metrics_text(&text)
 }
 
 /// What this push API took and refused, for the modes whose hubs are elsewhere.
@@ -218,6 +234,7 @@ fn cluster_rows(cluster: &ClusterStats) -> Vec<GatewayRow> {
                 queue_depth: Some(link.queue_depth),
                 last_seen_ms: None,
                 hub: status.map(|status| status.hub.clone()),
+                counts: status.and_then(|status| status.counts.clone()),
             }
         })
         .collect()
@@ -257,129 +274,16 @@ fn nats_rows(nats: &NatsStats) -> Vec<GatewayRow> {
             queue_depth: None,
             last_seen_ms: Some(heard.last_seen_ms),
             hub: None,
+            counts: heard.announced.counts.clone(),
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     rows
 }
 
-/// The samples of this process's registry, as `/metrics` renders them: `(name, labels, value)`.
-struct Scrape(Vec<(String, String, f64)>);
-
-impl Scrape {
-    fn of(registry: &Registry) -> Self {
-        let mut text = String::new();
-        // Encoding into a String cannot fail on I/O; a failure would leave every family unknown (null).
-        let _ = prometheus_client::encoding::text::encode(&mut text, registry);
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.strip_suffix('}')?),
-                    None => (series, ""),
-                };
-                Some((name.to_owned(), labels.to_owned(), value))
-            })
-            .collect();
-        Self(samples)
-    }
-
-    /// The samples of `name` by the value of its `label`, or `None` when the registry has no such family.
-    fn by_label(&self, name: &str, label: &str) -> Option<BTreeMap<String, u64>> {
-        let mut found = None;
-        for (sample, labels, value) in &self.0 {
-            if sample != name {
-                continue;
-            }
-            let map = found.get_or_insert_with(BTreeMap::new);
-            if let Some(key) = label_value(labels, label) {
-                *map.entry(key.to_owned()).or_insert(0) += as_count(*value);
-            }
-        }
-        found
-    }
-
-    /// The one sample of `name` (no labels), if registered.
-    fn value(&self, name: &str) -> Option<u64> {
-        self.0
-            .iter()
-            .find(|(sample, labels, _)| sample == name && labels.is_empty())
-            .map(|(_, _, value)| as_count(*value))
-    }
-
-    /// The history and recovery figures, when this process keeps room histories' metrics.
-    fn history(&self) -> Option<HistoryFigures> {
-        Some(HistoryFigures {
-            stored_items: self.value("herald_history_items_total")?,
-            bytes: self.value("herald_history_bytes").unwrap_or(0),
-            evicted: self
-                .by_label("herald_history_evicted_total", "reason")
-                .unwrap_or_default(),
-            recoveries: self.by_label("herald_recoveries_total", "outcome").unwrap_or_default(),
-            replayed_items: self.value("herald_replayed_items_total").unwrap_or(0),
-        })
-    }
-}
-
-/// The value of `label` in a sample's label text (`reason="client",other="x"`); herald's label values hold no
-/// quote.
-fn label_value<'a>(labels: &'a str, label: &str) -> Option<&'a str> {
-    labels.split(',').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == label).then(|| value.trim_matches('"'))
-    })
-}
-
-/// A counter or gauge sample as a whole count (they are whole; a negative gauge reads as 0).
-fn as_count(value: f64) -> u64 {
-    if value.is_finite() && value > 0.0 {
-        value as u64
-    } else {
-        0
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use prometheus_client::encoding::EncodeLabelSet;
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-
     use super::*;
-
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct Reason {
-        reason: &'static str,
-    }
-
-    #[test]
-    fn a_registered_family_is_read_and_a_missing_one_is_unknown() {
-        let mut registry = Registry::default();
-        let closes = Family::<Reason, Counter>::default();
-        closes.get_or_create(&Reason { reason: "client" }).inc_by(3);
-        closes.get_or_create(&Reason { reason: "heartbeat" }).inc_by(0);
-        registry.register("herald_closes", "closes", closes);
-        let stored = Counter::<u64>::default();
-        stored.inc_by(7);
-        registry.register("herald_history_items", "stored", stored);
-        let bytes = Gauge::<i64>::default();
-        bytes.set(512);
-        registry.register("herald_history_bytes", "bytes", bytes);
-
-        let scraped = Scrape::of(&registry);
-        assert_eq!(
-            scraped.by_label("herald_closes_total", "reason"),
-            Some(BTreeMap::from([("client".to_owned(), 3), ("heartbeat".to_owned(), 0)]))
-        );
-        assert_eq!(scraped.by_label("herald_dropped_frames_total", "reason"), None);
-        let history = scraped.history().expect("history is registered");
-        assert_eq!((history.stored_items, history.bytes), (7, 512));
-        assert!(Scrape::of(&Registry::default()).history().is_none());
-    }
 
     /// The version of the vendored uPlot, as its files' paths (in [`routes`] and the page) name it.
     const UPLOT_VERSION: &str = "1.6.32";

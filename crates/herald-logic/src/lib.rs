@@ -227,11 +227,14 @@ fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
 }
 
 /// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
-/// internal listener). It has no fallback, so it can be merged into a router that has one.
-pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> Router {
+/// internal listener). It has no fallback, so it can be merged into a router that has one. Also returns the
+/// registry as `/metrics` renders it (the API's metrics added), for what else reports from it.
+pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> (Router, Arc<Registry>) {
     // Nothing it serves reads a body.
     let body_read_timeout = Duration::ZERO;
-    ops_routes().with_state(Api::new(bus, registry, body_read_timeout, stopping))
+    let api = Api::new(bus, registry, body_read_timeout, stopping);
+    let registry = Arc::clone(&api.registry);
+    (ops_routes().with_state(api), registry)
 }
 
 impl Api {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::counts::GatewayCounts;
+pub use crate::counts::HistoryFigures;
 use crate::stats::HubStats;
 
 /// The dashboard's sample: the whole, and on logic each gateway beside it.
@@ -17,8 +19,8 @@ pub struct DashboardData {
     pub uptime_ms: u64,
     /// The whole: this node's hub (`herald serve` in memory), or what the push API took and the gateways sum to.
     pub total: Totals,
-    /// Connections closed, by reason (the labels of `herald_closes_total`); `None` where this process holds no
-    /// connections (logic: each gateway's `/metrics` has them).
+    /// Connections closed, by reason (the labels of `herald_closes_total`): this process's, or on logic the sum
+    /// of what the gateways report; `None` when nobody reports them.
     pub closes: Option<BTreeMap<String, u64>>,
     /// Frames not sent to a connection, by reason (`herald_dropped_frames_total`); `None` as for `closes`.
     pub dropped_frames: Option<BTreeMap<String, u64>>,
@@ -65,21 +67,6 @@ pub struct Totals {
     pub items_unrouted: Option<u64>,
 }
 
-/// Room history and recovery, from the metrics of the process that keeps them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryFigures {
-    /// Items stored in room histories (`herald_history_items_total`).
-    pub stored_items: u64,
-    /// What the retained items cost now, in bytes (`herald_history_bytes`).
-    pub bytes: u64,
-    /// Items that left histories, by reason (`herald_history_evicted_total`).
-    pub evicted: BTreeMap<String, u64>,
-    /// JOINs with `since`, by outcome (`herald_recoveries_total`).
-    pub recoveries: BTreeMap<String, u64>,
-    /// Items replayed to connections that resumed (`herald_replayed_items_total`).
-    pub replayed_items: u64,
-}
-
 /// One gateway as logic sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayRow {
@@ -101,6 +88,8 @@ pub struct GatewayRow {
     pub last_seen_ms: Option<u64>,
     /// Its hub's figures, as it last reported them (gRPC, while the link is up).
     pub hub: Option<HubStats>,
+    /// Its closes, drops and history, as it last reported them.
+    pub counts: Option<GatewayCounts>,
 }
 
 /// A gateway's state on the dashboard.
@@ -144,6 +133,7 @@ mod tests {
                 queue_depth: Some(0),
                 last_seen_ms: None,
                 hub: None,
+                counts: None,
             }],
         };
         let text = serde_json::to_string(&data).unwrap();

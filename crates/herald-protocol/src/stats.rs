@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::counts::GatewayCounts;
+
 /// `GET /stats` of any mode: which document depends on the bus behind the push API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -100,6 +102,10 @@ pub struct GatewayStatus {
     pub serving: bool,
     /// Its hub's figures.
     pub hub: HubStats,
+    /// What its connections and histories counted (closes, drops, history); absent from a gateway that does not
+    /// report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<GatewayCounts>,
 }
 
 /// `GET /stats` on NATS.
@@ -182,6 +188,10 @@ pub struct Announcement {
     /// Items waiting in the hub's merge batches.
     #[serde(default)]
     pub pending_items: u64,
+    /// What its connections and histories counted (a gateway's; `herald serve --bus` announces none, its own
+    /// dashboard has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<GatewayCounts>,
 }
 
 /// A gateway as logic heard it on NATS.
@@ -218,6 +228,7 @@ mod tests {
                 status: Some(GatewayStatus {
                     serving: true,
                     hub: HubStats::default(),
+                    counts: Some(GatewayCounts::default()),
                 }),
             }],
         });

@@ -53,11 +53,11 @@ pub async fn run(
         running.intake.clone(),
         nats.as_ref().and_then(NatsNode::history_epoch),
     );
+    let (ops, registry) = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
     if let Some(nats) = nats {
-        nats.feed_gateway(&node.hub, ws_addr, rpc_addr)?;
+        nats.feed_gateway(&node.hub, ws_addr, rpc_addr, Some(Arc::clone(&registry)))?;
         running.nats = Some(nats);
     }
-    let ops = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
     let hub = Arc::clone(&node.hub);
     let secret = config.secret.clone();
     let serving = HttpServing {
@@ -69,7 +69,7 @@ pub async fn run(
     // worker, not a worker of the shared runtime to run the HTTP/2 connection and another for the stream's handler.
     // Its stop token also ends logic's open streams, so the server can finish.
     let internal = Server::on_own_threads("rpc", rpc, 1, running.failure_alarm(), move |rpc, stop| {
-        let service = RpcService::new(Arc::clone(&hub), stop.clone());
+        let service = RpcService::new(Arc::clone(&hub), Arc::clone(&registry), stop.clone());
         let (ops, secret, serving) = (ops.clone(), secret.clone(), serving.clone());
         async move {
             serve_internal(rpc, service, ops, secret, serving, max_push_bytes, stop)

@@ -58,17 +58,20 @@ impl NatsNode {
         })
     }
 
-    /// Makes `hub` follow NATS: its rooms' subjects and broadcasts, and announces it as a gateway. `own_addr`
-    /// (the process's other listener) keeps the id unique when processes share the WebSocket port.
+    /// Makes `hub` follow NATS: its rooms' subjects and broadcasts, and announces it as a gateway, with the
+    /// closes, drops and history of `counts` when given. `own_addr` (the process's other listener) keeps the id
+    /// unique when processes share the WebSocket port.
     pub(crate) fn feed_gateway(
         &self,
         hub: &Arc<Hub<Session>>,
         ws_addr: SocketAddr,
         own_addr: SocketAddr,
+        counts: Option<Arc<Registry>>,
     ) -> anyhow::Result<()> {
         let announce = Announce {
             id: format!("{}/{}/{ws_addr}/{own_addr}", hostname(), std::process::id()),
             ws_addr: ws_addr.to_string(),
+            counts,
         };
         spawn_gateway_feed(
             self.client.clone(),

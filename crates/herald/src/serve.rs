@@ -44,7 +44,8 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
     );
     let bus: Arc<dyn Bus> = match nats {
         Some(nats) => {
-            nats.feed_gateway(&node.hub, ws_addr, api_addr)?;
+            // Its push API (and so its dashboard) is in this process, beside the counts: none are announced.
+            nats.feed_gateway(&node.hub, ws_addr, api_addr, None)?;
             let bus = nats.logic_bus();
             running.nats = Some(nats);
             bus

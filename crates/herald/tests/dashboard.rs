@@ -5,15 +5,16 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
 use herald_protocol::dashboard::{DashboardData, DashboardMode, GatewayState};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::chromium::{Page, launch};
 use support::cluster::{NatsServer, TestGateway, TestLogic};
-use support::{FAILSAFE, PushApi, TestServer, flags, http_with};
+use support::{Client, FAILSAFE, PushApi, TestServer, flags, http_with};
 
 /// `GET /dashboard/data`, read back as the document herald writes.
 async fn dashboard_data(api: &PushApi) -> DashboardData {
@@ -149,22 +150,20 @@ async fn the_dashboard_draws_what_serve_and_logic_count_in_chromium() {
     let mut listener = gateways[1].member("cluster").await;
     logic.push_room("cluster", "[1,2,3]").await;
     listener.items(3).await;
+    // A connection that comes and goes on the other gateway: its close reaches logic with that gateway's status.
+    drop(Client::connect(gateways[0].ws).await);
     open(&mut page, &format!("http://{}/dashboard", logic.api.0)).await;
     let shown = page
         .wait_for(SHOWN, |shown| {
             shown["gateways"].as_array().is_some_and(|rows| rows.len() == 2)
                 && shown["connections"] == 1
                 && shown["gateways_peak"] == 1
+                && shown["closes"] == 1
         })
         .await;
     assert_eq!(shown["mode"], "logic · gRPC", "{shown}");
     assert_eq!(shown["pushes"], 1, "{shown}");
     assert_eq!(shown["items"], 3, "{shown}");
-    assert_eq!(
-        shown["closes"],
-        Value::Null,
-        "logic holds no connection: closes are not available"
-    );
     for (row, gateway) in shown["gateways"].as_array().unwrap().iter().zip(&gateways) {
         assert_eq!(row[0], gateway.rpc.to_string(), "{shown}");
         assert_eq!(row[1], "up", "{shown}");
@@ -335,11 +334,25 @@ async fn on_logic_each_gateway_is_listed_with_its_state_and_a_stopped_one_is_dow
         "as the push API took them, once"
     );
     assert_eq!(data.total.frames, Some(2), "summed over the gateways: one frame each");
-    assert_eq!(data.closes, None, "logic holds no connection: not available, not zero");
-    assert_eq!(data.dropped_frames, None);
-    assert_eq!(data.history, None);
+    assert!(
+        data.gateways.iter().all(|g| g.counts.is_some()),
+        "each gateway reports its counts with its status: {data:?}"
+    );
     let stats = logic.cluster_stats().await;
     assert_eq!(data.total.connections, stats.connections);
+
+    // Logic holds no connection: the closes it shows are the gateways', added up.
+    drop(Client::connect(first.ws).await);
+    drop(Client::connect(second.ws).await);
+    let peer_gone = |closes: Option<&BTreeMap<String, u64>>| closes.and_then(|c| c.get("peer_gone").copied());
+    let data = wait_data(&logic, "a close on each gateway reported", |data| {
+        data.gateways
+            .iter()
+            .all(|g| peer_gone(g.counts.as_ref().and_then(|c| c.closes.as_ref())) == Some(1))
+    })
+    .await;
+    assert_eq!(peer_gone(data.closes.as_ref()), Some(2), "{data:?}");
+    assert!(data.dropped_frames.is_some(), "{data:?}");
 
     drop(on_second);
     second.stop().await;
@@ -385,7 +398,16 @@ async fn on_nats_the_gateways_heard_are_listed_and_what_they_do_not_announce_is_
         (data.total.users, data.total.frames, data.total.delivered_bytes),
         (None, None, None)
     );
-    assert_eq!(data.closes, None, "logic on NATS holds no connection");
+    let [row] = data.gateways.as_slice() else {
+        panic!("one gateway heard: {data:?}")
+    };
+    assert!(row.counts.is_some(), "a gateway announces its counts: {row:?}");
+    // A close on the gateway reaches logic with the next announcement.
+    drop(Client::connect(gateway.ws).await);
+    let data = wait_data(&logic, "the gateway's close announced", |data| {
+        data.closes.as_ref().and_then(|c| c.get("peer_gone")) == Some(&1)
+    })
+    .await;
     let [row] = data.gateways.as_slice() else {
         panic!("one gateway heard: {data:?}")
     };

@@ -36,6 +36,9 @@ pub struct Announce {
     pub id: String,
     /// The gateway's WebSocket listener, as clients should reach it.
     pub ws_addr: String,
+    /// The gateway's metrics, whose closes, drops and history each announcement carries (`None`: `herald serve`,
+    /// whose own dashboard shows them).
+    pub counts: Option<std::sync::Arc<prometheus_client::registry::Registry>>,
 }
 
 /// A gateway's side on NATS: subscriptions that follow the hub's rooms, the broadcast subscription, and the
@@ -540,6 +543,7 @@ impl<R: Recipient> Feed<R> {
                 rooms: self.hub.rooms(),
                 subscriptions: self.metrics.subscriptions.get().max(0) as u64,
                 pending_items: self.hub.pending_items(),
+                counts: who.counts.as_deref().map(crate::status::counts_of),
             };
             // Not connected: the announcement would only wait in the client's buffer; the next one will do.
             if self.client.connection_state() == State::Connected {

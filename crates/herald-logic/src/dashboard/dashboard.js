@@ -265,6 +265,10 @@
         const row = d.gateways.find((r) => r.name === g.name);
         return row && row.hub ? pick(row.hub) : null;
       };
+      const closes = (d) => {
+        const row = d.gateways.find((r) => r.name === g.name);
+        return row && row.counts ? sum(row.counts.closes) : null;
+      };
       return [
         g.name,
         { text: g.state, className: `state-${g.state}` },
@@ -275,6 +279,8 @@
         perSecond(rate(previous, current, hub((x) => x.pushes))),
         perSecond(rate(previous, current, hub((x) => x.frames))),
         g.hub ? bytes(rate(previous, current, hub((x) => x.delivered_bytes))) : "n/a",
+        count(closes(data)),
+        perSecond(rate(previous, current, closes)),
         g.queue_depth == null ? "n/a" : count(g.queue_depth),
         g.last_error || "",
       ];

@@ -42,7 +42,10 @@ pub fn chromium_binary() -> PathBuf {
 
 /// Starts headless Chromium on `url` with remote debugging on a free port.
 pub async fn launch(url: &str) -> Browser {
-    let profile = std::env::temp_dir().join(format!("herald-chromium-{}", std::process::id()));
+    // A profile of its own for each browser, so two tests of one binary can run browsers side by side.
+    static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nth = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!("herald-chromium-{}-{nth}", std::process::id()));
     let mut child = Command::new(chromium_binary())
         .args([
             "--headless",
