@@ -243,12 +243,14 @@ impl Conn {
                     self.session.begin_close(close::GOING_AWAY, "server shutting down", false);
                 }
                 () = &mut woken => woken.set(session.wake.notified()),
-                ready = self.session.stream.writable(), if queued => {
+                // poll_*_ready keep the task's waker in the socket's own reader and writer slots: the futures of
+                // `readable()` and `writable()` would join (and leave) the socket's list of waiters at every turn.
+                ready = std::future::poll_fn(|cx| session.stream.poll_write_ready(cx)), if queued => {
                     if ready.and_then(|()| self.session.flush()).is_err() {
                         return self.state.why().unwrap_or(CloseReason::WriteError);
                     }
                 }
-                ready = self.session.stream.readable(), if self.state.reading() && !paused => {
+                ready = std::future::poll_fn(|cx| session.stream.poll_read_ready(cx)), if self.state.reading() && !paused => {
                     if ready.is_err() || !self.read_available() {
                         if !self.session.outbox.lock().closing {
                             return self.state.why().unwrap_or(CloseReason::PeerGone);
