@@ -35,7 +35,8 @@ async fn the_demo_page_shows_pushed_items_through_a_cut_connection() {
     // Cut the page's connection and push at once: herald-client reconnects and rejoins from the last item it saw,
     // so the item arrives whether it was pushed before or after the rejoin.
     let before = proxy.accepted();
-    assert_eq!(proxy.cut(), 1, "the page holds one connection");
+    // The page's WebSocket, and any HTTP connection Chromium still keeps open.
+    assert!(proxy.cut() >= 1, "the page's connection was cut");
     server.push_room("browser", r#"["pushed while cut"]"#).await;
     shown(&mut page, "pushed while cut").await;
     page.wait_for(status, |v| v == "joined browser").await;

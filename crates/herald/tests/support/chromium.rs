@@ -168,21 +168,34 @@ impl Page {
 
     /// Evaluates `expression` in the page (awaiting it when it is a promise) and returns its value.
     pub async fn evaluate(&mut self, expression: &str) -> Value {
-        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
-        let result = self.call("Runtime.evaluate", params).await;
-        assert!(result["exceptionDetails"].is_null(), "{expression} threw: {result}");
-        result["result"]["value"].clone()
+        self.try_evaluate(expression)
+            .await
+            .unwrap_or_else(|thrown| panic!("{expression} threw: {thrown}"))
     }
 
-    /// Polls `expression` until `done` accepts its value.
+    /// Evaluates `expression`; what it threw, if it did.
+    async fn try_evaluate(&mut self, expression: &str) -> Result<Value, Value> {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let result = self.call("Runtime.evaluate", params).await;
+        if result["exceptionDetails"].is_null() {
+            Ok(result["result"]["value"].clone())
+        } else {
+            Err(result["exceptionDetails"].clone())
+        }
+    }
+
+    /// Polls `expression` until `done` accepts its value. While the page is still loading the expression may
+    /// throw (its elements not there yet): that counts as not done.
     pub async fn wait_for(&mut self, expression: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + FAILSAFE;
         loop {
-            let value = self.evaluate(expression).await;
-            if done(&value) {
-                return value;
+            let value = self.try_evaluate(expression).await;
+            if let Ok(value) = &value
+                && done(value)
+            {
+                return value.clone();
             }
-            assert!(tokio::time::Instant::now() < deadline, "{expression} stayed {value}");
+            assert!(tokio::time::Instant::now() < deadline, "{expression} stayed {value:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
