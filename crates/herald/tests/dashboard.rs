@@ -380,6 +380,8 @@ async fn on_nats_the_gateways_heard_are_listed_and_what_they_do_not_announce_is_
     let nats = NatsServer::start().await;
     let gateway = TestGateway::start(nats.bus()).await;
     let logic = TestLogic::start(&[], nats.bus()).await;
+    // Logic's NATS connection is up once it has heard the gateway (before that a push is answered 503).
+    logic.wait_nats("the gateway heard", |s| s.gateways_live == 1).await;
     let mut member = gateway.member("r").await;
     gateway
         .internal()
