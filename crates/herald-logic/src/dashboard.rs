@@ -152,9 +152,7 @@ fn sample(api: &Api) -> DashboardData {
         mode,
         uptime_ms: u64::try_from(api.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         total,
-        closes: counts.closes,
-        dropped_frames: counts.dropped_frames,
-        history: counts.history,
+        counts,
         gateways,
     }
 }

@@ -2,12 +2,9 @@
 //! push API started; the page turns two samples into rates with [`DashboardData::uptime_ms`]. A figure a mode
 //! cannot see is `None` (JSON `null`), never a zero that looks measured. docs/operations.md shows the document.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::counts::GatewayCounts;
-pub use crate::counts::HistoryFigures;
 use crate::stats::HubStats;
 
 /// The dashboard's sample: the whole, and on logic each gateway beside it.
@@ -19,13 +16,10 @@ pub struct DashboardData {
     pub uptime_ms: u64,
     /// The whole: this node's hub (`herald serve` in memory), or what the push API took and the gateways sum to.
     pub total: Totals,
-    /// Connections closed, by reason (the labels of `herald_closes_total`): this process's, or on logic the sum
-    /// of what the gateways report; `None` when nobody reports them.
-    pub closes: Option<BTreeMap<String, u64>>,
-    /// Frames not sent to a connection, by reason (`herald_dropped_frames_total`); `None` as for `closes`.
-    pub dropped_frames: Option<BTreeMap<String, u64>>,
-    /// Room history and resuming JOINs; `None` as for `closes`.
-    pub history: Option<HistoryFigures>,
+    /// Closes, dropped frames and history (`closes`, `dropped_frames`, `history` at the document's top level):
+    /// this process's, or on logic the sum of what the gateways report; each `None` when nobody reports it.
+    #[serde(flatten)]
+    pub counts: GatewayCounts,
     /// On logic: each gateway, in the order configured (gRPC) or by id (NATS). Empty on `herald serve`.
     pub gateways: Vec<GatewayRow>,
 }
@@ -106,7 +100,10 @@ pub enum GatewayState {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::counts::HistoryFigures;
 
     #[test]
     fn the_document_reads_back_as_itself() {
@@ -120,9 +117,11 @@ mod tests {
                 frames: Some(2),
                 ..Totals::default()
             },
-            closes: None,
-            dropped_frames: Some(BTreeMap::from([("closing".to_owned(), 1)])),
-            history: Some(HistoryFigures::default()),
+            counts: GatewayCounts {
+                closes: None,
+                dropped_frames: Some(BTreeMap::from([("closing".to_owned(), 1)])),
+                history: Some(HistoryFigures::default()),
+            },
             gateways: vec![GatewayRow {
                 name: "127.0.0.1:7788".into(),
                 state: GatewayState::Down,

@@ -182,8 +182,9 @@ async fn logic_answers_503_when_no_gateway_is_reachable() {
     logic.stop().await;
 }
 
-/// Two `herald gateway` processes (`--merge-window 5ms`) and a `herald logic` forwarding to both (with
-/// `logic_args`), every link up.
+/// Two `herald gateway` processes (`--merge-window 5ms`; the first on a runtime of two workers, the second on one
+/// event loop, so that both of `worker_threads`' runtimes carry pushes) and a `herald logic` forwarding to both
+/// (with `logic_args`), every link up.
 async fn process_cluster(logic_args: &[&str]) -> (HeraldProcess, HeraldProcess, HeraldProcess, PushApi) {
     let gateway = [
         "gateway",
@@ -194,8 +195,8 @@ async fn process_cluster(logic_args: &[&str]) -> (HeraldProcess, HeraldProcess, 
         "--merge-window",
         "5ms",
     ];
-    let first = HeraldProcess::start(&gateway).await;
-    let second = HeraldProcess::start(&gateway).await;
+    let first = HeraldProcess::start(&[&gateway[..], &["--worker-threads", "2"]].concat()).await;
+    let second = HeraldProcess::start(&[&gateway[..], &["--worker-threads", "1"]].concat()).await;
     let gateways = format!("{},{}", first.addr("rpc"), second.addr("rpc"));
     let args = [
         &["logic", "--api-addr", "127.0.0.1:0", "--gateways", &gateways][..],

@@ -116,7 +116,7 @@ async fn the_dashboard_draws_what_serve_and_logic_count_in_chromium() {
     server.push_all(r#"["to everyone"]"#).await;
     member.items(11).await;
     drop(gone);
-    let closed = |data: &DashboardData| data.closes.as_ref().map(|c| c.values().sum::<u64>());
+    let closed = |data: &DashboardData| data.counts.closes.as_ref().map(|c| c.values().sum::<u64>());
     wait_data(&server, "the dropped client's close counted", |data| {
         closed(data) == Some(1)
     })
@@ -224,12 +224,12 @@ async fn the_dashboards_files_are_served_with_their_types_and_caching() {
     let data = dashboard_data(&server).await;
     assert_eq!(data.mode, DashboardMode::Hub);
     assert!(data.gateways.is_empty());
-    let closes = data.closes.expect("serve counts its closes");
+    let closes = data.counts.closes.expect("serve counts its closes");
     assert!(
         closes.contains_key("heartbeat") && closes.contains_key("slow_consumer"),
         "{closes:?}"
     );
-    assert!(data.dropped_frames.is_some() && data.history.is_some());
+    assert!(data.counts.dropped_frames.is_some() && data.counts.history.is_some());
     server.stop().await;
 }
 
@@ -351,8 +351,8 @@ async fn on_logic_each_gateway_is_listed_with_its_state_and_a_stopped_one_is_dow
             .all(|g| peer_gone(g.counts.as_ref().and_then(|c| c.closes.as_ref())) == Some(1))
     })
     .await;
-    assert_eq!(peer_gone(data.closes.as_ref()), Some(2), "{data:?}");
-    assert!(data.dropped_frames.is_some(), "{data:?}");
+    assert_eq!(peer_gone(data.counts.closes.as_ref()), Some(2), "{data:?}");
+    assert!(data.counts.dropped_frames.is_some(), "{data:?}");
 
     drop(on_second);
     second.stop().await;
@@ -407,7 +407,7 @@ async fn on_nats_the_gateways_heard_are_listed_and_what_they_do_not_announce_is_
     // A close on the gateway reaches logic with the next announcement.
     drop(Client::connect(gateway.ws).await);
     let data = wait_data(&logic, "the gateway's close announced", |data| {
-        data.closes.as_ref().and_then(|c| c.get("peer_gone")) == Some(&1)
+        data.counts.closes.as_ref().and_then(|c| c.get("peer_gone")) == Some(&1)
     })
     .await;
     let [row] = data.gateways.as_slice() else {
