@@ -74,6 +74,51 @@ pub fn slab_bytes() -> Option<u64> {
     status_kb(&fs::read_to_string("/proc/meminfo").ok()?, "Slab:").map(|kb| kb * 1024)
 }
 
+/// What the machine's network stack has had to do over again, since boot: a delta over a run says whether
+/// latency measured on loopback is the server's or the kernel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkTrouble {
+    /// Packets the kernel dropped because a CPU's input backlog was full (the second column of
+    /// /proc/net/softnet_stat, summed over CPUs): on loopback every segment passes through that backlog, which
+    /// holds `net.core.netdev_max_backlog` packets, and a dropped segment waits for TCP's retransmission timer.
+    pub backlog_drops: u64,
+    /// TCP segments sent again (`RetransSegs` of /proc/net/snmp).
+    pub retransmitted: u64,
+}
+
+impl NetworkTrouble {
+    /// The machine's counts now; `None` where /proc does not say.
+    pub fn now() -> Option<Self> {
+        Some(Self {
+            backlog_drops: softnet_drops(&fs::read_to_string("/proc/net/softnet_stat").ok()?)?,
+            retransmitted: snmp_field(&fs::read_to_string("/proc/net/snmp").ok()?, "Tcp:", "RetransSegs")?,
+        })
+    }
+
+    /// What happened between `before` and `self`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            backlog_drops: self.backlog_drops.saturating_sub(before.backlog_drops),
+            retransmitted: self.retransmitted.saturating_sub(before.retransmitted),
+        }
+    }
+}
+
+/// The drops of every CPU's line of /proc/net/softnet_stat (hexadecimal, the second column).
+fn softnet_drops(text: &str) -> Option<u64> {
+    text.lines()
+        .map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
+        .sum()
+}
+
+/// One field of /proc/net/snmp, whose sections are a line of names and a line of values, each starting `section`.
+fn snmp_field(text: &str, section: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|line| line.starts_with(section));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names.zip(values).find(|(n, _)| *n == name)?.1.parse().ok()
+}
+
 fn status_kb(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(key))
@@ -96,5 +141,22 @@ mod tests {
         child.wait().unwrap();
         assert!(slab_bytes().unwrap() > 0);
         assert_eq!(stat_cpu("1 (a b) S 0 0 0 0 0 0 0 0 0 0 250 150 0 0"), Some(4.0));
+    }
+
+    #[test]
+    fn reads_the_network_stack() {
+        let softnet = "0392f844 00095abd 0000000b 00000000\n03d3506c 0006ed2b 0000000c 00000000\n";
+        assert_eq!(softnet_drops(softnet), Some(0x95abd + 0x6ed2b));
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 225023 7\n";
+        assert_eq!(snmp_field(snmp, "Tcp:", "RetransSegs"), Some(225_023));
+        assert_eq!(snmp_field(snmp, "Tcp:", "Missing"), None);
+        let now = NetworkTrouble::now().expect("Linux has both files");
+        assert_eq!(
+            now.since(now),
+            NetworkTrouble {
+                backlog_drops: 0,
+                retransmitted: 0
+            }
+        );
     }
 }

@@ -4,6 +4,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::proc::NetworkTrouble;
 use crate::worker::Report;
 use crate::{publisher, worker};
 
@@ -49,6 +50,29 @@ pub(crate) fn print_table(outcome: &Outcome) {
             other => other.to_string(),
         };
         println!("  {name:<28} {value}");
+    }
+}
+
+/// What the machine's network stack dropped and sent again since `before`; `None` where /proc does not say.
+pub(crate) fn network_since(before: Option<NetworkTrouble>) -> Option<NetworkTrouble> {
+    before.zip(NetworkTrouble::now()).map(|(before, now)| now.since(before))
+}
+
+/// Puts what the machine's network stack dropped and sent again `during` a run (the whole machine's counts, so
+/// anything else on it is included), and warns when the loopback dropped packets: each waited for TCP to send it
+/// again, hundreds of milliseconds at the least, which no server caused.
+pub(crate) fn put_network(out: &mut Outcome, during: Option<NetworkTrouble>) {
+    out.put("backlog_drops", during.map(|d| d.backlog_drops));
+    out.put("tcp_retransmits", during.map(|d| d.retransmitted));
+    if let Some(during) = during.filter(|d| d.backlog_drops > 0) {
+        let limit = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog").unwrap_or_default();
+        eprintln!(
+            "herald bench: the kernel dropped {} packets at a full input backlog (net.core.netdev_max_backlog = {}): \
+             latency includes TCP's retransmission timeouts; raise it with `sysctl -w \
+             net.core.netdev_max_backlog=100000` for runs this large",
+            during.backlog_drops,
+            limit.trim()
+        );
     }
 }
 

@@ -130,6 +130,10 @@ pub struct Report {
     pub duplicates: u64,
     /// Connections the server closed before the end.
     pub closed_early: u64,
+    /// Connections that had not added their tally (frames, PONGs, gaps, duplicates, PINGs sent) when the worker
+    /// stopped waiting for them: those figures are short by theirs.
+    #[serde(default)]
+    pub unreported: u64,
     /// The same connections by how they ended: the close frame's status code (`"4000"`, `"1001"`, ...), `"no
     /// code"` (a close frame without one), `"no close frame"` (the stream just ended, or its close frame's reason was
     /// longer than the scanner's carry holds: 44 bytes), `"reset"` or `"error"`.
@@ -247,12 +251,15 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         let _ = stop_tx.send(true);
-        // Let every connection task add its tally (each holds a reference to `shared` until it has).
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Let every connection task add its tally (each holds a reference to `shared` until it has). A worker of a
+        // million-connection run, sharing two cores with the server, takes tens of seconds to get through all of
+        // its tasks.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Arc::strong_count(&shared) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut report = std::mem::take(&mut *shared.totals.lock().unwrap());
+        report.unreported = Arc::strong_count(&shared) as u64 - 1;
         let latency = shared.latency.lock().unwrap();
         report.latency_us = recorded(&latency.arrived);
         report.read_latency_us = recorded(&latency.read);

@@ -166,7 +166,7 @@ impl Workers {
         for (child, _, _) in &mut self.procs {
             let _ = child.wait().await;
         }
-        Ok(events
+        let reports: Vec<Report> = events
             .into_iter()
             .filter_map(|e| {
                 if let Event::Done(report) = e {
@@ -175,7 +175,15 @@ impl Workers {
                     None
                 }
             })
-            .collect())
+            .collect();
+        let unreported: u64 = reports.iter().map(|r| r.unreported).sum();
+        if unreported > 0 {
+            eprintln!(
+                "herald bench: {unreported} connections had not added their tally when the workers stopped: frames, \
+                 PONGs, PINGs sent, gaps and duplicates are short by theirs"
+            );
+        }
+        Ok(reports)
     }
 }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::cli::ConnectionsArgs;
 use crate::proc;
-use crate::report::{Outcome, progress, put_closed_early, put_heartbeats};
+use crate::proc::NetworkTrouble;
+use crate::report::{Outcome, network_since, progress, put_closed_early, put_heartbeats, put_network};
 use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
@@ -24,10 +25,10 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_after, slab_after) = (server.rss_bytes(), proc::slab_bytes());
     let pss_after = server.pss_bytes();
-    let cpu_before_hold = server.cpu_secs();
+    let (cpu_before_hold, network_before) = (server.cpu_secs(), NetworkTrouble::now());
     tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
     // The hold alone: what the open connections cost the server (their heartbeats), without the connects.
-    let held_cpu = server.cpu_since(cpu_before_hold);
+    let (held_cpu, network) = (server.cpu_since(cpu_before_hold), network_since(network_before));
     let reports = workers.finish().await?;
     let loadgen_cpu: f64 = reports.iter().map(|r| r.cpu_secs).sum();
     let server_cpu = server.cpu_secs();
@@ -76,5 +77,6 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     );
     out.put("loadgen_cpu_secs", loadgen_cpu);
     out.put("loadgen_rss_per_conn_bytes", loadgen_rss / conns.max(1) as u64);
+    put_network(&mut out, network);
     Ok(out)
 }

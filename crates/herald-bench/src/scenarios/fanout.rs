@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::FanoutArgs;
+use crate::proc::NetworkTrouble;
 use crate::publisher;
-use crate::report::{Outcome, progress, put_delivery};
+use crate::report::{Outcome, network_since, progress, put_delivery, put_network};
 use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
@@ -17,7 +18,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let (mut workers, Connected { conns, errors, .. }) =
         Workers::members(&server, args.conns, room, &args.target).await?;
 
-    let cpu_before = server.cpu_secs();
+    let (cpu_before, network_before) = (server.cpu_secs(), NetworkTrouble::now());
     let plan = publisher::Plan {
         api,
         room: room.map(str::to_owned),
@@ -33,7 +34,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     bar.finish_and_clear();
 
     workers.drain(published.expected_items).await?;
-    let server_cpu = server.cpu_since(cpu_before);
+    let (server_cpu, network) = (server.cpu_since(cpu_before), network_since(network_before));
     let reports = workers.finish().await?;
     server.stop().await;
 
@@ -46,5 +47,6 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     put_delivery(&mut out, &reports, &published);
     out.put("server_cpu_secs", server_cpu);
     out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
+    put_network(&mut out, network);
     Ok(out)
 }
