@@ -133,7 +133,8 @@ pub struct Hub<R> {
     config: HubConfig,
     closed: AtomicBool,
     metrics: HubMetrics,
-    /// Tasks one large fan-out is split over (the number of cores).
+    /// Tasks one large fan-out is split over: the runtime's worker threads (more tasks than threads would only
+    /// take turns on them).
     parallelism: usize,
     /// Where changes of interest in rooms go, when someone asked ([`Hub::watch_interest`]).
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
@@ -310,7 +311,10 @@ impl<R: Recipient> Hub<R> {
             config,
             closed: AtomicBool::new(false),
             metrics,
-            parallelism: std::thread::available_parallelism().map_or(1, usize::from),
+            parallelism: tokio::runtime::Handle::try_current()
+                .map(|runtime| runtime.metrics().num_workers())
+                .or_else(|_| std::thread::available_parallelism().map(usize::from))
+                .unwrap_or(1),
             interest: OnceLock::new(),
             epochs: Epochs::new(),
             elsewhere: OnceLock::new(),
