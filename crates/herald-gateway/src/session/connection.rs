@@ -229,10 +229,12 @@ impl Conn {
                 if let (true, Some(progress)) = (queued, last_progress) {
                     deadline = deadline.min(progress + limits.write_timeout);
                 }
-                // Every PING moves the heartbeat deadline later; re-arming the timer for each one would touch the
-                // timer wheel (and its lock) once per ping. A later deadline is left for the timer to find: it
-                // fires early, finds the peer alive, and is re-armed here once per heartbeat timeout at most.
-                if deadline < timer.deadline() || timer.is_elapsed() {
+                // Every read moves the heartbeat deadline later. Moving a pending timer later is one atomic
+                // exchange in tokio (the wheel finds the new deadline when it reaches the old one, and files the
+                // entry again without waking anyone), so it is moved at once: left for the timer to find, it fired
+                // once a PING interval per connection (as often as the PINGs themselves when they come every 40 s
+                // against a 60 s timeout), and each firing was a wake-up and a turn of this loop.
+                if deadline != timer.deadline() || timer.is_elapsed() {
                     timer.as_mut().reset(deadline);
                 }
             }
