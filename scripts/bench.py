@@ -550,12 +550,16 @@ def main():
     parser.add_argument("--reuse", action="store_true",
                         help="render the scenario results of the last run (target/bench-results.json) again")
     opts = parser.parse_args()
+    saved = os.path.join(ROOT, "target", "bench-results.json")
+    if opts.only and not opts.dry_run and not opts.reuse and not os.path.exists(saved):
+        # The block would be rendered from these scenarios alone, and every other section of BENCHMARKS.md lost.
+        sys.exit(f"--only needs the results of a whole run ({saved} is missing): run the script once without "
+                 "--only, or add --dry-run to print what these scenarios measure")
     if not opts.reuse:
         check_backlog(opts.only or [])
     subprocess.run(["cargo", "build", "--release", "-p", "herald"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "build", "--release", "-p", "herald-bench", "--example", "raw_fanout"], cwd=ROOT,
                    check=True)
-    saved = os.path.join(ROOT, "target", "bench-results.json")
     if opts.reuse:
         with open(saved) as f:
             results = json.load(f)
