@@ -491,3 +491,18 @@ async fn census_counts_rooms_users_and_disconnects() {
 
 mod history;
 mod stored;
+
+#[tokio::test]
+async fn a_fan_out_is_split_over_the_runtimes_workers_not_the_cores() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    // One event loop: however large the fan-out, one task (a second would only take turns with it).
+    assert_eq!(hub.fanout_tasks(1_000_000), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_large_fan_out_gets_a_task_per_worker() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    assert_eq!(hub.fanout_tasks(1_000_000), 3);
+    assert_eq!(hub.fanout_tasks(MIN_DELIVERIES_PER_TASK * 2), 2);
+    assert_eq!(hub.fanout_tasks(10), 1);
+}
