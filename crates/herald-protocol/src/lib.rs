@@ -7,6 +7,7 @@
 //! - [`client`]: the go-push client protocol (`PING`, `JOIN`, `LEAVE`, optional `"id"` acks) and its replies.
 //! - [`position`]: offsets and epochs of rooms with history, and the JOIN acknowledgement that carries them.
 //! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
+//! - [`forms`]: the wire forms a batch goes out in (the WebSocket `PUSH` frame first), each with its encoder.
 //! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.
 //! - [`bus`]: the contract between the push API and whatever delivers pushes (the hub, the cluster, NATS).
 //! - [`presence`]: who is in a room, a user's connections, the server's disconnect: queries every gateway answers.
@@ -20,6 +21,7 @@ pub mod bus;
 pub mod client;
 pub mod counts;
 pub mod dashboard;
+pub mod forms;
 pub mod position;
 pub mod presence;
 pub mod push;
