@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_hub::Hub;
+use herald_protocol::forms::WireForm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -214,7 +215,9 @@ impl Gateway {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Admitted { identity, _slot } = admitted;
         tracing::debug!(id, %peer, authenticated = identity.is_some(), "connected");
-        let (session, auth) = Session::new(id, stream, Arc::clone(&self.context), identity);
+        // Every connection of this listener takes go-push's PUSH frames, in WebSocket frames.
+        let form = WireForm::WebSocket;
+        let (session, auth) = Session::new(id, stream, form, Arc::clone(&self.context), identity);
         session::run(session, auth, early, shutdown).await;
         drop(_slot);
         drop(permit);

@@ -11,6 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use herald_hub::batch::MergePolicy;
 use herald_hub::{Hub, HubConfig, HubMetrics, Recipient};
 use herald_protocol::bus::Target;
+use herald_protocol::forms::WireForm;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +23,9 @@ struct Counter {
 impl Recipient for Counter {
     fn id(&self) -> u64 {
         self.id
+    }
+    fn form(&self) -> WireForm {
+        WireForm::WebSocket
     }
     fn deliver(&self, frame: &Bytes) {
         let taken = frame.clone();

@@ -32,6 +32,9 @@ use herald_protocol::position::Position;
 use tokio::time::Instant;
 
 use crate::metrics::HubMetrics;
+use crate::outcomes::Evicted;
+// Where callers have always found it.
+pub use crate::outcomes::Recovery;
 
 /// History settings (off when `size` is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,41 +121,6 @@ impl History {
         Position {
             offset,
             epoch: Arc::clone(&self.epoch),
-        }
-    }
-}
-
-/// Why an item left a history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Evicted {
-    Size,
-    Age,
-    Memory,
-}
-
-/// What a resuming JOIN finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// Every item after `since` is retained.
-    Recovered,
-    /// `since` is of another epoch.
-    OtherEpoch,
-    /// Items after `since` have left the history already.
-    Gone,
-    /// `since` is beyond where the room stands (the client's position cannot be of this epoch).
-    Ahead,
-    /// The store of a history kept elsewhere did not answer.
-    Unavailable,
-}
-
-impl Recovery {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Recovered => "recovered",
-            Self::OtherEpoch => "other_epoch",
-            Self::Gone => "gone",
-            Self::Ahead => "ahead",
-            Self::Unavailable => "unavailable",
         }
     }
 }

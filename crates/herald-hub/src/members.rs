@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::Recipient;
+use crate::recipient::Recipient;
 
 /// Up to this many members, a member is found by walking the list; past it, by an index kept beside the list.
 /// Most rooms, and nearly every user, have a few members: an index for them would cost more memory (a hash table
@@ -134,6 +134,8 @@ impl<R: Recipient> Members<R> {
 
 #[cfg(test)]
 mod tests {
+    use herald_protocol::forms::WireForm;
+
     use super::*;
 
     struct Member(u64);
@@ -141,6 +143,9 @@ mod tests {
     impl Recipient for Member {
         fn id(&self) -> u64 {
             self.0
+        }
+        fn form(&self) -> WireForm {
+            WireForm::WebSocket
         }
         fn deliver(&self, _frame: &bytes::Bytes) {}
         fn user(&self) -> Option<&Arc<str>> {

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::history::{Evicted, Recovery};
+use crate::outcomes::{Evicted, Recovery};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabel {
@@ -33,6 +33,8 @@ pub struct HubMetrics {
     pub(crate) items: Counter,
     pub(crate) refused_queue_full: Counter,
     pub(crate) refused_shutting_down: Counter,
+    pub(crate) refused_too_many_items: Counter,
+    pub(crate) refused_unavailable: Counter,
     pub(crate) items_unrouted: Counter,
     pub(crate) frames: Counter,
     pub(crate) frame_items: Counter,
@@ -78,6 +80,13 @@ impl HubMetrics {
                     reason: "shutting_down",
                 },
             ),
+            refused_too_many_items: labelled(
+                &refused,
+                ReasonLabel {
+                    reason: "too_many_items",
+                },
+            ),
+            refused_unavailable: labelled(&refused, ReasonLabel { reason: "unavailable" }),
             items_unrouted: Counter::default(),
             frames: Counter::default(),
             frame_items: Counter::default(),
@@ -105,7 +114,7 @@ impl HubMetrics {
         registry.register("herald_push_items", "Items accepted in pushes", metrics.items.clone());
         registry.register(
             "herald_pushes_refused",
-            "Pushes refused (answered 503), by reason",
+            "Pushes refused, by reason: queue_full, shutting_down and unavailable (answered 503), too_many_items (more items than a queue holds: 413)",
             refused,
         );
         registry.register(

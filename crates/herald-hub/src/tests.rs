@@ -2,9 +2,23 @@
 
 use std::time::Duration;
 
-use herald_protocol::push::payload;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::*;
+use bytes::Bytes;
+use herald_protocol::bus::{Accepted, Query, Refused, Target};
+use herald_protocol::forms::WireForm;
+use herald_protocol::position::{JoinAnswer, Position};
+use herald_protocol::push::payload;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::batch::MergePolicy;
+use crate::fanout::{MIN_DELIVERIES_PER_TASK, partition};
+use crate::{Hub, HubConfig, HubMetrics, Interest, Recipient};
 
 #[derive(Default)]
 struct Recorder {
@@ -18,6 +32,9 @@ struct Recorder {
 impl Recipient for Recorder {
     fn id(&self) -> u64 {
         self.id
+    }
+    fn form(&self) -> WireForm {
+        WireForm::WebSocket
     }
     fn deliver(&self, frame: &Bytes) {
         self.frames.lock().push(frame.clone());

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_hub::{Hub, Recipient};
+use herald_protocol::forms::WireForm;
 use herald_protocol::token::Identity;
 use herald_protocol::ws::{self, close};
 use parking_lot::Mutex;
@@ -44,6 +45,8 @@ pub(crate) struct Context {
 pub struct Session {
     pub(super) id: u64,
     pub(super) stream: TcpStream,
+    /// How its frames go on the wire, stated when it was accepted.
+    form: WireForm,
     pub(super) outbox: Mutex<Outbox>,
     /// Wakes the session's task: something was queued, or the connection must close.
     pub(super) wake: Notify,
@@ -60,6 +63,7 @@ impl Session {
     pub(crate) fn new(
         id: u64,
         stream: TcpStream,
+        form: WireForm,
         context: Arc<Context>,
         identity: Option<Identity>,
     ) -> (Arc<Self>, Option<Auth>) {
@@ -74,6 +78,7 @@ impl Session {
         let session = Arc::new(Self {
             id,
             stream,
+            form,
             outbox: Mutex::default(),
             wake: Notify::new(),
             context,
@@ -114,6 +119,10 @@ pub(super) struct Outbox {
 impl Recipient for Session {
     fn id(&self) -> u64 {
         self.id
+    }
+
+    fn form(&self) -> WireForm {
+        self.form
     }
 
     fn deliver(&self, frame: &Bytes) {

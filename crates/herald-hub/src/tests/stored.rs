@@ -7,6 +7,7 @@ use herald_protocol::client::Since;
 
 use super::*;
 use crate::history::{HistoryConfig, Recovery};
+use crate::{Completion, Fetched, JoinRequest, StoredSince};
 
 const EPOCH: &str = "js-test";
 
