@@ -13,7 +13,8 @@ use tokio::io::Interest;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{Auth, Commands, Flow};
+use super::auth::Auth;
+use super::commands::{Commands, Flow};
 use super::writer::Session;
 use crate::metrics::{CloseReason, DropReason};
 

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::commands::Auth;
+use super::auth::Auth;
 use crate::GatewayConfig;
 use crate::access::Access;
 use crate::metrics::{CloseReason, DropReason, GatewayMetrics};
