@@ -36,15 +36,15 @@ pub(super) struct Commands<'a> {
     pub(super) session: &'a Arc<Session>,
     pub(super) rooms: &'a mut Vec<Arc<str>>,
     pub(super) auth: &'a mut Option<Auth>,
-    /// Our close is under way: data messages are ignored, only the peer's close matters.
-    pub(super) closing: bool,
 }
 
 impl Commands<'_> {
-    pub(super) fn on_message(&mut self, message: Message<'_>) -> Flow {
+    /// Handles one message. While our close is under way (`closing`), data messages are ignored: only the peer's
+    /// close matters.
+    pub(super) fn on_message(&mut self, message: Message<'_>, closing: bool) -> Flow {
         match message {
             Message::Close(code) => Flow::PeerClosed(code),
-            _ if self.closing => Flow::Continue,
+            _ if closing => Flow::Continue,
             // The conformance echo server (Gateway::new_echo, built only with the `conformance` feature): every
             // message goes back as it came.
             #[cfg(feature = "conformance")]

@@ -382,22 +382,26 @@ impl Conn {
 
     /// Handles the complete frames at the start of `buf`; returns the bytes used.
     fn consume(&mut self, buf: &mut [u8]) -> (usize, Flow) {
-        let limit = self.session.context.limits.max_message_bytes;
+        let limits = &self.session.context.limits;
+        // Lent field by field: a message borrows the assembler while the commands handle it.
+        let mut commands = Commands {
+            session: &self.session,
+            rooms: &mut self.rooms,
+            auth: &mut self.auth,
+        };
         let mut used = 0;
         loop {
-            let header = match decode_header(&buf[used..], limit) {
+            let header = match decode_header(&buf[used..], limits.max_message_bytes) {
                 Ok(Some(header)) if buf.len() - used >= header.frame_len() => header,
                 Ok(_) => return (used, Flow::Continue),
-                Err(e) => return (used, self.commands(false).frame_error(&e)),
+                Err(e) => return (used, commands.frame_error(&e)),
             };
             let payload = &mut buf[used + header.header_len..used + header.frame_len()];
             unmask(payload, header.mask);
             used += header.frame_len();
             let closing = self.session.outbox.lock().closing;
-            let flow = match self.assembler.on_frame(&header, payload, limit) {
-                Ok(Some(message))
-                    if !closing && !spend(&mut self.allowance, &self.session.context.limits, &message) =>
-                {
+            let flow = match self.assembler.on_frame(&header, payload, limits.max_message_bytes) {
+                Ok(Some(message)) if !closing && !spend(&mut self.allowance, limits, &message) => {
                     // Counted when the connection ends (herald_closes_total{reason="message_rate"}).
                     tracing::debug!(id = self.session.id, "message rate exceeded, closing");
                     Flow::Close {
@@ -406,32 +410,14 @@ impl Conn {
                         why: CloseReason::MessageRate,
                     }
                 }
-                Ok(Some(message)) => {
-                    let mut commands = Commands {
-                        session: &self.session,
-                        rooms: &mut self.rooms,
-                        auth: &mut self.auth,
-                        closing,
-                    };
-                    commands.on_message(message)
-                }
+                Ok(Some(message)) => commands.on_message(message, closing),
                 Ok(None) => Flow::Continue,
-                Err(e) => self.commands(closing).frame_error(&e),
+                Err(e) => commands.frame_error(&e),
             };
             self.assembler.release();
             if !matches!(flow, Flow::Continue) {
                 return (used, flow);
             }
-        }
-    }
-
-    /// The client-command handler, lent this connection's session and rooms.
-    fn commands(&mut self, closing: bool) -> Commands<'_> {
-        Commands {
-            session: &self.session,
-            rooms: &mut self.rooms,
-            auth: &mut self.auth,
-            closing,
         }
     }
 }
