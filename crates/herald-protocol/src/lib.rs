@@ -5,7 +5,8 @@
 //! - [`ws`]: WebSocket frames (RFC 6455) as a server sees them: the header decoder, the message assembler that
 //!   joins fragments and checks UTF-8, and the encoder for the unmasked frames a server sends.
 //! - [`client`]: the go-push client protocol (`PING`, `JOIN`, `LEAVE`, optional `"id"` acks) and its replies.
-//! - [`position`]: offsets and epochs of rooms with history, and the JOIN acknowledgement that carries them.
+//! - [`position`]: offsets and epochs of rooms with history, their JSON form (a PUSH frame's too), and the JOIN
+//!   acknowledgement that carries them.
 //! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
 //! - [`forms`]: the wire forms a batch goes out in (the WebSocket `PUSH` frame first), each with its encoder.
 //! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.

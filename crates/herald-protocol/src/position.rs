@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::push::json_string;
 use crate::ws::{self, OpCode};
 
 /// A position in a room's history.
@@ -19,6 +18,14 @@ pub struct Position {
     pub offset: u64,
     /// The epoch the offset belongs to.
     pub epoch: Arc<str>,
+}
+
+impl Position {
+    /// The position as PUSH frames and JOIN acknowledgements carry it: the JSON members `"offset":O,"epoch":"E"`.
+    pub(crate) fn json_members(&self) -> String {
+        let epoch = serde_json::to_string(&*self.epoch).expect("a string serializes");
+        format!(r#""offset":{},"epoch":{epoch}"#, self.offset)
+    }
 }
 
 /// How a JOIN of a room with history was answered.
@@ -41,10 +48,9 @@ pub fn join_ack(id: &RawValue, joined: &JoinAnswer) -> Bytes {
         Some(false) => r#","recovered":false"#,
     };
     let json = format!(
-        r#"{{"type":"ACK","id":{},"data":{{"offset":{},"epoch":{}{recovered}}}}}"#,
+        r#"{{"type":"ACK","id":{},"data":{{{}{recovered}}}}}"#,
         id.get(),
-        joined.position.offset,
-        json_string(&joined.position.epoch),
+        joined.position.json_members(),
     );
     ws::frame(OpCode::Text, json.as_bytes())
 }

@@ -38,8 +38,9 @@ pub fn push_frame_at(target: &Target, items: &[Bytes], at: Option<&Position>) ->
     let room_len = room_json.as_ref().map_or(0, Vec::len);
     // The items, their commas and the closing `]`.
     let items_len: usize = items.iter().map(Bytes::len).sum::<usize>() + items.len().saturating_sub(1) + 1;
-    let position = at.map(|at| format!(r#","offset":{},"epoch":{}"#, at.offset, json_string(&at.epoch)));
-    let position_len = position.as_ref().map_or(0, String::len);
+    let position = at.map(Position::json_members);
+    // With its leading comma.
+    let position_len = position.as_ref().map_or(0, |members| 1 + members.len());
     let payload_len = PREFIX.len() + room_len + ITEMS_OPEN.len() + items_len + position_len + CLOSE.len();
 
     let mut out = BytesMut::with_capacity(ws::header_len(payload_len) + payload_len);
@@ -57,16 +58,12 @@ pub fn push_frame_at(target: &Target, items: &[Bytes], at: Option<&Position>) ->
     }
     out.put_u8(b']');
     if let Some(position) = &position {
+        out.put_u8(b',');
         out.put_slice(position.as_bytes());
     }
     out.put_slice(CLOSE);
     debug_assert_eq!(out.len(), ws::header_len(payload_len) + payload_len);
     out.freeze()
-}
-
-/// A string as JSON text.
-pub(crate) fn json_string(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
 }
 
 /// The JSON payload of a frame made by [`push_frame`] (the bytes after the WebSocket header).

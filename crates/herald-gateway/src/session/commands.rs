@@ -6,16 +6,15 @@
 //! token's expiry and rooms with a newer token's of the same user.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_hub::Recipient;
 use herald_protocol::client::{self, Command, MessageError, RequestError, Since};
 use herald_protocol::position::{self, JoinAnswer};
-use herald_protocol::token::{RoomPatterns, TokenError};
+use herald_protocol::token::TokenError;
 use herald_protocol::ws::{self, FrameError, Message, OpCode, close};
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
+use super::auth::Auth;
 use super::writer::Session;
 use crate::metrics::{BadInput, CloseReason};
 
@@ -32,53 +31,20 @@ pub(super) enum Flow {
     PeerClosed(Option<u16>),
 }
 
-/// What an authenticated connection's task keeps of its token: when it expires and which rooms it allows.
-pub(crate) struct Auth {
-    expires: Instant,
-    rooms: RoomPatterns,
-}
-
-impl Auth {
-    /// `expires` in seconds since the Unix epoch (a token's `exp`).
-    pub(crate) fn new(expires: u64, rooms: RoomPatterns) -> Self {
-        Self {
-            expires: instant_of(expires),
-            rooms,
-        }
-    }
-
-    pub(super) fn expires(&self) -> Instant {
-        self.expires
-    }
-}
-
-/// Longest a token is held to: an `exp` further off is taken as this far (it cannot overflow a clock).
-const LONGEST_TOKEN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The moment a Unix time in seconds comes (now, if it has passed).
-fn instant_of(unix_secs: u64) -> Instant {
-    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(unix_secs)) {
-        None => LONGEST_TOKEN,
-        // Passed already: due now.
-        Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
-    };
-    Instant::now() + left.min(LONGEST_TOKEN)
-}
-
 /// What handling one message needs (kept apart from the assembler that lends the message).
 pub(super) struct Commands<'a> {
     pub(super) session: &'a Arc<Session>,
     pub(super) rooms: &'a mut Vec<Arc<str>>,
     pub(super) auth: &'a mut Option<Auth>,
-    /// Our close is under way: data messages are ignored, only the peer's close matters.
-    pub(super) closing: bool,
 }
 
 impl Commands<'_> {
-    pub(super) fn on_message(&mut self, message: Message<'_>) -> Flow {
+    /// Handles one message. While our close is under way (`closing`), data messages are ignored: only the peer's
+    /// close matters.
+    pub(super) fn on_message(&mut self, message: Message<'_>, closing: bool) -> Flow {
         match message {
             Message::Close(code) => Flow::PeerClosed(code),
-            _ if self.closing => Flow::Continue,
+            _ if closing => Flow::Continue,
             // The conformance echo server (Gateway::new_echo, built only with the `conformance` feature): every
             // message goes back as it came.
             #[cfg(feature = "conformance")]
@@ -185,7 +151,7 @@ impl Commands<'_> {
         ) else {
             return Ok(());
         };
-        if self.session.context.access.may_join(&auth.rooms, room) {
+        if self.session.context.access.may_join(auth.rooms(), room) {
             return Ok(());
         }
         let Some(token) = token else {
@@ -268,21 +234,5 @@ impl Commands<'_> {
             reason: reason.to_owned(),
             why: CloseReason::BadInput,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn any_exp_makes_an_instant() {
-        let now = Instant::now();
-        assert!(instant_of(0) <= Instant::now());
-        assert!(instant_of(1) <= Instant::now());
-        assert!(instant_of(u64::MAX) >= now + LONGEST_TOKEN);
-        let in_a_minute = herald_protocol::token::unix_now() + 60;
-        let at = instant_of(in_a_minute);
-        assert!(at > now + Duration::from_secs(58) && at < now + Duration::from_secs(62));
     }
 }

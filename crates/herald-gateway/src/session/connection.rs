@@ -13,7 +13,8 @@ use tokio::io::Interest;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{Auth, Commands, Flow};
+use super::auth::Auth;
+use super::commands::{Commands, Flow};
 use super::writer::Session;
 use crate::metrics::{CloseReason, DropReason};
 
@@ -33,8 +34,9 @@ const CLOSING_READ_BYTES: usize = 64 << 10;
 enum State {
     /// Reading and writing.
     Open,
-    /// A close frame is queued (by this task, or by the writer for a slow consumer): the connection ends when it is
-    /// out and the peer has answered, or at the latest one write timeout after the close began.
+    /// A close frame is queued (by this task, or by the writer: a full outbox, the push API's disconnect): the
+    /// connection ends when it is out and the peer has answered, or at the latest one write timeout after the
+    /// close began.
     Closing(Closing),
 }
 
@@ -99,6 +101,15 @@ impl State {
             Self::Closing(closing) => closing,
             Self::Open => unreachable!("set just above"),
         }
+    }
+
+    /// The close under way, taken up from the writer if the writer began it (a full outbox, a failed write, the
+    /// push API's disconnect), with the reason the writer gave (`ended_by`); a close this task began keeps its
+    /// own. The first reason found stands.
+    fn close_under_way(&mut self, ended_by: Option<CloseReason>) -> &mut Closing {
+        // Every close the writer begins names its reason; with none, the close is this task's and under way.
+        debug_assert!(ended_by.is_some() || self.why().is_some());
+        self.closing(ended_by.unwrap_or(CloseReason::WriteError))
     }
 }
 
@@ -185,25 +196,10 @@ impl Conn {
             }
             self.paused = paused;
             if failed {
-                return self.state.why().unwrap_or(CloseReason::WriteError);
-            }
-            // Checked here, not only when the timer fires: a client that keeps the socket readable would otherwise
-            // keep the (last, biased) timer branch from ever being polled, and outlive its token or stall its
-            // writes forever.
-            if !closing {
-                let now = Instant::now();
-                if queued && last_progress.is_some_and(|progress| now >= progress + limits.write_timeout) {
-                    return CloseReason::SlowConsumer;
-                }
-                if self.auth.as_ref().is_some_and(|auth| now >= auth.expires()) {
-                    self.state.closing(CloseReason::TokenExpired);
-                    self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
-                    continue;
-                }
+                return self.ended(ended_by, CloseReason::WriteError);
             }
             if closing {
-                // A close the writer began (a full outbox, the push API's disconnect) is found here.
-                let state = self.state.closing(ended_by.unwrap_or(CloseReason::SlowConsumer));
+                let state = self.state.close_under_way(ended_by);
                 if !queued && state.input == Input::Done {
                     return state.why;
                 }
@@ -222,13 +218,31 @@ impl Conn {
                 }
                 timer.as_mut().reset(deadline);
             } else {
-                let mut deadline = self.last_seen + limits.heartbeat_timeout;
-                if let Some(expires) = self.auth.as_ref().map(Auth::expires) {
-                    deadline = deadline.min(expires);
+                // An open connection's deadlines, checked at every turn, not only when the timer fires: a client
+                // that keeps the socket readable would otherwise keep the (last, biased) timer branch from ever
+                // being polled, and outlive its token or stall its writes forever.
+                let write = last_progress
+                    .filter(|_| queued)
+                    .map(|progress| progress + limits.write_timeout);
+                let token = self.auth.as_ref().map(Auth::expires);
+                let heartbeat = self.last_seen + limits.heartbeat_timeout;
+                let now = Instant::now();
+                if write.is_some_and(|write| now >= write) {
+                    // Nothing moved for a whole write timeout: a close frame would not get through either.
+                    return CloseReason::SlowConsumer;
                 }
-                if let (true, Some(progress)) = (queued, last_progress) {
-                    deadline = deadline.min(progress + limits.write_timeout);
+                if token.is_some_and(|token| now >= token) {
+                    self.state.closing(CloseReason::TokenExpired);
+                    self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
+                    continue;
                 }
+                if now >= heartbeat {
+                    self.state.closing(CloseReason::Heartbeat);
+                    self.session
+                        .begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
+                    continue;
+                }
+                let deadline = [write, token].into_iter().flatten().fold(heartbeat, Instant::min);
                 // Every read moves the heartbeat deadline later. Moving a pending timer later is one atomic
                 // exchange in tokio (the wheel finds the new deadline when it reaches the old one, and files the
                 // entry again without waking anyone), so it is moved at once: left for the timer to find, it fired
@@ -249,37 +263,33 @@ impl Conn {
                 // `readable()` and `writable()` would join (and leave) the socket's list of waiters at every turn.
                 ready = std::future::poll_fn(|cx| session.stream.poll_write_ready(cx)), if queued => {
                     if ready.and_then(|()| self.session.flush()).is_err() {
-                        return self.state.why().unwrap_or(CloseReason::WriteError);
+                        let ended_by = self.session.outbox.lock().ended_by;
+                        return self.ended(ended_by, CloseReason::WriteError);
                     }
                 }
                 ready = std::future::poll_fn(|cx| session.stream.poll_read_ready(cx)), if self.state.reading() && !paused => {
                     if ready.is_err() || !self.read_available() {
-                        if !self.session.outbox.lock().closing {
-                            return self.state.why().unwrap_or(CloseReason::PeerGone);
+                        let (closing, ended_by) = {
+                            let outbox = self.session.outbox.lock();
+                            (outbox.closing, outbox.ended_by)
+                        };
+                        if !closing {
+                            return self.ended(ended_by, CloseReason::PeerGone);
                         }
                         // Half-closed: what we still owe it (our close frame) may yet be written.
-                        self.state.closing(CloseReason::SlowConsumer).input = Input::Done;
+                        self.state.close_under_way(ended_by).input = Input::Done;
                     }
                 }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if closing {
-                        continue; // the closing deadline is checked at the top
-                    }
-                    if queued && last_progress.is_some_and(|p| now >= p + limits.write_timeout) {
-                        // Nothing moved for a whole write timeout: a close frame would not get through either.
-                        return CloseReason::SlowConsumer;
-                    }
-                    if self.auth.as_ref().is_some_and(|auth| now >= auth.expires()) {
-                        self.state.closing(CloseReason::TokenExpired);
-                        self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
-                    } else if now >= self.last_seen + limits.heartbeat_timeout {
-                        self.state.closing(CloseReason::Heartbeat);
-                        self.session.begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
-                    }
-                }
+                // The deadlines are checked at the top of the loop.
+                () = &mut timer => {}
             }
         }
+    }
+
+    /// Why the connection ends now that `cause` stops it: the reason of a close already under way (this task's, or
+    /// the writer's `ended_by`), else `cause`.
+    fn ended(&self, ended_by: Option<CloseReason>, cause: CloseReason) -> CloseReason {
+        self.state.why().or(ended_by).unwrap_or(cause)
     }
 
     /// Reads what the socket has; false when the peer is gone.
@@ -381,22 +391,26 @@ impl Conn {
 
     /// Handles the complete frames at the start of `buf`; returns the bytes used.
     fn consume(&mut self, buf: &mut [u8]) -> (usize, Flow) {
-        let limit = self.session.context.limits.max_message_bytes;
+        let limits = &self.session.context.limits;
+        // Lent field by field: a message borrows the assembler while the commands handle it.
+        let mut commands = Commands {
+            session: &self.session,
+            rooms: &mut self.rooms,
+            auth: &mut self.auth,
+        };
         let mut used = 0;
         loop {
-            let header = match decode_header(&buf[used..], limit) {
+            let header = match decode_header(&buf[used..], limits.max_message_bytes) {
                 Ok(Some(header)) if buf.len() - used >= header.frame_len() => header,
                 Ok(_) => return (used, Flow::Continue),
-                Err(e) => return (used, self.commands(false).frame_error(&e)),
+                Err(e) => return (used, commands.frame_error(&e)),
             };
             let payload = &mut buf[used + header.header_len..used + header.frame_len()];
             unmask(payload, header.mask);
             used += header.frame_len();
             let closing = self.session.outbox.lock().closing;
-            let flow = match self.assembler.on_frame(&header, payload, limit) {
-                Ok(Some(message))
-                    if !closing && !spend(&mut self.allowance, &self.session.context.limits, &message) =>
-                {
+            let flow = match self.assembler.on_frame(&header, payload, limits.max_message_bytes) {
+                Ok(Some(message)) if !closing && !spend(&mut self.allowance, limits, &message) => {
                     // Counted when the connection ends (herald_closes_total{reason="message_rate"}).
                     tracing::debug!(id = self.session.id, "message rate exceeded, closing");
                     Flow::Close {
@@ -405,32 +419,14 @@ impl Conn {
                         why: CloseReason::MessageRate,
                     }
                 }
-                Ok(Some(message)) => {
-                    let mut commands = Commands {
-                        session: &self.session,
-                        rooms: &mut self.rooms,
-                        auth: &mut self.auth,
-                        closing,
-                    };
-                    commands.on_message(message)
-                }
+                Ok(Some(message)) => commands.on_message(message, closing),
                 Ok(None) => Flow::Continue,
-                Err(e) => self.commands(closing).frame_error(&e),
+                Err(e) => commands.frame_error(&e),
             };
             self.assembler.release();
             if !matches!(flow, Flow::Continue) {
                 return (used, flow);
             }
-        }
-    }
-
-    /// The client-command handler, lent this connection's session and rooms.
-    fn commands(&mut self, closing: bool) -> Commands<'_> {
-        Commands {
-            session: &self.session,
-            rooms: &mut self.rooms,
-            auth: &mut self.auth,
-            closing,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::commands::Auth;
+use super::auth::Auth;
 use crate::GatewayConfig;
 use crate::access::Access;
 use crate::metrics::{CloseReason, DropReason, GatewayMetrics};
@@ -112,7 +112,8 @@ pub(super) struct Outbox {
     pub(super) last_progress: Option<Instant>,
     /// A write failed; the connection is dead.
     pub(super) failed: bool,
-    /// Why the writer's side began the close, when it did (a full outbox, the push API's disconnect).
+    /// Why the writer's side began the close, when it did (a full outbox, a failed write, the push API's
+    /// disconnect); every close it begins names its reason here.
     pub(super) ended_by: Option<CloseReason>,
 }
 
@@ -146,6 +147,7 @@ impl Recipient for Session {
                 Err(_) => {
                     outbox.failed = true;
                     outbox.closing = true;
+                    outbox.ended_by.get_or_insert(CloseReason::WriteError);
                     drop(outbox);
                     self.context.metrics.dropped(DropReason::Closing, 1);
                     self.wake.notify_one();
