@@ -10,18 +10,24 @@
 //! - [`worker`]: a worker process holding its share of connections on one thread.
 //! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
 //! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
+//! - `http`: that HTTP/1.1 client, also for `/healthz` and `/stats`; `sched`: SCHED_BATCH for the load generator's
+//!   processes.
 //! - [`proc`]: CPU, RSS and kernel slab memory from /proc.
+//!
+//! Imports point one way, from the scenarios down to these parts: no two modules import each other.
 //!
 //! It links only what it needs to speak to herald from outside: of herald's crates, only the protocol crate, for the
 //! `/stats` documents it reads.
 
 pub mod attack;
 pub mod cli;
+mod http;
 pub mod proc;
 mod publisher;
 mod report;
 pub mod scan;
 mod scenarios;
+mod sched;
 mod server;
 pub mod worker;
 mod workers;

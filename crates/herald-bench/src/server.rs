@@ -12,7 +12,7 @@ use herald_protocol::stats::{HubStats, Stats};
 use tokio::process::{Child, Command};
 
 use crate::cli::Target;
-use crate::{proc, publisher};
+use crate::{http, proc};
 
 /// A herald under test: started by the bench (one `serve`, or gateways and a logic node), or given.
 pub(crate) struct Server {
@@ -195,7 +195,7 @@ impl Server {
 
     /// Healthy, and every gateway known to logic (linked over gRPC, or announced on NATS).
     pub(crate) async fn ready(&self, api: SocketAddr) -> bool {
-        if !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+        if !matches!(http::get(api, "/healthz").await, Ok((200, _))) {
             return false;
         }
         let Some(gateways) = self.gateways else {
@@ -321,7 +321,7 @@ impl PeakRss {
 /// Waits until `/healthz` at `addr` answers 200.
 pub(crate) async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(publisher::get(addr, "/healthz").await, Ok((200, _))) {
+    while !matches!(http::get(addr, "/healthz").await, Ok((200, _))) {
         if Instant::now() > deadline {
             bail!("herald did not become healthy on {addr}");
         }
@@ -337,7 +337,7 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// The server's `GET /stats`.
 pub(crate) async fn stats(api: SocketAddr) -> anyhow::Result<Stats> {
-    let (status, body) = publisher::get(api, "/stats").await?;
+    let (status, body) = http::get(api, "/stats").await?;
     if status != 200 {
         bail!("/stats answered {status}: {body}");
     }

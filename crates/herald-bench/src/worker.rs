@@ -30,7 +30,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::proc;
-use crate::scan::{CARRY, Scanner, Tally};
+use crate::scan::{CARRY, Scanner, Tally, now_us};
 
 /// Connections bound to one source address.
 const CONNS_PER_SOURCE: usize = 10_000;
@@ -603,13 +603,6 @@ fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result
         })
     });
     Ok((message.bytes, arrived))
-}
-
-/// Microseconds since the Unix epoch (the clock publisher and workers share on one machine).
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn join_frame(room: &str) -> Vec<u8> {
