@@ -307,7 +307,7 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
         })
         .map(|(_, v)| v.trim().to_owned())
         .ok_or(io::ErrorKind::InvalidData)?;
-    stream.write_all(switching_protocols(&accept_key(&key)).as_bytes())?;
+    stream.write_all(switching_protocols(&accept_key(&key), None).as_bytes())?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
