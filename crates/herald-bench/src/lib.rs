@@ -8,6 +8,7 @@
 //! - `server`: the herald under test (started or given), its readiness, `/stats`, CPU and memory.
 //! - `workers`: the coordinator's side of the worker processes; `report`: the figures and how they print.
 //! - [`worker`]: a worker process holding its share of connections on one thread.
+//! - `client`: the client side of herald's protocol (handshake, masked frames, tokens) for workers and attackers.
 //! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
 //! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
 //! - `http`: that HTTP/1.1 client, also for `/healthz` and `/stats`; `sched`: SCHED_BATCH for the load generator's
@@ -21,6 +22,7 @@
 
 pub mod attack;
 pub mod cli;
+mod client;
 mod http;
 pub mod proc;
 mod publisher;
