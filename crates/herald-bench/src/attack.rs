@@ -1,4 +1,4 @@
-//! Hostile clients for `herald bench hostile`: connections that do what no client library would, each kind in a
+//! Hostile clients for `herald-bench hostile`: connections that do what no client library would, each kind in a
 //! loop that reconnects whenever herald closes it, until the attack's deadline. They run on a thread of their own
 //! (one event loop), so that a flood does not slow the coordinator's publisher.
 

@@ -4,8 +4,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_protocol::ws::HEARTBEAT_TIMEOUT_HEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,6 +32,15 @@ pub(crate) async fn upgrade(stream: &mut TcpStream, target: SocketAddr, query: &
         return Err(io::Error::other(head));
     }
     Ok(head)
+}
+
+/// The heartbeat timeout an upgrade's answer `head` says ([`HEARTBEAT_TIMEOUT_HEADER`]), if it says one.
+pub(crate) fn heartbeat_timeout(head: &str) -> Option<Duration> {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case(HEARTBEAT_TIMEOUT_HEADER))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .map(Duration::from_millis)
 }
 
 /// The `?token=` query of a connection token for `user`, signed with `secret` (HS256): any room, valid for a day.
@@ -63,4 +73,17 @@ pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&key);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_heartbeat_timeout_herald_says() {
+        let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Accept: x\r\nherald-heartbeat-timeout-ms: 1500\r\n\r\n";
+        assert_eq!(heartbeat_timeout(head), Some(Duration::from_millis(1500)));
+        assert_eq!(heartbeat_timeout("HTTP/1.1 101 Switching Protocols\r\n\r\n"), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! A load-generator worker process: holds its share of the connections on one thread.
 //!
-//! The coordinator starts `herald bench-worker`, writes one [`Plan`] line to its stdin, and then sends commands
+//! The coordinator starts `herald-bench worker`, writes one [`Plan`] line to its stdin, and then sends commands
 //! (`status`, `stop`), one per line; the worker answers each with one [`Event`] line on stdout. Running connections
 //! in several processes gets past the per-process file-descriptor limit, and binding each process's connections to
 //! its own 127.x.y.z source addresses keeps the ephemeral ports of any one address far from exhausted.

@@ -179,7 +179,7 @@ impl Workers {
         let unreported: u64 = reports.iter().map(|r| r.unreported).sum();
         if unreported > 0 {
             eprintln!(
-                "herald bench: {unreported} connections had not added their tally when the workers stopped: frames, \
+                "herald-bench: {unreported} connections had not added their tally when the workers stopped: frames, \
                  PONGs, PINGs sent, gaps and duplicates are short by theirs"
             );
         }
@@ -190,7 +190,7 @@ impl Workers {
 pub(crate) async fn spawn_worker(plan: &Plan) -> anyhow::Result<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)> {
     // Workers run as SCHED_BATCH when the system can (see `sched`).
     let mut child = sched::batch_command(std::env::current_exe()?)
-        .arg("bench-worker")
+        .arg("worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
