@@ -3,7 +3,7 @@
 
     usage: scripts/bench.py [--only NAME ...] [--dry-run]
 
-Builds the release binary, runs every scenario with `herald bench ... --json`, and replaces what stands between
+Builds the release binaries, runs every scenario with `herald-bench ... --json`, and replaces what stands between
 the `<!-- generated:start -->` and `<!-- generated:end -->` markers of BENCHMARKS.md with the machine, the date,
 each command and its figures, and the targets table. The hand-written notes outside the markers stay.
 
@@ -27,11 +27,12 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HERALD = os.path.join(ROOT, "target", "release", "herald")
+# herald-bench starts the herald beside it, target/release/herald.
+HERALD_BENCH = os.path.join(ROOT, "target", "release", "herald-bench")
 RAW_FANOUT = os.path.join(ROOT, "target", "release", "examples", "raw_fanout")
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
-# name -> (title, herald bench arguments)
+# name -> (title, herald-bench arguments)
 SCENARIOS = {
     "idle": ("19,000 idle connections in one room",
              ["connections", "--conns", "19000", "--secs", "3"]),
@@ -246,7 +247,7 @@ def check_backlog(names):
 
 
 def run(args):
-    out = subprocess.run([HERALD, "bench", *args, "--json"], check=True, capture_output=True, text=True,
+    out = subprocess.run([HERALD_BENCH, *args, "--json"], check=True, capture_output=True, text=True,
                          timeout=1800).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -266,7 +267,7 @@ def floor_args(name):
 
 
 def run_floor(name):
-    """Runs a floor scenario: raw_fanout on free ports, `herald bench` attached to it once it answers /stats (its
+    """Runs a floor scenario: raw_fanout on free ports, `herald-bench` attached to it once it answers /stats (its
     other processes are up by then)."""
     ws, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     raw = subprocess.Popen([RAW_FANOUT, ws, api, *floor_args(name)])
@@ -486,7 +487,7 @@ def render(results, benches):
     attacked, baseline = results.get("hostile"), results.get("hostile_baseline")
     if attacked and baseline:
         lines += ["", "## Under attack", "",
-                  "The same 5,000 clients and pushes, without and with 1,000 hostile connections (`herald bench "
+                  "The same 5,000 clients and pushes, without and with 1,000 hostile connections (`herald-bench "
                   "hostile`, each attacker reconnecting whenever herald closes it). Server CPU and RSS are herald's.",
                   "", "| figure | no attack | under attack |", "|---|---|---|"]
         for figure in ["items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms",
@@ -503,7 +504,7 @@ def render(results, benches):
         result = results.get(name)
         if result is None:
             continue
-        command = ["herald bench " + " ".join(args)]
+        command = ["herald-bench " + " ".join(args)]
         if name in FLOOR_OF:
             command = [f"target/release/examples/raw_fanout WS_ADDR API_ADDR {' '.join(floor_args(name))} &",
                        command[0] + " --ws WS_ADDR --api API_ADDR --server-pid $!"]
@@ -557,9 +558,10 @@ def main():
                  "--only, or add --dry-run to print what these scenarios measure")
     if not opts.reuse:
         check_backlog(opts.only or [])
+    # herald on its own, as it ships (built beside herald-bench, cargo would unify their dependencies' features).
     subprocess.run(["cargo", "build", "--release", "-p", "herald"], cwd=ROOT, check=True)
-    subprocess.run(["cargo", "build", "--release", "-p", "herald-bench", "--example", "raw_fanout"], cwd=ROOT,
-                   check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "herald-bench", "--bin", "herald-bench", "--example",
+                    "raw_fanout"], cwd=ROOT, check=True)
     if opts.reuse:
         with open(saved) as f:
             results = json.load(f)

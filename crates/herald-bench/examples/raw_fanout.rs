@@ -1,6 +1,6 @@
 //! The raw fan-out floor: what this machine costs to write each frame to every socket, with nothing else.
 //!
-//! A calibration instrument for `herald bench fanout`, not a server: it completes the WebSocket handshake, never
+//! A calibration instrument for `herald-bench fanout`, not a server: it completes the WebSocket handshake, never
 //! reads a connection again (JOINs and PINGs stay unanswered in the kernel), puts every connection in the one room,
 //! takes pushes on a bare HTTP/1.1 push API, and writes what was pushed to every socket from a single thread, in
 //! frames of at most MAX_ITEMS items encoded as herald encodes them: whole frames as soon as MAX_ITEMS items wait
@@ -12,14 +12,14 @@
 //! work (10,000 connections that get one frame a second), this variant tells the heartbeats' cost from herald's.
 //!
 //! With `--processes N` it is N processes sharing the WebSocket port (SO_REUSEPORT, the kernel spreading the
-//! connections), as `herald bench --nats N` runs N gateways: the first takes the pushes and the `/stats` requests
+//! connections), as `herald-bench --nats N` runs N gateways: the first takes the pushes and the `/stats` requests
 //! and hands each on to the others over HTTP/1.1 (as logic hands pushes to the gateways through nats-server), each
 //! writes to its own connections. The others are its children and end when it does.
 //!
 //! ```text
-//! cargo build --release -p herald --example raw_fanout -p herald-bench
+//! cargo build --release -p herald-bench --bin herald-bench --example raw_fanout
 //! target/release/examples/raw_fanout 127.0.0.1:17777 127.0.0.1:17799 1000 100 &   # not `cargo run`: $! must be it
-//! target/release/herald bench fanout --ws 127.0.0.1:17777 --api 127.0.0.1:17799 --server-pid $! --conns 10000 --rate 10 --secs 30
+//! target/release/herald-bench fanout --ws 127.0.0.1:17777 --api 127.0.0.1:17799 --server-pid $! --conns 10000 --rate 10 --secs 30
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -307,7 +307,7 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
         })
         .map(|(_, v)| v.trim().to_owned())
         .ok_or(io::ErrorKind::InvalidData)?;
-    stream.write_all(switching_protocols(&accept_key(&key)).as_bytes())?;
+    stream.write_all(switching_protocols(&accept_key(&key), None).as_bytes())?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(stream)

@@ -1,4 +1,4 @@
-//! Hostile clients for `herald bench hostile`: connections that do what no client library would, each kind in a
+//! Hostile clients for `herald-bench hostile`: connections that do what no client library would, each kind in a
 //! loop that reconnects whenever herald closes it, until the attack's deadline. They run on a thread of their own
 //! (one event loop), so that a flood does not slow the coordinator's publisher.
 
@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::worker::{masked_text, upgrade};
+use crate::client::{masked_text, upgrade};
 
 /// The kinds of attacker, each `count` strong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]

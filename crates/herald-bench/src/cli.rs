@@ -1,8 +1,11 @@
-//! The command line of `herald bench`: the scenarios, where the load goes, and how herald is started.
+//! The command line of `herald-bench`: the scenarios, where the load goes, and how herald is started.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// `herald bench` scenarios.
+use anyhow::bail;
+
+/// The scenarios of `herald-bench`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
     /// Open N connections in one room, keep them alive, report connect rate and memory per connection.
@@ -36,6 +39,10 @@ pub struct Target {
     /// the bench starts `herald serve` itself
     #[arg(long, value_parser = parse_address)]
     pub ws: Option<SocketAddr>,
+    /// The herald binary the bench starts (without --ws) [default: the `herald` beside this executable, as
+    /// target/release/herald beside target/release/herald-bench]
+    #[arg(long, env = "HERALD_BIN", value_name = "PATH")]
+    pub herald: Option<PathBuf>,
     /// Push-API address of the running herald (`http://127.0.0.1:7799` or `127.0.0.1:7799`; with --ws)
     #[arg(long, requires = "ws", value_parser = parse_address)]
     pub api: Option<SocketAddr>,
@@ -80,13 +87,38 @@ pub struct Target {
 }
 
 impl Target {
+    /// The herald binary to start: `--herald`, or the `herald` beside this executable; an error that says how to
+    /// build it when there is none.
+    pub(crate) fn herald_binary(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.herald {
+            if !path.is_file() {
+                bail!("--herald {}: no such file", path.display());
+            }
+            return Ok(path.clone());
+        }
+        let path = std::env::current_exe()?.with_file_name("herald");
+        if !path.is_file() {
+            let release = if path.parent().and_then(|dir| dir.file_name()) == Some("debug".as_ref()) {
+                ""
+            } else {
+                " --release"
+            };
+            bail!(
+                "no herald beside herald-bench ({} is missing): build it with `cargo build{release} -p herald`, or \
+                 name one with --herald PATH",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
     /// The clients' PING interval in milliseconds, as a worker's [`Plan`] takes it.
     pub(crate) fn ping_every_ms(&self) -> u64 {
         (self.ping_secs * 1000.0).round() as u64
     }
 }
 
-/// `herald bench connections`.
+/// `herald-bench connections`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionsArgs {
     /// Connections to open
@@ -100,7 +132,7 @@ pub struct ConnectionsArgs {
     pub target: Target,
 }
 
-/// `herald bench fanout`.
+/// `herald-bench fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
     /// Connections receiving
@@ -129,7 +161,7 @@ pub struct FanoutArgs {
     pub target: Target,
 }
 
-/// `herald bench churn`.
+/// `herald-bench churn`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChurnArgs {
     /// Connections that stay for the whole run; each must get every item once, in order
@@ -160,7 +192,7 @@ pub struct ChurnArgs {
     pub target: Target,
 }
 
-/// `herald bench hostile`.
+/// `herald-bench hostile`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostileArgs {
     /// Normal connections receiving; each must get every item once, in order

@@ -1,27 +1,39 @@
-//! `herald bench`: herald's own load generator, speaking the client protocol over real TCP.
+//! herald-bench: herald's own load generator, speaking the client protocol over real TCP. A binary of its own
+//! (`src/main.rs`), so that herald does not link it: it starts `herald` by path (the one beside it, or `--herald`),
+//! and its workers are the same executable (`herald-bench worker`).
 //!
 //! # Layout
 //! A coordinator (this process) starts herald or targets a running one, spreads the connections over worker
 //! processes, publishes, and reports:
 //! - [`cli`]: the scenarios' arguments; `scenarios/`: one file per scenario (`connections`, `fanout`, `churn`,
-//!   `hostile`); `attack`: the hostile clients.
-//! - `server`: the herald under test (started or given), its readiness, `/stats`, CPU and memory.
+//!   `hostile`); [`attack`]: the hostile clients.
+//! - `server`: the herald under test (started or given), its readiness, the heartbeat it says, `/stats`, CPU and
+//!   memory.
 //! - `workers`: the coordinator's side of the worker processes; `report`: the figures and how they print.
 //! - [`worker`]: a worker process holding its share of connections on one thread.
+//! - `client`: the client side of herald's protocol (handshake, masked frames, tokens) for workers, attackers and
+//!   server.
 //! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
 //! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
+//! - `http`: that HTTP/1.1 client, also for `/healthz` and `/stats`; `sched`: SCHED_BATCH for the load generator's
+//!   processes.
 //! - [`proc`]: CPU, RSS and kernel slab memory from /proc.
 //!
+//! Imports point one way, from the scenarios down to these parts: no two modules import each other.
+//!
 //! It links only what it needs to speak to herald from outside: of herald's crates, only the protocol crate, for the
-//! `/stats` documents it reads.
+//! `/stats` documents it reads and the header that says the heartbeat.
 
 pub mod attack;
 pub mod cli;
+mod client;
+mod http;
 pub mod proc;
 mod publisher;
 mod report;
 pub mod scan;
 mod scenarios;
+mod sched;
 mod server;
 pub mod worker;
 mod workers;

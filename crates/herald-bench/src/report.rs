@@ -43,7 +43,7 @@ impl Outcome {
 }
 
 pub(crate) fn print_table(outcome: &Outcome) {
-    println!("herald bench {}", outcome.scenario);
+    println!("herald-bench {}", outcome.scenario);
     for (name, value) in &outcome.figures {
         let value = match value {
             serde_json::Value::Number(n) if n.is_f64() => format!("{:.3}", n.as_f64().unwrap_or_default()),
@@ -67,7 +67,7 @@ pub(crate) fn put_network(out: &mut Outcome, during: Option<NetworkTrouble>) {
     if let Some(during) = during.filter(|d| d.backlog_drops > 0) {
         let limit = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog").unwrap_or_default();
         eprintln!(
-            "herald bench: the kernel dropped {} packets at a full input backlog (net.core.netdev_max_backlog = {}): \
+            "herald-bench: the kernel dropped {} packets at a full input backlog (net.core.netdev_max_backlog = {}): \
              latency includes TCP's retransmission timeouts; raise it with `sysctl -w \
              net.core.netdev_max_backlog=100000` for runs this large",
             during.backlog_drops,

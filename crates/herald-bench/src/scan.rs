@@ -7,6 +7,8 @@
 //! connection). The same carry holds the end of the stream when the server closes, where [`Scanner::close_code`]
 //! finds the close frame's status code.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use memchr::memmem;
 
 /// Bytes carried from one read to the next: enough for a whole item header (`{"t":` + 16 digits + `,"s":` + 20).
@@ -165,6 +167,14 @@ fn digits(bytes: &[u8], from: usize) -> Option<(u64, usize)> {
         at += 1;
     }
     None
+}
+
+/// Microseconds since the Unix epoch: the items' send time, on the clock the publisher and the workers share on
+/// one machine.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// One bench item of about `size` bytes.

@@ -1,7 +1,8 @@
-//! The herald under test: started by the bench (one `serve`, gateways and a logic node, or a NATS cluster) or
-//! given, its readiness, its `/stats`, and its CPU and memory.
+//! The herald under test: started by the bench by path (one `serve`, gateways and a logic node, or a NATS cluster)
+//! or given, its readiness, the heartbeat timeout it says, its `/stats`, and its CPU and memory.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use herald_protocol::stats::{HubStats, Stats};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::cli::Target;
-use crate::{proc, publisher};
+use crate::{client, http, proc};
 
 /// A herald under test: started by the bench (one `serve`, or gateways and a logic node), or given.
 pub(crate) struct Server {
@@ -27,7 +29,7 @@ pub(crate) struct Server {
     /// The HMAC secret the herald processes it starts verify tokens with (given by env, never as a flag).
     auth_secret: Option<String>,
     /// The JetStream store of the nats-server it starts with history on, removed when it stops.
-    jetstream_dir: Option<std::path::PathBuf>,
+    jetstream_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -54,6 +56,7 @@ impl Server {
                 jetstream_dir: None,
             });
         }
+        let herald = target.herald_binary()?;
         let merge = [
             "--merge-window".to_owned(),
             target.merge_window.clone(),
@@ -76,9 +79,11 @@ impl Server {
                 let history = history_flags(&target.server_args);
                 let url = server.start_nats(!history.is_empty()).await?;
                 let ws = free_port()?;
+                let mut rpcs = Vec::new();
                 for _ in 0..gateways {
                     let rpc = free_port()?;
                     server.spawn(
+                        &herald,
                         ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
                         ["--bus".to_owned(), url.clone(), "--reuse-port".to_owned()]
                             .iter()
@@ -86,18 +91,28 @@ impl Server {
                             .chain(&target.server_args),
                     )?;
                     wait_healthy(rpc).await?;
+                    rpcs.push(rpc);
                 }
-                server.spawn(["logic", "--api-addr", &api.to_string(), "--bus", &url], history.iter())?;
                 server.ws.push(ws);
+                // Before logic starts: it never hears of the connection that asks.
+                server.refuse_pings_past_the_heartbeat(target, &rpcs).await?;
+                server.spawn(
+                    &herald,
+                    ["logic", "--api-addr", &api.to_string(), "--bus", &url],
+                    history.iter(),
+                )?;
                 server.gateways = Some(gateways.into());
             }
             (None, None) => {
                 let ws = free_port()?;
                 server.spawn(
+                    &herald,
                     ["serve", "--ws-addr", &ws.to_string(), "--api-addr", &api.to_string()],
                     merge.iter().chain(&target.server_args),
                 )?;
                 server.ws.push(ws);
+                wait_healthy(api).await?;
+                server.refuse_pings_past_the_heartbeat(target, &[api]).await?;
             }
             (Some(gateways), None) => {
                 server.gateways = Some(gateways.into());
@@ -105,6 +120,7 @@ impl Server {
                 for _ in 0..gateways {
                     let (ws, rpc) = (free_port()?, free_port()?);
                     server.spawn(
+                        &herald,
                         ["gateway", "--ws-addr", &ws.to_string(), "--rpc-addr", &rpc.to_string()],
                         merge.iter().chain(&target.server_args),
                     )?;
@@ -115,8 +131,10 @@ impl Server {
                 for &rpc in &rpcs {
                     wait_healthy(rpc).await?;
                 }
+                server.refuse_pings_past_the_heartbeat(target, &rpcs).await?;
                 let rpcs: Vec<String> = rpcs.iter().map(ToString::to_string).collect();
                 server.spawn(
+                    &herald,
                     ["logic", "--api-addr", &api.to_string(), "--gateways", &rpcs.join(",")],
                     ["--status-interval".to_owned(), "200ms".to_owned()].iter(),
                 )?;
@@ -134,8 +152,13 @@ impl Server {
     }
 
     /// Starts one herald process: `herald <args> --log warn <more>`.
-    pub(crate) fn spawn<'a>(&mut self, args: [&str; 5], more: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
-        let mut command = Command::new(std::env::current_exe()?);
+    fn spawn<'a>(
+        &mut self,
+        herald: &Path,
+        args: [&str; 5],
+        more: impl Iterator<Item = &'a String>,
+    ) -> anyhow::Result<()> {
+        let mut command = Command::new(herald);
         if let Some(secret) = &self.auth_secret {
             command.env("HERALD_AUTH_HMAC_SECRETS", secret);
         }
@@ -146,9 +169,47 @@ impl Server {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting herald {}", args[0]))?;
+            .with_context(|| format!("starting {} {}", herald.display(), args[0]))?;
         self.pids.extend(child.id());
         self.children.push(child);
+        Ok(())
+    }
+
+    /// Refuses a PING interval that is not below the heartbeat timeout of the herald it started: that herald would
+    /// close every connection that waits so long between PINGs (4001), and the run would report thousands of closes
+    /// instead of what it measures. herald says its timeout in its answer to a handshake, whatever set it (flags,
+    /// `HERALD_*` env, a file, the default): one connection to each WebSocket listener asks. It is gone again before
+    /// this returns, from the count of every hub (`hubs`: the listeners serving a hub's own `/stats`), so that no
+    /// figure of the run includes it. A herald given with `--ws` is the caller's own: not checked.
+    async fn refuse_pings_past_the_heartbeat(&self, target: &Target, hubs: &[SocketAddr]) -> anyhow::Result<()> {
+        let mut said = Vec::new();
+        for &ws in &self.ws {
+            said.push(heartbeat_timeout(ws, target.token_secret.as_deref()).await?);
+        }
+        wait_for_no_connection(hubs).await?;
+        // The strictest listener's; none when one does not say it.
+        let timeout = if said.contains(&None) {
+            None
+        } else {
+            said.into_iter().flatten().min()
+        };
+        let Some(timeout) = timeout else {
+            eprintln!(
+                "herald-bench: the herald it started does not say its heartbeat_timeout (older than herald-bench?); \
+                 --ping-secs {} is not checked against it",
+                target.ping_secs
+            );
+            return Ok(());
+        };
+        let ping = Duration::from_secs_f64(target.ping_secs);
+        if ping >= timeout {
+            bail!(
+                "--ping-secs {}: the herald this bench starts closes a connection silent for its heartbeat_timeout ({} s), so clients must PING more often than that; lower --ping-secs or raise the timeout (--server-arg=--heartbeat-timeout --server-arg={}s)",
+                target.ping_secs,
+                timeout.as_secs_f64(),
+                (target.ping_secs * 2.0).ceil()
+            );
+        }
         Ok(())
     }
 
@@ -195,7 +256,7 @@ impl Server {
 
     /// Healthy, and every gateway known to logic (linked over gRPC, or announced on NATS).
     pub(crate) async fn ready(&self, api: SocketAddr) -> bool {
-        if !matches!(publisher::get(api, "/healthz").await, Ok((200, _))) {
+        if !matches!(http::get(api, "/healthz").await, Ok((200, _))) {
             return false;
         }
         let Some(gateways) = self.gateways else {
@@ -273,10 +334,56 @@ impl Server {
                 let _ = child.kill().await;
             }
         }
+    }
+}
+
+impl Drop for Server {
+    /// The processes of a server dropped without [`Server::stop`] (the bench gave up: herald did not become ready,
+    /// or the PING interval was refused) are killed, and the JetStream store goes with the server, stopped or not.
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.start_kill();
+        }
         if let Some(dir) = self.jetstream_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The heartbeat timeout the herald listening on `ws` says in its answer to a handshake (with a token signed with
+/// `token_secret`, for a herald that verifies them); `None` from a herald that does not say it.
+async fn heartbeat_timeout(ws: SocketAddr, token_secret: Option<&str>) -> anyhow::Result<Option<Duration>> {
+    let query = token_secret.map_or_else(String::new, |secret| client::token_query(secret, "herald-bench"));
+    let ask = async {
+        let mut stream = TcpStream::connect(ws).await?;
+        client::upgrade(&mut stream, ws, &query).await
+    };
+    match tokio::time::timeout(Duration::from_secs(15), ask).await {
+        Ok(answer) => {
+            let head = answer.with_context(|| format!("a handshake with the herald it started, on {ws}"))?;
+            Ok(client::heartbeat_timeout(&head))
+        }
+        Err(_) => bail!("the herald it started did not answer a handshake on {ws} within 15 s"),
+    }
+}
+
+/// Waits until no hub behind `hubs` (listeners serving a hub's own `/stats`) counts a connection.
+async fn wait_for_no_connection(hubs: &[SocketAddr]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for &hub in hubs {
+        // `herald serve --bus` answers its NATS document, which counts no connection of its own.
+        while let Stats::Hub(HubStats {
+            connections: connections @ 1..,
+            ..
+        }) = stats(hub).await?
+        {
+            if Instant::now() > deadline {
+                bail!("the hub behind {hub} still counts {connections} connections of the bench's");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The history settings among the flags given to the herald the bench starts (`--history-size 100` or
@@ -321,7 +428,7 @@ impl PeakRss {
 /// Waits until `/healthz` at `addr` answers 200.
 pub(crate) async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(publisher::get(addr, "/healthz").await, Ok((200, _))) {
+    while !matches!(http::get(addr, "/healthz").await, Ok((200, _))) {
         if Instant::now() > deadline {
             bail!("herald did not become healthy on {addr}");
         }
@@ -337,7 +444,7 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
 
 /// The server's `GET /stats`.
 pub(crate) async fn stats(api: SocketAddr) -> anyhow::Result<Stats> {
-    let (status, body) = publisher::get(api, "/stats").await?;
+    let (status, body) = http::get(api, "/stats").await?;
     if status != 200 {
         bail!("/stats answered {status}: {body}");
     }

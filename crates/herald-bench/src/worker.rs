@@ -1,6 +1,6 @@
 //! A load-generator worker process: holds its share of the connections on one thread.
 //!
-//! The coordinator starts `herald bench-worker`, writes one [`Plan`] line to its stdin, and then sends commands
+//! The coordinator starts `herald-bench worker`, writes one [`Plan`] line to its stdin, and then sends commands
 //! (`status`, `stop`), one per line; the worker answers each with one [`Event`] line on stdout. Running connections
 //! in several processes gets past the per-process file-descriptor limit, and binding each process's connections to
 //! its own 127.x.y.z source addresses keeps the ephemeral ports of any one address far from exhausted.
@@ -20,7 +20,7 @@ use std::io::{self, BufRead, IoSliceMut, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
@@ -29,8 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::client::{self, masked_text, upgrade};
 use crate::proc;
-use crate::scan::{CARRY, Scanner, Tally};
+use crate::scan::{CARRY, Scanner, Tally, now_us};
 
 /// Connections bound to one source address.
 const CONNS_PER_SOURCE: usize = 10_000;
@@ -76,21 +77,9 @@ pub struct Plan {
 
 /// The `?token=` query of connection `n` of worker `index`, when the plan signs tokens.
 fn token_query(plan: &Plan, n: usize) -> String {
-    let Some(secret) = &plan.token_secret else {
-        return String::new();
-    };
-    let claims = serde_json::json!({
-        "sub": format!("bench-{}-{n}", plan.index),
-        "exp": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 86_400,
-        "rooms": ["*"],
-    });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing cannot fail");
-    format!("?token={token}")
+    plan.token_secret.as_deref().map_or_else(String::new, |secret| {
+        client::token_query(secret, &format!("bench-{}-{n}", plan.index))
+    })
 }
 
 /// What a worker reports.
@@ -344,28 +333,6 @@ async fn open(
     Ok(stream)
 }
 
-/// The WebSocket handshake on `stream` (`/connect` with `query`); an error unless answered 101.
-pub(crate) async fn upgrade(stream: &mut TcpStream, target: SocketAddr, query: &str) -> io::Result<()> {
-    let request = format!(
-        "GET /connect{query} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = [0u8; 512];
-    let mut len = 0;
-    while !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut head[len..]).await?;
-        if n == 0 || len + n == head.len() {
-            return Err(io::Error::other("handshake refused"));
-        }
-        len += n;
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(io::Error::other(String::from_utf8_lossy(&head[..len]).into_owned()));
-    }
-    Ok(())
-}
-
 /// Opens, joins and drops connections at `plan.churn_per_sec` for `plan.churn_secs`, from 127.2.INDEX.N with
 /// kernel-chosen ports; each is dropped with a reset (linger 0) so no port waits in TIME_WAIT.
 async fn churn(plan: Plan, shared: Arc<Shared>) {
@@ -605,35 +572,12 @@ fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result
     Ok((message.bytes, arrived))
 }
 
-/// Microseconds since the Unix epoch (the clock publisher and workers share on one machine).
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 fn join_frame(room: &str) -> Vec<u8> {
     masked_text(
         serde_json::json!({"type": "JOIN", "data": {"room": room}})
             .to_string()
             .as_bytes(),
     )
-}
-
-/// A masked client text frame (the mask is fixed: it only has to be present).
-pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let key = [0x5a, 0x17, 0xc3, 0x8e];
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
 }
 
 fn fastrand_u16() -> u16 {

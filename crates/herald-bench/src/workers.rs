@@ -1,17 +1,17 @@
 //! The coordinator's side of the worker processes that hold the connections (`worker.rs` is the worker's own
 //! side): starting them with their plans, and collecting what they report.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::ProgressBar;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::cli::Target;
 use crate::report::progress;
+use crate::sched;
 use crate::server::{Server, wait_for_members};
 use crate::worker::{Event, Plan, Report};
 
@@ -179,7 +179,7 @@ impl Workers {
         let unreported: u64 = reports.iter().map(|r| r.unreported).sum();
         if unreported > 0 {
             eprintln!(
-                "herald bench: {unreported} connections had not added their tally when the workers stopped: frames, \
+                "herald-bench: {unreported} connections had not added their tally when the workers stopped: frames, \
                  PONGs, PINGs sent, gaps and duplicates are short by theirs"
             );
         }
@@ -187,38 +187,10 @@ impl Workers {
     }
 }
 
-/// Where `chrt` (util-linux) is, if anywhere.
-pub(crate) const CHRT: &str = "/usr/bin/chrt";
-
-/// Moves this process, every thread of it, to SCHED_BATCH, as the workers are from their start. Called once the
-/// servers are running (they must not inherit it) and before publishing: the publisher stands in for a business
-/// service on another machine, but here each answer it gets wakes it on the server's core, and a normal task
-/// preempts the server there, about once per push. Best effort: without `chrt`, the bench runs as it is.
-pub(crate) async fn run_as_batch() {
-    if Path::new(CHRT).is_file() {
-        let pid = std::process::id().to_string();
-        let _ = Command::new(CHRT)
-            .args(["--all-tasks", "--batch", "--pid", "0", &pid])
-            .status()
-            .await;
-    }
-}
-
 pub(crate) async fn spawn_worker(plan: &Plan) -> anyhow::Result<(Child, ChildStdin, Lines<BufReader<ChildStdout>>)> {
-    // Workers run as SCHED_BATCH when the system can: a batch task does not preempt the running task when a frame
-    // wakes it. The workers stand in for clients on other machines, which never take the server's CPU; without
-    // this, every frame the server writes can hand its core to the woken worker mid fan-out, and the figures
-    // measure the two processes' scheduling as much as the server. Workers still get their fair share of CPU.
-    let exe = std::env::current_exe()?;
-    let mut command = if Path::new(CHRT).is_file() {
-        let mut command = Command::new(CHRT);
-        command.args(["--batch", "0"]).arg(exe);
-        command
-    } else {
-        Command::new(exe)
-    };
-    let mut child = command
-        .arg("bench-worker")
+    // Workers run as SCHED_BATCH when the system can (see `sched`).
+    let mut child = sched::batch_command(std::env::current_exe()?)
+        .arg("worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -4,7 +4,10 @@
 //! Written on `httparse` rather than a full HTTP server so the upgraded connection is a bare `TcpStream` the
 //! session owns outright (no HTTP-layer buffers kept per connection, direct non-blocking writes possible).
 
+use std::time::Duration;
+
 use base64::Engine;
+use herald_protocol::ws::HEARTBEAT_TIMEOUT_HEADER;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -168,11 +171,15 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
-/// The `101 Switching Protocols` response.
-pub fn switching_protocols(accept: &str) -> String {
+/// The `101 Switching Protocols` response; with `heartbeat_timeout`, it says how long a silent connection is kept
+/// ([`HEARTBEAT_TIMEOUT_HEADER`]).
+pub fn switching_protocols(accept: &str, heartbeat_timeout: Option<Duration>) -> String {
+    let heartbeat = heartbeat_timeout.map_or(String::new(), |timeout| {
+        format!("{HEARTBEAT_TIMEOUT_HEADER}: {}\r\n", timeout.as_millis())
+    });
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{heartbeat}\r\n"
     )
 }
 
@@ -207,6 +214,16 @@ mod tests {
     #[test]
     fn computes_the_rfc_example_accept_key() {
         assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn the_upgrade_says_the_heartbeat_timeout_when_given() {
+        let said = switching_protocols("k", Some(Duration::from_secs(60)));
+        assert!(
+            said.ends_with("Sec-WebSocket-Accept: k\r\nHerald-Heartbeat-Timeout-Ms: 60000\r\n\r\n"),
+            "{said}"
+        );
+        assert!(switching_protocols("k", None).ends_with("Sec-WebSocket-Accept: k\r\n\r\n"));
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl Gateway {
                     .admit(peer.ip(), origin.as_deref(), token.as_deref())
                 {
                     Ok(admitted) => (
-                        handshake::switching_protocols(&accept),
+                        handshake::switching_protocols(&accept, Some(self.context.limits.heartbeat_timeout)),
                         Handshake::Upgraded,
                         Some((early, admitted, permit)),
                     ),

@@ -1,5 +1,5 @@
 //! The documents herald shows its operators and tools: `GET /stats` of every mode, and what a gateway announces
-//! on NATS. One struct each, serialized by herald and read back by `herald bench` and the tests, so a field is
+//! on NATS. One struct each, serialized by herald and read back by `herald-bench` and the tests, so a field is
 //! renamed in one place or not at all. docs/operations.md shows each document.
 
 use serde::{Deserialize, Serialize};

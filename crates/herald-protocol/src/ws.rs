@@ -37,6 +37,10 @@ pub mod close {
     pub const MESSAGE_RATE: u16 = 4005;
 }
 
+/// The header of herald's `101 Switching Protocols` answer that says its heartbeat timeout, in milliseconds: a
+/// client that can read it PINGs more often than that (herald closes a connection silent so long with 4001).
+pub const HEARTBEAT_TIMEOUT_HEADER: &str = "Herald-Heartbeat-Timeout-Ms";
+
 /// Frame opcodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {

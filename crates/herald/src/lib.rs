@@ -5,7 +5,6 @@
 //! that composes the building blocks below; no block imports a mode.
 //!
 //! # Layout
-//! - [`bench_target`]: what `herald bench` checks of the herald it starts, resolved by herald's own config.
 //! - the modes: [`serve`] (WebSocket side, hub and push API in one process, the embedded default), [`gateway`]
 //!   (the WebSocket side of a cluster, fed over gRPC or NATS) and [`logic`] (a cluster's push API).
 //! - [`config`]: flags, `HERALD_*` env, a TOML file and the defaults, resolved into each mode's settings.
@@ -14,9 +13,9 @@
 //!   its one ordered shutdown). The WebSocket side itself is `herald_gateway::Node`.
 //!
 //! The parts: `herald-protocol` (wire formats and contracts), `herald-hub` (fan-out engine), `herald-gateway`
-//! (WebSocket side), `herald-logic` (push API), `herald-cluster` (the hop between the tiers: gRPC and NATS).
+//! (WebSocket side), `herald-logic` (push API), `herald-cluster` (the hop between the tiers: gRPC and NATS). The
+//! load generator, `herald-bench`, is a binary of its own that starts this one by path: herald does not link it.
 
-pub mod bench_target;
 mod bind;
 pub mod config;
 pub mod gateway;

@@ -23,12 +23,6 @@ enum Command {
     Gateway(GatewayArgs),
     /// Run a cluster logic node: the push API, forwarding every push to the gateways in --gateways.
     Logic(LogicArgs),
-    /// Load-test a herald over real TCP (starts `herald serve` itself unless given --ws).
-    #[command(subcommand)]
-    Bench(herald_bench::Scenario),
-    /// A load-generator worker process (started by `herald bench`; reads its plan on stdin).
-    #[command(hide = true)]
-    BenchWorker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,11 +61,6 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::Bench(scenario) => {
-            herald::bench_target::refuse_pings_past_the_heartbeat(scenario.target())?;
-            herald_bench::run(scenario)
-        }
-        Command::BenchWorker => herald_bench::worker::main(),
     }
 }
 

@@ -182,7 +182,4 @@ fn help_shows_each_default_once() {
         .nth(1)
         .unwrap();
     assert_eq!(line.matches("[default: 1s]").count(), 1, "{line}");
-    // The bench's flags of the same names keep their own defaults, shown once.
-    let bench = help(&["bench", "fanout", "--help"]);
-    assert_eq!(bench.matches("[default: 1s]").count(), 1, "{bench}");
 }

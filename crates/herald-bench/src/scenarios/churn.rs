@@ -1,4 +1,4 @@
-//! `herald bench churn`.
+//! `herald-bench churn`.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `herald bench connections`.
+//! `herald-bench connections`.
 
 use std::time::Duration;
 

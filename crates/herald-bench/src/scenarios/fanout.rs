@@ -1,4 +1,4 @@
-//! `herald bench fanout`.
+//! `herald-bench fanout`.
 
 use std::time::Duration;
 

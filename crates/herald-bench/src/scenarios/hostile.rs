@@ -1,4 +1,4 @@
-//! `herald bench hostile`: normal clients receiving a room's pushes while attackers of every kind (see `attack`)
+//! `herald-bench hostile`: normal clients receiving a room's pushes while attackers of every kind (see `attack`)
 //! work on the same herald. With `--attackers 0` it is the baseline to compare with: the normal clients' loss and
 //! latency, and herald's memory, with and without the attack.
 

@@ -1,21 +1,56 @@
-//! Keeps `herald bench` alive: a few hundred connections for a few seconds through the real binary, which starts
-//! its own `herald serve` and worker processes. Asserts what the tool reports (nothing lost, figures present),
-//! never how fast anything was.
+//! Keeps `herald-bench` alive: a few hundred connections for a few seconds through the real binary, which starts
+//! its own `herald serve` (the herald binary beside it) and worker processes. Asserts what the tool reports (nothing
+//! lost, figures present), never how fast anything was.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
-/// Runs `herald bench <command> --json` (the command's words split on spaces) and returns its result.
+/// `herald-bench`, which starts the herald beside it by default. `cargo test --workspace` has built that one; under
+/// `cargo test -p herald-bench` it may be missing, and is then built here (same profile, same target directory). One
+/// that is there is taken as it is: after changing herald, build it before running this test alone.
+fn herald_bench() -> Command {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let bench = Path::new(env!("CARGO_BIN_EXE_herald-bench"));
+    let profile_dir = bench.parent().expect("the binary is in a directory");
+    BUILT.get_or_init(|| {
+        if profile_dir.join("herald").is_file() {
+            return;
+        }
+        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        build.args(["build", "-p", "herald", "--target-dir"]);
+        build.arg(
+            profile_dir
+                .parent()
+                .expect("the profile's directory is in the target directory"),
+        );
+        match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+        }
+        let status = build.status().expect("running cargo build -p herald");
+        assert!(
+            status.success(),
+            "cargo build -p herald failed: herald-bench needs the herald binary"
+        );
+    });
+    let mut command = Command::new(bench);
+    command.env_remove("HERALD_BIN");
+    command
+}
+
+/// Runs `herald-bench <command> --json` (the command's words split on spaces) and returns its result.
 fn bench(command: &str) -> serde_json::Value {
     let args: Vec<&str> = command.split_whitespace().collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("bench")
-        .args(&args)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let output = herald_bench().args(&args).arg("--json").output().unwrap();
     assert!(
         output.status.success(),
-        "herald bench {args:?} failed: {}",
+        "herald-bench {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -130,8 +165,8 @@ fn bench_says_how_the_server_closed_connections_and_pings_as_often_as_asked() {
 
 #[test]
 fn bench_refuses_a_remote_target_unless_allowed() {
-    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["bench", "connections", "--conns", "1", "--ws", "192.0.2.1:7777"])
+    let output = herald_bench()
+        .args(["connections", "--conns", "1", "--ws", "192.0.2.1:7777"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -139,10 +174,46 @@ fn bench_refuses_a_remote_target_unless_allowed() {
 }
 
 #[test]
+fn bench_says_when_the_herald_to_start_is_missing() {
+    let refusal = |command: &mut Command| {
+        let output = command.output().unwrap();
+        assert!(!output.status.success());
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let named = refusal(herald_bench().args(["connections", "--conns", "1", "--herald", "/nonexistent/herald"]));
+    assert!(named.contains("--herald /nonexistent/herald: no such file"), "{named}");
+
+    // A herald-bench with no herald beside it says how to build one.
+    let alone = std::env::temp_dir().join(format!("herald-bench-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&alone).unwrap();
+    let copy = alone.join("herald-bench");
+    std::fs::copy(env!("CARGO_BIN_EXE_herald-bench"), &copy).unwrap();
+    let beside = refusal(
+        Command::new(&copy)
+            .env_remove("HERALD_BIN")
+            .args(["connections", "--conns", "1"]),
+    );
+    std::fs::remove_dir_all(&alone).unwrap();
+    assert!(
+        beside.contains("build it with `cargo build --release -p herald`"),
+        "{beside}"
+    );
+}
+
+#[test]
+fn bench_help_shows_its_own_defaults_once() {
+    let output = herald_bench().args(["fanout", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    // --merge-window, a flag of the herald it starts too: the bench's default, once.
+    assert_eq!(help.matches("[default: 1s]").count(), 1, "{help}");
+}
+
+#[test]
 fn bench_refuses_a_ping_interval_out_of_range() {
     for interval in ["0", "0.0001", "soon", "100000"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["bench", "connections", "--conns", "1", "--ping-secs", interval])
+        let output = herald_bench()
+            .args(["connections", "--conns", "1", "--ping-secs", interval])
             .output()
             .unwrap();
         assert!(!output.status.success(), "--ping-secs {interval} was taken");
@@ -157,8 +228,8 @@ fn bench_refuses_a_ping_interval_out_of_range() {
 #[test]
 fn bench_refuses_pings_the_herald_it_starts_would_not_wait_for() {
     let refused = |args: &[&str], env: Option<(&str, &str)>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-        command.args(["bench", "connections", "--conns", "1"]).args(args);
+        let mut command = herald_bench();
+        command.args(["connections", "--conns", "1"]).args(args);
         if let Some((key, value)) = env {
             command.env(key, value);
         }
