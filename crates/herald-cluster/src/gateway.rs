@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use herald_http::HttpServing;
 use herald_hub::{Hub, Recipient};
 use herald_protocol::stats::GatewayStatus;
 use prometheus_client::registry::Registry;
@@ -14,7 +15,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SecretCheck;
 use crate::hop;
-use crate::http_server::{self, HttpServing};
 use crate::pb;
 use crate::pb::gateway_server::{Gateway, GatewayServer};
 use crate::{MAX_MESSAGE_BYTES, Secret};
@@ -70,23 +70,6 @@ impl<R: Recipient> Gateway for RpcService<R> {
     }
 }
 
-/// TLS for the internal listener: a certificate chain and its key, both PEM. Its `Debug` omits the key.
-#[derive(Clone)]
-pub struct ServerTls {
-    /// Certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// Private key, PEM.
-    pub key_pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("cert_pem_bytes", &self.cert_pem.len())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Anything else on the internal listener: a plain 404 (tonic's own fallback would answer HTTP 200 with a gRPC
 /// status, which reads as success to an HTTP client that posted a push here by mistake).
 async fn not_found() -> (
@@ -121,7 +104,7 @@ pub async fn serve_internal<R: Recipient>(
         .into_axum_router()
         .merge(http)
         .fallback(not_found);
-    http_server::serve(listener, router, serving, shutdown).await
+    herald_http::serve(listener, router, serving, shutdown).await
 }
 
 /// The largest push message a gateway decodes for push-API bodies of at most `max_body_bytes`: the body's items,

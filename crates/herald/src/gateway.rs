@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use herald_cluster::gateway::{RpcService, max_push_bytes, serve_internal};
-use herald_cluster::http_server::HttpServing;
 use herald_gateway::Node;
+use herald_http::HttpServing;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
