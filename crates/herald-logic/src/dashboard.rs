@@ -23,7 +23,7 @@ use herald_protocol::dashboard::{DashboardData, DashboardMode, GatewayRow, Gatew
 use herald_protocol::stats::{ClusterStats, HubStats, LinkState, NatsStats, Stats};
 use prometheus_client::registry::Registry;
 
-use crate::Api;
+use crate::state::Api;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");

@@ -16,12 +16,18 @@
 //! password is taken too, and a 401 there challenges `Basic`, so a browser asks its operator for the key.
 //!
 //! The API never delivers anything itself: it validates, then hands the push (or the query) to a [`Bus`].
+//!
+//! # Layout
+//! - this file: the routes, the key check, and the handlers with the answers they give.
+//! - `state`: what every handler shares (the bus, the metrics).
+//! - `dashboard`: the dashboard's page, files and data.
 
 mod dashboard;
+mod state;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -35,12 +41,11 @@ use herald_protocol::bus::{Bus, Census, Query, Refused};
 use herald_protocol::client::valid_room;
 use herald_protocol::presence::{Disconnected, RoomPresence, UserPresence};
 use herald_protocol::valid_user;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::state::Api;
 
 /// Settings of the push API.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,62 +69,6 @@ impl std::fmt::Debug for ApiConfig {
             .field("api_keys", &self.api_keys.len())
             .finish()
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: &'static str,
-    status: u16,
-}
-
-/// Requests answered by the push API, by endpoint and status; what its pushes carried.
-#[derive(Clone, Debug, Default)]
-struct ApiMetrics {
-    requests: Family<RequestLabels, Counter>,
-    /// Items in pushes answered 200.
-    items_taken: Counter,
-    /// Pushes answered 200 (for the dashboard; `/metrics` has them by endpoint in `requests`).
-    pushes_taken: Counter,
-    /// Pushes answered 503 or 413 (likewise).
-    pushes_refused: Counter,
-}
-
-impl ApiMetrics {
-    /// Creates the metrics and registers them (prefix `herald_`).
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "herald_api_requests",
-            "Push-API requests, by endpoint and status",
-            metrics.requests.clone(),
-        );
-        registry.register(
-            "herald_api_push_items",
-            "Items in pushes the push API answered 200",
-            metrics.items_taken.clone(),
-        );
-        metrics
-    }
-
-    fn count(&self, endpoint: &'static str, status: StatusCode) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                endpoint,
-                status: status.as_u16(),
-            })
-            .inc();
-    }
-}
-
-struct Api {
-    bus: Arc<dyn Bus>,
-    body_read_timeout: Duration,
-    registry: Arc<Registry>,
-    metrics: ApiMetrics,
-    /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
-    stopping: CancellationToken,
-    /// When the API was made: the dashboard's clock for rates.
-    started: Instant,
 }
 
 /// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
@@ -235,26 +184,6 @@ pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationT
     let api = Api::new(bus, registry, body_read_timeout, stopping);
     let registry = Arc::clone(&api.registry);
     (ops_routes().with_state(api), registry)
-}
-
-impl Api {
-    /// The API's state; its own metrics are registered into `registry` before it is shared.
-    fn new(
-        bus: Arc<dyn Bus>,
-        mut registry: Registry,
-        body_read_timeout: Duration,
-        stopping: CancellationToken,
-    ) -> Arc<Self> {
-        let metrics = ApiMetrics::register(&mut registry);
-        Arc::new(Self {
-            bus,
-            body_read_timeout,
-            registry: Arc::new(registry),
-            metrics,
-            stopping,
-            started: Instant::now(),
-        })
-    }
 }
 
 fn ops_routes() -> Router<Arc<Api>> {
