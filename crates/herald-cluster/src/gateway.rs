@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use herald_http::HttpServing;
 use herald_hub::{Hub, Recipient};
+use herald_protocol::counts::CountsSource;
 use herald_protocol::stats::GatewayStatus;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,17 +22,17 @@ use crate::{MAX_MESSAGE_BYTES, Secret};
 /// The gRPC service: pushes in, one [`pb::Ack`] per push out, in arrival order.
 pub struct RpcService<R> {
     hub: Arc<Hub<R>>,
-    /// The gateway's metrics, whose closes, drops and history its status reports.
-    registry: Arc<Registry>,
+    /// The gateway's counters, whose closes, drops and history its status reports.
+    counts: Arc<dyn CountsSource>,
     /// Cancelled when the gateway has drained: every open `Deliver` stream then ends, so the server can stop.
     closing: CancellationToken,
 }
 
 impl<R: Recipient> RpcService<R> {
-    /// A service in front of `hub`, reporting the counts of `registry`; its streams end when `closing` is
-    /// cancelled.
-    pub fn new(hub: Arc<Hub<R>>, registry: Arc<Registry>, closing: CancellationToken) -> Self {
-        Self { hub, registry, closing }
+    /// A service in front of `hub`, reporting the closes, drops and history of `counts`; its streams end when
+    /// `closing` is cancelled.
+    pub fn new(hub: Arc<Hub<R>>, counts: Arc<dyn CountsSource>, closing: CancellationToken) -> Self {
+        Self { hub, counts, closing }
     }
 }
 
@@ -64,7 +64,7 @@ impl<R: Recipient> Gateway for RpcService<R> {
         let status = GatewayStatus {
             serving: self.hub.is_open(),
             hub: self.hub.stats(),
-            counts: Some(crate::status::counts_of(&self.registry)),
+            counts: Some(self.counts.counts()),
         };
         Ok(Response::new(crate::status::to_wire(&status)))
     }

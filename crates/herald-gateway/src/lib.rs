@@ -8,7 +8,7 @@
 //! - [`access`]: who may connect (source rate, `Origin`, token, connections per user) and join which rooms.
 //! - [`session`]: a connection's life: the writer (direct writes, a bounded outbox behind them), the connection's
 //!   task (reads into a stack buffer, heartbeat, close, as one state) and the client's commands.
-//! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
+//! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames; the counts a node reports.
 //! - [`node`]: the hub, the accept loop and the connections started together and drained in order.
 
 pub mod access;

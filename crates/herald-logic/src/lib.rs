@@ -19,7 +19,7 @@
 //!
 //! # Layout
 //! - this file: the routes, the key check, and the handlers with the answers they give.
-//! - `state`: what every handler shares (the bus, the metrics).
+//! - `state`: what every handler shares (the bus, the metrics, the counts to show).
 //! - `dashboard`: the dashboard's page, files and data.
 
 mod dashboard;
@@ -39,6 +39,7 @@ use axum::routing::{get, post};
 use herald_protocol::api::{Endpoint, FieldError, parse_push, parse_user};
 use herald_protocol::bus::{Bus, Census, Query, Refused};
 use herald_protocol::client::valid_room;
+use herald_protocol::counts::CountsSource;
 use herald_protocol::presence::{Disconnected, RoomPresence, UserPresence};
 use herald_protocol::valid_user;
 use prometheus_client::registry::Registry;
@@ -72,9 +73,17 @@ impl std::fmt::Debug for ApiConfig {
 }
 
 /// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
-/// is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
-pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping: CancellationToken) -> Router {
-    let api = Api::new(bus, registry, config.body_read_timeout, stopping);
+/// is rendered at `/metrics`; `stopping` turns `/healthz` to 503. `own_counts` are the closes, drops and history of
+/// the connections this process holds, for the dashboard (`herald serve`); without them (logic) it adds up what the
+/// gateways report.
+pub fn router(
+    bus: Arc<dyn Bus>,
+    registry: Registry,
+    own_counts: Option<Arc<dyn CountsSource>>,
+    config: ApiConfig,
+    stopping: CancellationToken,
+) -> Router {
+    let api = Api::new(bus, registry, own_counts, config.body_read_timeout, stopping);
     let keys = Arc::new(config.api_keys);
     let guarded = Router::new()
         .route("/push/room", post(push_room))
@@ -175,15 +184,13 @@ fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
     diff == 0 && presented.len() == key.len()
 }
 
-/// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
-/// internal listener). It has no fallback, so it can be merged into a router that has one. Also returns the
-/// registry as `/metrics` renders it (the API's metrics added), for what else reports from it.
-pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> (Router, Arc<Registry>) {
-    // Nothing it serves reads a body.
+/// Only `/stats` (the bus's), `/metrics` (`registry`, the API's metrics added) and `/healthz`, for a listener that
+/// must not take pushes (a gateway's internal listener). It has no fallback, so it can be merged into a router that
+/// has one.
+pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> Router {
+    // Nothing it serves reads a body, and it has no dashboard to show counts on.
     let body_read_timeout = Duration::ZERO;
-    let api = Api::new(bus, registry, body_read_timeout, stopping);
-    let registry = Arc::clone(&api.registry);
-    (ops_routes().with_state(api), registry)
+    ops_routes().with_state(Api::new(bus, registry, None, body_read_timeout, stopping))
 }
 
 fn ops_routes() -> Router<Arc<Api>> {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use herald_protocol::bus::Bus;
+use herald_protocol::counts::CountsSource;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +68,9 @@ pub(crate) struct Api {
     pub(crate) registry: Arc<Registry>,
     /// The API's own counters.
     pub(crate) metrics: ApiMetrics,
+    /// The closes, drops and history of the connections this process holds (`herald serve`); `None` where it
+    /// holds none (logic), whose dashboard adds up what the gateways report instead.
+    pub(crate) own_counts: Option<Arc<dyn CountsSource>>,
     /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
     pub(crate) stopping: CancellationToken,
     /// When the API was made: the dashboard's clock for rates.
@@ -78,6 +82,7 @@ impl Api {
     pub(crate) fn new(
         bus: Arc<dyn Bus>,
         mut registry: Registry,
+        own_counts: Option<Arc<dyn CountsSource>>,
         body_read_timeout: Duration,
         stopping: CancellationToken,
     ) -> Arc<Self> {
@@ -87,6 +92,7 @@ impl Api {
             body_read_timeout,
             registry: Arc::new(registry),
             metrics,
+            own_counts,
             stopping,
             started: Instant::now(),
         })
