@@ -304,7 +304,7 @@ async fn answer_query<D: serde::Serialize>(
             };
             match api.bus.query(query).await {
                 Ok(census) => ok(answer(name, census)),
-                Err(refused) => unavailable(&refused),
+                Err(refused) => answer_refusal(&refused),
             }
         }
     };
@@ -336,7 +336,7 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
                     }
                     Err(refused) => {
                         api.metrics.pushes_refused.inc();
-                        unavailable(&refused)
+                        answer_refusal(&refused)
                     }
                 },
             }
@@ -346,13 +346,20 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
     response
 }
 
-fn unavailable(refused: &Refused) -> Response {
-    let retry_after = match refused {
-        Refused::QueueFull { retry_after_secs } => *retry_after_secs,
-        Refused::ShuttingDown => 5,
-        Refused::Unavailable { retry_after_secs, .. } => *retry_after_secs,
-        Refused::TooManyItems { .. } => return error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
-    };
+/// The answer to a push or query the bus refused: 413 for a push of more items than a queue can ever hold (retrying
+/// cannot help), 503 with `Retry-After` for the rest.
+fn answer_refusal(refused: &Refused) -> Response {
+    match refused {
+        Refused::TooManyItems { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
+        Refused::QueueFull { retry_after_secs } | Refused::Unavailable { retry_after_secs, .. } => {
+            unavailable(refused, *retry_after_secs)
+        }
+        Refused::ShuttingDown => unavailable(refused, 5),
+    }
+}
+
+/// 503: the bus cannot take it now; try again after `retry_after` seconds.
+fn unavailable(refused: &Refused, retry_after: u32) -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
         axum_json(json!({ "error": refused.to_string() })),
