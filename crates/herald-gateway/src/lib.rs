@@ -138,16 +138,6 @@ impl Gateway {
         })
     }
 
-    /// The fan-out engine the sessions join rooms in.
-    pub fn hub(&self) -> &Arc<Hub<Session>> {
-        &self.context.hub
-    }
-
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &GatewayMetrics {
-        &self.context.metrics
-    }
-
     /// Whether `/` upgrades too (the conformance echo server) instead of serving the demo page.
     fn upgrades_at_root(&self) -> bool {
         #[cfg(feature = "conformance")]

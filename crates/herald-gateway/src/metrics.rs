@@ -310,16 +310,6 @@ impl GatewayMetrics {
         self.accept_errors.inc();
     }
 
-    /// Connections closed for `reason` so far.
-    pub fn closes(&self, reason: CloseReason) -> u64 {
-        self.closes[reason as usize].get()
-    }
-
-    /// Bad inputs of `kind` seen so far.
-    pub fn bad_inputs(&self, kind: BadInput) -> u64 {
-        self.bad_input[kind as usize].get()
-    }
-
     /// What this gateway has counted so far of closes and dropped frames, with the room history `hub` counted.
     pub fn counts(&self, hub: &HubMetrics) -> GatewayCounts {
         GatewayCounts {
