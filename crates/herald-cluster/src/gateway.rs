@@ -5,16 +5,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use herald_http::HttpServing;
 use herald_hub::{Hub, Recipient};
+use herald_protocol::counts::CountsSource;
 use herald_protocol::stats::GatewayStatus;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SecretCheck;
 use crate::hop;
-use crate::http_server::{self, HttpServing};
 use crate::pb;
 use crate::pb::gateway_server::{Gateway, GatewayServer};
 use crate::{MAX_MESSAGE_BYTES, Secret};
@@ -22,17 +22,17 @@ use crate::{MAX_MESSAGE_BYTES, Secret};
 /// The gRPC service: pushes in, one [`pb::Ack`] per push out, in arrival order.
 pub struct RpcService<R> {
     hub: Arc<Hub<R>>,
-    /// The gateway's metrics, whose closes, drops and history its status reports.
-    registry: Arc<Registry>,
+    /// The gateway's counters, whose closes, drops and history its status reports.
+    counts: Arc<dyn CountsSource>,
     /// Cancelled when the gateway has drained: every open `Deliver` stream then ends, so the server can stop.
     closing: CancellationToken,
 }
 
 impl<R: Recipient> RpcService<R> {
-    /// A service in front of `hub`, reporting the counts of `registry`; its streams end when `closing` is
-    /// cancelled.
-    pub fn new(hub: Arc<Hub<R>>, registry: Arc<Registry>, closing: CancellationToken) -> Self {
-        Self { hub, registry, closing }
+    /// A service in front of `hub`, reporting the closes, drops and history of `counts`; its streams end when
+    /// `closing` is cancelled.
+    pub fn new(hub: Arc<Hub<R>>, counts: Arc<dyn CountsSource>, closing: CancellationToken) -> Self {
+        Self { hub, counts, closing }
     }
 }
 
@@ -64,26 +64,9 @@ impl<R: Recipient> Gateway for RpcService<R> {
         let status = GatewayStatus {
             serving: self.hub.is_open(),
             hub: self.hub.stats(),
-            counts: Some(crate::status::counts_of(&self.registry)),
+            counts: Some(self.counts.counts()),
         };
         Ok(Response::new(crate::status::to_wire(&status)))
-    }
-}
-
-/// TLS for the internal listener: a certificate chain and its key, both PEM. Its `Debug` omits the key.
-#[derive(Clone)]
-pub struct ServerTls {
-    /// Certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// Private key, PEM.
-    pub key_pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("cert_pem_bytes", &self.cert_pem.len())
-            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +104,7 @@ pub async fn serve_internal<R: Recipient>(
         .into_axum_router()
         .merge(http)
         .fallback(not_found);
-    http_server::serve(listener, router, serving, shutdown).await
+    herald_http::serve(listener, router, serving, shutdown).await
 }
 
 /// The largest push message a gateway decodes for push-API bodies of at most `max_body_bytes`: the body's items,

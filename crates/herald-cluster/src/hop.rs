@@ -50,6 +50,9 @@ pub(crate) enum Reason {
     TooManyItems,
     /// No target, or an invalid room: not a push logic sent.
     Invalid,
+    /// What it needs to take the push is not there (its room history is kept in a store the push did not come
+    /// through); the refusal's detail says what.
+    Unavailable,
 }
 
 impl Reason {
@@ -59,6 +62,7 @@ impl Reason {
             refused::Reason::QueueFull => Self::QueueFull,
             refused::Reason::ShuttingDown => Self::ShuttingDown,
             refused::Reason::TooManyItems => Self::TooManyItems,
+            refused::Reason::Unavailable => Self::Unavailable,
             refused::Reason::Invalid | refused::Reason::Unspecified => Self::Invalid,
         }
     }
@@ -69,6 +73,7 @@ impl Reason {
             Self::ShuttingDown => refused::Reason::ShuttingDown,
             Self::TooManyItems => refused::Reason::TooManyItems,
             Self::Invalid => refused::Reason::Invalid,
+            Self::Unavailable => refused::Reason::Unavailable,
         }
     }
 
@@ -79,6 +84,7 @@ impl Reason {
             Self::ShuttingDown => "shutting_down",
             Self::TooManyItems => "too_many_items",
             Self::Invalid => "invalid",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -90,12 +96,13 @@ impl Reason {
             Self::ShuttingDown => "gateway_shutting_down",
             Self::TooManyItems => "gateway_too_many_items",
             Self::Invalid => "gateway_refused",
+            Self::Unavailable => "gateway_unavailable",
         }
     }
 }
 
 /// A push a gateway did not take, and what the sender should know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
     /// Why.
     pub(crate) reason: Reason,
@@ -103,6 +110,8 @@ pub(crate) struct Refusal {
     pub(crate) retry_after_secs: u32,
     /// With [`Reason::TooManyItems`]: the most items a push may carry.
     pub(crate) limit: u64,
+    /// With [`Reason::Unavailable`]: what is not there, as the hub said it.
+    pub(crate) detail: String,
 }
 
 impl Refusal {
@@ -111,6 +120,7 @@ impl Refusal {
             reason,
             retry_after_secs,
             limit,
+            detail: String::new(),
         }
     }
 }
@@ -127,12 +137,20 @@ pub(crate) fn take<R: Recipient>(hub: &Hub<R>, push: pb::Push) -> Result<Accepte
     hub.push(&target, push.items).map_err(refusal)
 }
 
-/// A push the hub refused, as a gateway says so.
+/// A push the hub refused, as a gateway says so: the same reason, and what the sender needs to answer as the hub
+/// would have (when to retry, the item limit, what is unavailable).
 pub(crate) fn refusal(refused: Refused) -> Refusal {
     match refused {
         Refused::QueueFull { retry_after_secs } => Refusal::new(Reason::QueueFull, retry_after_secs, 0),
         Refused::TooManyItems { limit } => Refusal::new(Reason::TooManyItems, 0, limit as u64),
-        Refused::ShuttingDown | Refused::Unavailable { .. } => Refusal::new(Reason::ShuttingDown, 5, 0),
+        Refused::ShuttingDown => Refusal::new(Reason::ShuttingDown, 5, 0),
+        Refused::Unavailable {
+            retry_after_secs,
+            detail,
+        } => Refusal {
+            detail,
+            ..Refusal::new(Reason::Unavailable, retry_after_secs, 0)
+        },
     }
 }
 
@@ -188,6 +206,7 @@ pub(crate) fn ack(taken: Result<Accepted, Refusal>) -> pb::Ack {
             reason: refusal.reason.to_wire() as i32,
             retry_after_secs: refusal.retry_after_secs,
             limit: refusal.limit,
+            detail: refusal.detail,
         }),
     };
     pb::Ack { result: Some(result) }
@@ -216,9 +235,25 @@ mod tests {
             Reason::ShuttingDown,
             Reason::TooManyItems,
             Reason::Invalid,
+            Reason::Unavailable,
         ] {
             assert_eq!(Reason::from_wire(reason.to_wire()), reason);
             assert!(reason.forward_result().starts_with("gateway_"));
         }
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_reason_and_detail_across_the_hop() {
+        let refused = Refused::Unavailable {
+            retry_after_secs: 1,
+            detail: "the store is down".to_owned(),
+        };
+        let ack = ack(Err(refusal(refused)));
+        let Some(ack::Result::Refused(wire)) = ack.result else {
+            panic!("a refusal: {ack:?}")
+        };
+        assert_eq!(Reason::from_wire(wire.reason()), Reason::Unavailable);
+        assert_eq!((wire.retry_after_secs, wire.detail.as_str()), (1, "the store is down"));
+        assert_eq!(refusal(Refused::ShuttingDown).reason, Reason::ShuttingDown);
     }
 }

@@ -8,8 +8,8 @@
 //!   gateways' answers become one), with `logic/link.rs` (one gateway's queue, stream and reconnects) and
 //!   `logic/metrics.rs`.
 //! - gRPC, the gateway's side: [`gateway`] (the service that hands each push to the local hub, and the internal
-//!   listener with `/healthz`, `/stats`, `/metrics`), `status` (its status as protobuf fields), `auth` (the optional
-//!   shared secret).
+//!   listener with `/healthz`, `/stats`, `/metrics`, served by `herald-http` as the push API is), `status` (its
+//!   status as protobuf fields), `auth` (the optional shared secret).
 //! - NATS: [`nats`] (settings, connection, errors) with `nats/publisher.rs` (logic's bus), `nats/feed.rs` (a
 //!   gateway's subscriptions and announcements), `nats/subjects.rs` and `nats/metrics.rs`.
 //!
@@ -19,7 +19,6 @@
 mod auth;
 pub mod gateway;
 mod hop;
-pub mod http_server;
 pub mod logic;
 pub mod nats;
 mod status;

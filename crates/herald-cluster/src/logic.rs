@@ -259,15 +259,17 @@ impl ClusterBus {
                     reason,
                     retry_after,
                     limit,
+                    detail,
                 } => {
                     tally.refused += 1;
                     retry_after_secs = retry_after_secs.max(*retry_after);
                     if let Some(limit) = limit {
                         too_many_items = Some(too_many_items.map_or(*limit, |l| l.min(*limit)));
                     }
-                    let why = match (*reason, link.last_error()) {
-                        ("unreachable", Some(error)) => format!("unreachable: {error}"),
-                        (reason, _) => reason.replace('_', " "),
+                    let why = match (*reason, link.last_error(), detail) {
+                        ("unreachable", Some(error), _) => format!("unreachable: {error}"),
+                        (reason, _, Some(detail)) => format!("{}: {detail}", reason.replace('_', " ")),
+                        (reason, _, None) => reason.replace('_', " "),
                     };
                     details.push(format!("{}: {why}", link.addr));
                 }
@@ -368,16 +370,40 @@ mod tests {
         for outcome in outcomes {
             assert!(FORWARD_RESULTS.contains(&outcome.result_label()));
         }
-        for reason in 0..=4 {
+        for reason in 0..=5 {
             let ack = pb::Ack {
                 result: Some(ack::Result::Refused(pb::Refused {
                     reason,
                     retry_after_secs: 1,
                     limit: 1,
+                    detail: String::new(),
                 })),
             };
             assert!(FORWARD_RESULTS.contains(&Outcome::from_ack(&ack).result_label()));
         }
+    }
+
+    #[test]
+    fn a_gateway_that_lacks_its_store_is_unavailable_not_shutting_down() {
+        let ack = pb::Ack {
+            result: Some(ack::Result::Refused(pb::Refused {
+                reason: pb::refused::Reason::Unavailable as i32,
+                retry_after_secs: 1,
+                limit: 0,
+                detail: "room history is kept in JetStream".to_owned(),
+            })),
+        };
+        let Outcome::Refused {
+            reason,
+            retry_after,
+            limit,
+            detail,
+        } = Outcome::from_ack(&ack)
+        else {
+            panic!("a refusal")
+        };
+        assert_eq!((reason, retry_after, limit), ("gateway_unavailable", 1, None));
+        assert_eq!(detail.as_deref(), Some("room history is kept in JetStream"));
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! A gateway's status as it crosses the gRPC hop: the protobuf form of [`herald_protocol::stats::GatewayStatus`],
-//! field for field; and the counts a gateway reports, read from its metrics registry.
+//! field for field.
 
 use herald_protocol::counts::{GatewayCounts, HistoryFigures};
 use herald_protocol::stats::{GatewayStatus, HubStats};
-use prometheus_client::registry::Registry;
 
 use crate::pb;
 use crate::pb::HubStats as WireHubStats;
@@ -31,15 +30,6 @@ macro_rules! hub_figures {
             merge_max_items: from.merge_max_items,
         }
     }};
-}
-
-/// What a gateway's registry counts now (closes, drops, history), read as `/metrics` renders it: a few
-/// kilobytes of text, once per status request or announcement.
-pub(crate) fn counts_of(registry: &Registry) -> GatewayCounts {
-    let mut text = String::new();
-    // Encoding into a String cannot fail on I/O; a failure would leave every family unknown.
-    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
-    GatewayCounts::from_metrics_text(&text)
 }
 
 /// The gateway's side: its status as the protobuf message.

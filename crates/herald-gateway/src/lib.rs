@@ -8,7 +8,7 @@
 //! - [`access`]: who may connect (source rate, `Origin`, token, connections per user) and join which rooms.
 //! - [`session`]: a connection's life: the writer (direct writes, a bounded outbox behind them), the connection's
 //!   task (reads into a stack buffer, heartbeat, close, as one state) and the client's commands.
-//! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames.
+//! - [`metrics`]: handshakes, closes by reason, bad input by kind, dropped frames; the counts a node reports.
 //! - [`node`]: the hub, the accept loop and the connections started together and drained in order.
 
 pub mod access;
@@ -137,16 +137,6 @@ impl Gateway {
             context: Arc::new(context),
             next_id: AtomicU64::new(1),
         })
-    }
-
-    /// The fan-out engine the sessions join rooms in.
-    pub fn hub(&self) -> &Arc<Hub<Session>> {
-        &self.context.hub
-    }
-
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &GatewayMetrics {
-        &self.context.metrics
     }
 
     /// Whether `/` upgrades too (the conformance echo server) instead of serving the demo page.

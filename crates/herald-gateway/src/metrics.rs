@@ -1,6 +1,11 @@
-//! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames, token failures.
+//! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames, token failures; and
+//! [`NodeCounters`], the closes, drops and history a process that holds connections reports.
 
+use std::collections::BTreeMap;
+
+use herald_hub::HubMetrics;
 use herald_hub::metrics::labelled;
+use herald_protocol::counts::{CountsSource, GatewayCounts};
 use herald_protocol::token::TokenError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -194,14 +199,24 @@ pub enum DropReason {
     Closing,
 }
 
+impl DropReason {
+    const ALL: [Self; 2] = [Self::SlowConsumer, Self::Closing];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::Closing => "closing",
+        }
+    }
+}
+
 /// Counters of the gateway. Every labelled handle is resolved once at start.
 #[derive(Clone, Debug)]
 pub struct GatewayMetrics {
     closes: [Counter; CloseReason::ALL.len()],
     bad_input: [Counter; BadInput::ALL.len()],
     handshakes: [Counter; Handshake::ALL.len()],
-    dropped_slow: Counter,
-    dropped_closing: Counter,
+    dropped: [Counter; DropReason::ALL.len()],
     accept_errors: Counter,
     read_pauses: Counter,
     sent: Counter,
@@ -221,8 +236,7 @@ impl GatewayMetrics {
             closes: CloseReason::ALL.map(|r| by(&closes, r.label())),
             bad_input: BadInput::ALL.map(|b| by(&bad, b.label())),
             handshakes: Handshake::ALL.map(|h| by(&handshakes, h.label())),
-            dropped_slow: by(&dropped, "slow_consumer"),
-            dropped_closing: by(&dropped, "closing"),
+            dropped: DropReason::ALL.map(|d| by(&dropped, d.label())),
             accept_errors: Counter::default(),
             read_pauses: Counter::default(),
             sent: Counter::default(),
@@ -285,10 +299,7 @@ impl GatewayMetrics {
     }
 
     pub(crate) fn dropped(&self, why: DropReason, frames: u64) {
-        match why {
-            DropReason::SlowConsumer => self.dropped_slow.inc_by(frames),
-            DropReason::Closing => self.dropped_closing.inc_by(frames),
-        };
+        self.dropped[why as usize].inc_by(frames);
     }
 
     pub(crate) fn auth_failure(&self, error: TokenError) {
@@ -299,13 +310,71 @@ impl GatewayMetrics {
         self.accept_errors.inc();
     }
 
-    /// Connections closed for `reason` so far.
-    pub fn closes(&self, reason: CloseReason) -> u64 {
-        self.closes[reason as usize].get()
+    /// What this gateway has counted so far of closes and dropped frames, with the room history `hub` counted.
+    pub fn counts(&self, hub: &HubMetrics) -> GatewayCounts {
+        GatewayCounts {
+            closes: Some(by_label(CloseReason::ALL.map(CloseReason::label), &self.closes)),
+            dropped_frames: Some(by_label(DropReason::ALL.map(DropReason::label), &self.dropped)),
+            history: Some(hub.history()),
+        }
     }
+}
 
-    /// Bad inputs of `kind` seen so far.
-    pub fn bad_inputs(&self, kind: BadInput) -> u64 {
-        self.bad_input[kind as usize].get()
+/// The counters of one process's WebSocket side, the gateway's and its hub's, read as [`GatewayCounts`] whenever
+/// they are reported.
+#[derive(Clone, Debug)]
+pub struct NodeCounters {
+    /// The gateway's.
+    pub gateway: GatewayMetrics,
+    /// Its hub's.
+    pub hub: HubMetrics,
+}
+
+impl CountsSource for NodeCounters {
+    fn counts(&self) -> GatewayCounts {
+        self.gateway.counts(&self.hub)
+    }
+}
+
+/// Each counter's count under its label.
+fn by_label<const N: usize>(labels: [&str; N], counters: &[Counter; N]) -> BTreeMap<String, u64> {
+    labels
+        .into_iter()
+        .zip(counters)
+        .map(|(label, counter)| (label.to_owned(), counter.get()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counts_reported_are_the_figures_metrics_shows() {
+        let mut registry = Registry::default();
+        let hub = HubMetrics::register(&mut registry);
+        let gateway = GatewayMetrics::register(&mut registry);
+        gateway.closed(CloseReason::PeerGone);
+        gateway.closed(CloseReason::PeerGone);
+        gateway.dropped(DropReason::Closing, 3);
+        let counts = gateway.counts(&hub);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("a registry encodes");
+        let shown = |family: &str, label: &str, by: &BTreeMap<String, u64>| {
+            for (value, count) in by {
+                let sample = format!("{family}{{{label}=\"{value}\"}} {count}\n");
+                assert!(text.contains(&sample), "{sample} in\n{text}");
+            }
+        };
+        let closes = counts.closes.as_ref().expect("closes are counted");
+        assert_eq!((closes.len(), closes["peer_gone"]), (CloseReason::ALL.len(), 2));
+        shown("herald_closes_total", "reason", closes);
+        let dropped = counts.dropped_frames.as_ref().expect("drops are counted");
+        assert_eq!(dropped["closing"], 3);
+        shown("herald_dropped_frames_total", "reason", dropped);
+        let history = counts.history.as_ref().expect("history is counted");
+        assert_eq!((history.evicted.len(), history.recoveries.len()), (3, 5));
+        shown("herald_history_evicted_total", "reason", &history.evicted);
+        shown("herald_recoveries_total", "outcome", &history.recoveries);
     }
 }

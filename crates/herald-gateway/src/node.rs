@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::AccessConfig;
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, NodeCounters};
 use crate::{Gateway, GatewayConfig, Session};
 
 /// The hub, the accept loop and the connections of one process.
 pub struct Node {
     /// The fan-out engine the connections joined rooms in; the bus (in-process, gRPC or NATS) pushes into it.
     pub hub: Arc<Hub<Session>>,
+    counters: NodeCounters,
     hub_stop: CancellationToken,
     hub_tasks: TaskTracker,
     close_sessions: CancellationToken,
@@ -37,24 +38,35 @@ impl Node {
         intake: CancellationToken,
         history_elsewhere: Option<Arc<str>>,
     ) -> Self {
-        let hub = Hub::new(hub, HubMetrics::register(registry));
+        let counters = NodeCounters {
+            hub: HubMetrics::register(registry),
+            gateway: GatewayMetrics::register(registry),
+        };
+        let hub = Hub::new(hub, counters.hub.clone());
         // Before the first connection: every JOIN must find the history where it is kept.
         if let Some(epoch) = history_elsewhere {
             hub.keep_history_elsewhere(epoch);
         }
-        let gateway = Gateway::new(Arc::clone(&hub), limits, access, GatewayMetrics::register(registry));
+        let gateway = Gateway::new(Arc::clone(&hub), limits, access, counters.gateway.clone());
         let (hub_stop, hub_tasks) = (CancellationToken::new(), TaskTracker::new());
         hub.spawn_workers(&hub_tasks, hub_stop.clone());
         let (close_sessions, connections) = (CancellationToken::new(), TaskTracker::new());
         let accept_loop = tokio::spawn(gateway.serve(listener, intake, close_sessions.clone(), connections.clone()));
         Self {
             hub,
+            counters,
             hub_stop,
             hub_tasks,
             close_sessions,
             connections,
             accept_loop,
         }
+    }
+
+    /// The closes, drops and history this node counts, for what reports them (a gateway's status and
+    /// announcements, the dashboard of `herald serve`).
+    pub fn counters(&self) -> NodeCounters {
+        self.counters.clone()
     }
 
     /// Refuses every push from now on (part of the first step of shutdown, with cancelling the intake token).

@@ -1,5 +1,6 @@
 //! The hub's metrics: what was pushed, merged, delivered and dropped.
 
+use herald_protocol::counts::HistoryFigures;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -220,6 +221,24 @@ impl HubMetrics {
     pub(crate) fn recoveries_of(&self, outcome: &str) -> u64 {
         let index = OUTCOMES.iter().position(|r| r.label() == outcome).expect("an outcome");
         self.recoveries[index].get()
+    }
+
+    /// Room history and resuming JOINs as counted so far, for a gateway to report ([`HistoryFigures`]).
+    pub fn history(&self) -> HistoryFigures {
+        let by = |labels: &[&str], counters: &[Counter]| {
+            labels
+                .iter()
+                .zip(counters)
+                .map(|(label, counter)| ((*label).to_owned(), counter.get()))
+                .collect()
+        };
+        HistoryFigures {
+            stored_items: self.history_items.get(),
+            bytes: self.history_bytes.get().max(0) as u64,
+            evicted: by(&["size", "age", "memory"], &self.history_evicted),
+            recoveries: by(&OUTCOMES.map(Recovery::label), &self.recoveries),
+            replayed_items: self.replayed_items.get(),
+        }
     }
 
     /// Metrics not registered anywhere (for tests and tools).

@@ -7,9 +7,9 @@
 //! revalidated on every load, and the data is never cached.
 //!
 //! The sample's gauges and hub counters come from the bus's `/stats` document; the closes, dropped frames and
-//! history figures from this process's own metrics registry, read as `/metrics` renders it, or, on logic (which
-//! holds no connection), summed over what the gateways report with their status or announcement. What nobody
-//! reports comes out as `null`: the dashboard says what it cannot see.
+//! history figures from the counters of the connections this process holds (`herald serve`), or, on logic (which
+//! holds none), summed over what the gateways report with their status or announcement. What nobody reports comes
+//! out as `null`: the dashboard says what it cannot see.
 
 use std::sync::Arc;
 
@@ -21,9 +21,8 @@ use axum::routing::get;
 use herald_protocol::counts::GatewayCounts;
 use herald_protocol::dashboard::{DashboardData, DashboardMode, GatewayRow, GatewayState, Totals};
 use herald_protocol::stats::{ClusterStats, HubStats, LinkState, NatsStats, Stats};
-use prometheus_client::registry::Registry;
 
-use crate::Api;
+use crate::state::Api;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
@@ -126,7 +125,6 @@ fn asset(content_type: &'static str, body: &'static str, caching: Caching) -> Re
 
 /// The sample `/dashboard/data` answers now.
 fn sample(api: &Api) -> DashboardData {
-    let own = own_counts(&api.registry);
     let taken = Taken {
         pushes: api.metrics.pushes_taken.get(),
         items: api.metrics.items_taken.get(),
@@ -143,10 +141,9 @@ fn sample(api: &Api) -> DashboardData {
     };
     // A process that holds connections (serve) counts its own; logic adds up the gateways' (those still heard from,
     // so a gateway that goes away takes its counts with it and the page shows no rate for that second).
-    let counts = if own.is_unknown() {
-        GatewayCounts::sum(gateways.iter().filter_map(|row| row.counts.as_ref())).unwrap_or_default()
-    } else {
-        own
+    let counts = match &api.own_counts {
+        Some(own) => own.counts(),
+        None => GatewayCounts::sum(gateways.iter().filter_map(|row| row.counts.as_ref())).unwrap_or_default(),
     };
     DashboardData {
         mode,
@@ -155,14 +152,6 @@ fn sample(api: &Api) -> DashboardData {
         counts,
         gateways,
     }
-}
-
-/// What this process's registry counts of closes, drops and history (nothing, on logic).
-fn own_counts(registry: &Registry) -> GatewayCounts {
-    let mut text = String::new();
-    // Encoding into a String cannot fail on I/O; a failure would leave every family unknown (null).
-    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
-    GatewayCounts::from_metrics_text(&text)
 }
 
 /// What this push API took and refused, for the modes whose hubs are elsewhere.

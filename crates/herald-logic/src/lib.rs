@@ -16,12 +16,18 @@
 //! password is taken too, and a 401 there challenges `Basic`, so a browser asks its operator for the key.
 //!
 //! The API never delivers anything itself: it validates, then hands the push (or the query) to a [`Bus`].
+//!
+//! # Layout
+//! - this file: the routes, the key check, and the handlers with the answers they give.
+//! - `state`: what every handler shares (the bus, the metrics, the counts to show).
+//! - `dashboard`: the dashboard's page, files and data.
 
 mod dashboard;
+mod state;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -33,14 +39,14 @@ use axum::routing::{get, post};
 use herald_protocol::api::{Endpoint, FieldError, parse_push, parse_user};
 use herald_protocol::bus::{Bus, Census, Query, Refused};
 use herald_protocol::client::valid_room;
+use herald_protocol::counts::CountsSource;
 use herald_protocol::presence::{Disconnected, RoomPresence, UserPresence};
 use herald_protocol::valid_user;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::state::Api;
 
 /// Settings of the push API.
 #[derive(Clone, PartialEq, Eq)]
@@ -66,66 +72,18 @@ impl std::fmt::Debug for ApiConfig {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: &'static str,
-    status: u16,
-}
-
-/// Requests answered by the push API, by endpoint and status; what its pushes carried.
-#[derive(Clone, Debug, Default)]
-struct ApiMetrics {
-    requests: Family<RequestLabels, Counter>,
-    /// Items in pushes answered 200.
-    items_taken: Counter,
-    /// Pushes answered 200 (for the dashboard; `/metrics` has them by endpoint in `requests`).
-    pushes_taken: Counter,
-    /// Pushes answered 503 or 413 (likewise).
-    pushes_refused: Counter,
-}
-
-impl ApiMetrics {
-    /// Creates the metrics and registers them (prefix `herald_`).
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "herald_api_requests",
-            "Push-API requests, by endpoint and status",
-            metrics.requests.clone(),
-        );
-        registry.register(
-            "herald_api_push_items",
-            "Items in pushes the push API answered 200",
-            metrics.items_taken.clone(),
-        );
-        metrics
-    }
-
-    fn count(&self, endpoint: &'static str, status: StatusCode) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                endpoint,
-                status: status.as_u16(),
-            })
-            .inc();
-    }
-}
-
-struct Api {
-    bus: Arc<dyn Bus>,
-    body_read_timeout: Duration,
-    registry: Arc<Registry>,
-    metrics: ApiMetrics,
-    /// Cancelled when the process starts shutting down; `/healthz` then answers 503.
-    stopping: CancellationToken,
-    /// When the API was made: the dashboard's clock for rates.
-    started: Instant,
-}
-
 /// The push API's router: the push endpoints plus [`ops_router`]'s. `registry` (with the API's own metrics added)
-/// is rendered at `/metrics`; `stopping` turns `/healthz` to 503.
-pub fn router(bus: Arc<dyn Bus>, registry: Registry, config: ApiConfig, stopping: CancellationToken) -> Router {
-    let api = Api::new(bus, registry, config.body_read_timeout, stopping);
+/// is rendered at `/metrics`; `stopping` turns `/healthz` to 503. `own_counts` are the closes, drops and history of
+/// the connections this process holds, for the dashboard (`herald serve`); without them (logic) it adds up what the
+/// gateways report.
+pub fn router(
+    bus: Arc<dyn Bus>,
+    registry: Registry,
+    own_counts: Option<Arc<dyn CountsSource>>,
+    config: ApiConfig,
+    stopping: CancellationToken,
+) -> Router {
+    let api = Api::new(bus, registry, own_counts, config.body_read_timeout, stopping);
     let keys = Arc::new(config.api_keys);
     let guarded = Router::new()
         .route("/push/room", post(push_room))
@@ -226,35 +184,13 @@ fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
     diff == 0 && presented.len() == key.len()
 }
 
-/// Only `/stats` (the bus's), `/metrics` and `/healthz`, for a listener that must not take pushes (a gateway's
-/// internal listener). It has no fallback, so it can be merged into a router that has one. Also returns the
-/// registry as `/metrics` renders it (the API's metrics added), for what else reports from it.
-pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> (Router, Arc<Registry>) {
-    // Nothing it serves reads a body.
+/// Only `/stats` (the bus's), `/metrics` (`registry`, the API's metrics added) and `/healthz`, for a listener that
+/// must not take pushes (a gateway's internal listener). It has no fallback, so it can be merged into a router that
+/// has one.
+pub fn ops_router(bus: Arc<dyn Bus>, registry: Registry, stopping: CancellationToken) -> Router {
+    // Nothing it serves reads a body, and it has no dashboard to show counts on.
     let body_read_timeout = Duration::ZERO;
-    let api = Api::new(bus, registry, body_read_timeout, stopping);
-    let registry = Arc::clone(&api.registry);
-    (ops_routes().with_state(api), registry)
-}
-
-impl Api {
-    /// The API's state; its own metrics are registered into `registry` before it is shared.
-    fn new(
-        bus: Arc<dyn Bus>,
-        mut registry: Registry,
-        body_read_timeout: Duration,
-        stopping: CancellationToken,
-    ) -> Arc<Self> {
-        let metrics = ApiMetrics::register(&mut registry);
-        Arc::new(Self {
-            bus,
-            body_read_timeout,
-            registry: Arc::new(registry),
-            metrics,
-            stopping,
-            started: Instant::now(),
-        })
-    }
+    ops_routes().with_state(Api::new(bus, registry, None, body_read_timeout, stopping))
 }
 
 fn ops_routes() -> Router<Arc<Api>> {
@@ -368,7 +304,7 @@ async fn answer_query<D: serde::Serialize>(
             };
             match api.bus.query(query).await {
                 Ok(census) => ok(answer(name, census)),
-                Err(refused) => unavailable(&refused),
+                Err(refused) => answer_refusal(&refused),
             }
         }
     };
@@ -400,7 +336,7 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
                     }
                     Err(refused) => {
                         api.metrics.pushes_refused.inc();
-                        unavailable(&refused)
+                        answer_refusal(&refused)
                     }
                 },
             }
@@ -410,13 +346,20 @@ async fn push(api: &Api, endpoint: Endpoint, headers: &HeaderMap, body: Result<B
     response
 }
 
-fn unavailable(refused: &Refused) -> Response {
-    let retry_after = match refused {
-        Refused::QueueFull { retry_after_secs } => *retry_after_secs,
-        Refused::ShuttingDown => 5,
-        Refused::Unavailable { retry_after_secs, .. } => *retry_after_secs,
-        Refused::TooManyItems { .. } => return error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
-    };
+/// The answer to a push or query the bus refused: 413 for a push of more items than a queue can ever hold (retrying
+/// cannot help), 503 with `Retry-After` for the rest.
+fn answer_refusal(refused: &Refused) -> Response {
+    match refused {
+        Refused::TooManyItems { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, "items", &refused.to_string()),
+        Refused::QueueFull { retry_after_secs } | Refused::Unavailable { retry_after_secs, .. } => {
+            unavailable(refused, *retry_after_secs)
+        }
+        Refused::ShuttingDown => unavailable(refused, 5),
+    }
+}
+
+/// 503: the bus cannot take it now; try again after `retry_after` seconds.
+fn unavailable(refused: &Refused, retry_after: u32) -> Response {
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
         axum_json(json!({ "error": refused.to_string() })),

@@ -14,7 +14,8 @@
 //! - [`presence`]: who is in a room, a user's connections, the server's disconnect: queries every gateway answers.
 //! - [`token`]: the claims of herald's connection and room tokens (JWT), as the gateway reads them.
 //! - [`stats`]: the documents operators and tools read: `/stats` of every mode, a gateway's announcement.
-//! - [`counts`]: closes, drops and history as a process's metrics count them, read so gateways can report them.
+//! - [`counts`]: closes, drops and history as a process that holds connections counts them, typed so gateways can
+//!   report them and logic add them up.
 //! - [`dashboard`]: the sample the dashboard page reads every second (`GET /dashboard/data`).
 
 pub mod api;

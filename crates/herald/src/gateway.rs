@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use herald_cluster::gateway::{RpcService, max_push_bytes, serve_internal};
-use herald_cluster::http_server::HttpServing;
 use herald_gateway::Node;
+use herald_http::HttpServing;
+use herald_protocol::counts::CountsSource;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,9 +54,10 @@ pub async fn run(
         running.intake.clone(),
         nats.as_ref().and_then(NatsNode::history_epoch),
     );
-    let (ops, registry) = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
+    let ops = herald_logic::ops_router(node.hub.clone(), registry, running.intake.clone());
+    let counts: Arc<dyn CountsSource> = Arc::new(node.counters());
     if let Some(nats) = nats {
-        nats.feed_gateway(&node.hub, ws_addr, rpc_addr, Some(Arc::clone(&registry)))?;
+        nats.feed_gateway(&node.hub, ws_addr, rpc_addr, Some(Arc::clone(&counts)))?;
         running.nats = Some(nats);
     }
     let hub = Arc::clone(&node.hub);
@@ -69,7 +71,7 @@ pub async fn run(
     // worker, not a worker of the shared runtime to run the HTTP/2 connection and another for the stream's handler.
     // Its stop token also ends logic's open streams, so the server can finish.
     let internal = Server::on_own_threads("rpc", rpc, 1, running.failure_alarm(), move |rpc, stop| {
-        let service = RpcService::new(Arc::clone(&hub), Arc::clone(&registry), stop.clone());
+        let service = RpcService::new(Arc::clone(&hub), Arc::clone(&counts), stop.clone());
         let (ops, secret, serving) = (ops.clone(), secret.clone(), serving.clone());
         async move {
             serve_internal(rpc, service, ops, secret, serving, max_push_bytes, stop)

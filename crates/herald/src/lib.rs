@@ -13,8 +13,9 @@
 //!   its one ordered shutdown). The WebSocket side itself is `herald_gateway::Node`.
 //!
 //! The parts: `herald-protocol` (wire formats and contracts), `herald-hub` (fan-out engine), `herald-gateway`
-//! (WebSocket side), `herald-logic` (push API), `herald-cluster` (the hop between the tiers: gRPC and NATS). The
-//! load generator, `herald-bench`, is a binary of its own that starts this one by path: herald does not link it.
+//! (WebSocket side), `herald-logic` (push API), `herald-http` (the HTTP server every listener but the WebSocket one
+//! runs on), `herald-cluster` (the hop between the tiers: gRPC and NATS). The load generator, `herald-bench`, is a
+//! binary of its own that starts this one by path: herald does not link it.
 
 mod bind;
 pub mod config;

@@ -57,7 +57,8 @@ pub async fn run(config: Logic, api: TcpListener, shutdown: CancellationToken) -
             bus
         }
     };
-    let router = herald_logic::router(bus, registry, config.api.limits.clone(), running.intake.clone());
+    // Logic holds no connection: its dashboard adds up the counts the gateways report.
+    let router = herald_logic::router(bus, registry, None, config.api.limits.clone(), running.intake.clone());
     let alarm = running.failure_alarm();
     // With one push-API thread, logic is one event loop (see `threads`): the API is served on it too.
     let api_server = match config.api.threads {

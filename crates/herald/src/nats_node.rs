@@ -10,6 +10,7 @@ use herald_cluster::nats::{Announce, NatsBus, NatsConfig, NatsMetrics, RoomStore
 use herald_gateway::Session;
 use herald_hub::Hub;
 use herald_hub::history::HistoryConfig;
+use herald_protocol::counts::CountsSource;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,7 +67,7 @@ impl NatsNode {
         hub: &Arc<Hub<Session>>,
         ws_addr: SocketAddr,
         own_addr: SocketAddr,
-        counts: Option<Arc<Registry>>,
+        counts: Option<Arc<dyn CountsSource>>,
     ) -> anyhow::Result<()> {
         let announce = Announce {
             id: format!("{}/{}/{ws_addr}/{own_addr}", hostname(), std::process::id()),

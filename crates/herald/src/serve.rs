@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use herald_gateway::Node;
 use herald_protocol::bus::Bus;
+use herald_protocol::counts::CountsSource;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +53,14 @@ pub async fn run(config: Serve, ws: TcpListener, api: TcpListener, shutdown: Can
         }
         None => node.hub.clone(),
     };
-    let router = herald_logic::router(bus, registry, config.api.limits.clone(), running.intake.clone());
+    let counts: Arc<dyn CountsSource> = Arc::new(node.counters());
+    let router = herald_logic::router(
+        bus,
+        registry,
+        Some(counts),
+        config.api.limits.clone(),
+        running.intake.clone(),
+    );
     running.node = Some(node);
     let alarm = running.failure_alarm();
     running.servers.push(Server::on_own_threads(

@@ -8,7 +8,7 @@
 //! one event loop (a logic node, see `logic.rs`) serves on the caller's runtime instead ([`Server::here`]).
 
 use anyhow::Context;
-use herald_cluster::http_server::{self, HttpServing};
+use herald_http::HttpServing;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +128,6 @@ pub(crate) fn http(
             tls: None,
         };
         let router = router.clone();
-        Box::pin(async move { Ok(http_server::serve(listener, router, serving, stop).await?) })
+        Box::pin(async move { Ok(herald_http::serve(listener, router, serving, stop).await?) })
     }
 }

@@ -122,6 +122,7 @@ impl Link {
                 reason: "queue_full",
                 retry_after: 1,
                 limit: None,
+                detail: None,
             });
         }
         self.metrics.queue_depth.inc();

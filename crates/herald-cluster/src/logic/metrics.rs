@@ -59,7 +59,7 @@ impl ClusterMetrics {
         registry.register(
             "herald_cluster_forwards",
             "Pushes forwarded, by gateway and result: accepted, unconfirmed, unreachable, queue_full (logic's queue), \
-             gateway_queue_full, gateway_shutting_down, gateway_too_many_items, gateway_refused",
+             gateway_queue_full, gateway_shutting_down, gateway_too_many_items, gateway_unavailable, gateway_refused",
             metrics.forwards.clone(),
         );
         metrics
@@ -78,7 +78,7 @@ pub(super) struct LinkMetrics {
 }
 
 /// Every result a forwarded push can have (the `result` label of `herald_cluster_forwards_total`).
-pub(super) const FORWARD_RESULTS: [&str; 8] = [
+pub(super) const FORWARD_RESULTS: [&str; 9] = [
     "accepted",
     "unreachable",
     "queue_full",
@@ -86,6 +86,7 @@ pub(super) const FORWARD_RESULTS: [&str; 8] = [
     "gateway_queue_full",
     "gateway_shutting_down",
     "gateway_too_many_items",
+    "gateway_unavailable",
     "gateway_refused",
 ];
 

@@ -13,6 +13,8 @@ pub(super) enum Outcome {
         retry_after: u32,
         /// The gateway's item limit, when it refused the push as too large.
         limit: Option<u64>,
+        /// What the gateway said was unavailable, when it said so.
+        detail: Option<String>,
     },
     Unconfirmed(&'static str),
 }
@@ -23,6 +25,7 @@ impl Outcome {
             reason: "unreachable",
             retry_after: 1,
             limit: None,
+            detail: None,
         }
     }
 
@@ -37,12 +40,14 @@ impl Outcome {
                     reason: reason.forward_result(),
                     retry_after: refusal.retry_after_secs.max(1),
                     limit: (reason == Reason::TooManyItems).then_some(refusal.limit),
+                    detail: (!refusal.detail.is_empty()).then(|| refusal.detail.clone()),
                 }
             }
             None => Self::Refused {
                 reason: "gateway_refused",
                 retry_after: 1,
                 limit: None,
+                detail: None,
             },
         }
     }

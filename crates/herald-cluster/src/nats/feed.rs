@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use herald_hub::history::Recovery;
 use herald_hub::{Completion, Fetched, Hub, Interest, JoinRequest, Recipient};
 use herald_protocol::bus::Target;
+use herald_protocol::counts::CountsSource;
 use herald_protocol::stats::Announcement;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -36,9 +37,9 @@ pub struct Announce {
     pub id: String,
     /// The gateway's WebSocket listener, as clients should reach it.
     pub ws_addr: String,
-    /// The gateway's metrics, whose closes, drops and history each announcement carries (`None`: `herald serve`,
+    /// The gateway's counters, whose closes, drops and history each announcement carries (`None`: `herald serve`,
     /// whose own dashboard shows them).
-    pub counts: Option<std::sync::Arc<prometheus_client::registry::Registry>>,
+    pub counts: Option<Arc<dyn CountsSource>>,
 }
 
 /// A gateway's side on NATS: subscriptions that follow the hub's rooms, the broadcast subscription, and the
@@ -543,7 +544,7 @@ impl<R: Recipient> Feed<R> {
                 rooms: self.hub.rooms(),
                 subscriptions: self.metrics.subscriptions.get().max(0) as u64,
                 pending_items: self.hub.pending_items(),
-                counts: who.counts.as_deref().map(crate::status::counts_of),
+                counts: who.counts.as_ref().map(|counts| counts.counts()),
             };
             // Not connected: the announcement would only wait in the client's buffer; the next one will do.
             if self.client.connection_state() == State::Connected {

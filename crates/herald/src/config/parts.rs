@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use herald_cluster::Secret;
-use herald_cluster::gateway::ServerTls;
 use herald_cluster::logic::ClusterConfig;
 use herald_cluster::nats::NatsConfig;
 use herald_gateway::GatewayConfig;
 use herald_gateway::access::AccessConfig;
+use herald_http::ServerTls;
 use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
 use herald_hub::history::HistoryConfig;
