@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::AccessConfig;
+use crate::config::GatewayConfig;
+use crate::listener::Gateway;
 use crate::metrics::{GatewayMetrics, NodeCounters};
-use crate::{Gateway, GatewayConfig, Session};
+use crate::session::Session;
 
 /// The hub, the accept loop and the connections of one process.
 pub struct Node {

@@ -433,7 +433,7 @@ impl Conn {
 
 /// Spends one message of `allowance`; false when there is none left (the connection is then closed). A close frame
 /// is always taken: it ends the connection anyway.
-fn spend(allowance: &mut f32, limits: &crate::GatewayConfig, message: &Message<'_>) -> bool {
+fn spend(allowance: &mut f32, limits: &crate::config::GatewayConfig, message: &Message<'_>) -> bool {
     if limits.client_message_rate <= 0.0 || matches!(message, Message::Close(_)) {
         return true;
     }

@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::auth::Auth;
-use crate::GatewayConfig;
 use crate::access::Access;
+use crate::config::GatewayConfig;
 use crate::metrics::{CloseReason, DropReason, GatewayMetrics};
 
 /// What every session of one gateway shares.
