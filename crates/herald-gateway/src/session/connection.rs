@@ -218,9 +218,10 @@ impl Conn {
                 }
                 timer.as_mut().reset(deadline);
             } else {
-                // An open connection's deadlines, checked at every turn, not only when the timer fires: a client
+                // The write and token deadlines are checked at every turn, not only when the timer fires: a client
                 // that keeps the socket readable would otherwise keep the (last, biased) timer branch from ever
-                // being polled, and outlive its token or stall its writes forever.
+                // being polled, and outlive its token or stall its writes forever. (The heartbeat is judged when
+                // the timer fires: see there.)
                 let write = last_progress
                     .filter(|_| queued)
                     .map(|progress| progress + limits.write_timeout);
@@ -234,12 +235,6 @@ impl Conn {
                 if token.is_some_and(|token| now >= token) {
                     self.state.closing(CloseReason::TokenExpired);
                     self.session.begin_close(close::TOKEN_EXPIRED, "token expired", false);
-                    continue;
-                }
-                if now >= heartbeat {
-                    self.state.closing(CloseReason::Heartbeat);
-                    self.session
-                        .begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
                     continue;
                 }
                 let deadline = [write, token].into_iter().flatten().fold(heartbeat, Instant::min);
@@ -280,8 +275,15 @@ impl Conn {
                         self.state.close_under_way(ended_by).input = Input::Done;
                     }
                 }
-                // The deadlines are checked at the top of the loop.
-                () = &mut timer => {}
+                // The write and token deadlines are checked at the top of the loop. The heartbeat is judged here,
+                // after the read branch had its turn: a task woken late (behind a large fan-out) reads the PING
+                // waiting in its socket before it would call the client silent.
+                () = &mut timer => {
+                    if !closing && Instant::now() >= self.last_seen + limits.heartbeat_timeout {
+                        self.state.closing(CloseReason::Heartbeat);
+                        self.session.begin_close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout", false);
+                    }
+                }
             }
         }
     }
