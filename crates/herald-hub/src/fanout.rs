@@ -53,8 +53,14 @@ impl<R: Recipient> Hub<R> {
             _ => Offsets::None,
         };
         let frames = Arc::new(Frames::new(target, items, self.config.merge.max_items, offsets));
-        // Counted before any frame is handed over: a client that sees its frame sees it counted. (The bytes are
-        // counted as each slice is delivered: they depend on the recipients' forms.)
+        // The first member's form is built here, before the slices start: their tasks would otherwise all wait on
+        // the one that builds it. (Each other form is built by the first slice that needs it.)
+        let first_form = members.iter().find_map(|list| list.first()).map(|member| member.form());
+        if let Some(form) = first_form {
+            frames.of(form);
+        }
+        // Counted before any frame is handed over: a client that sees its frame sees it counted. The bytes are
+        // counted as each slice is handed its frames, since they depend on the recipients' forms.
         self.metrics.frames.inc_by(frames.count() as u64);
         self.metrics.frame_items.inc_by(frames.items() as u64);
         self.metrics.deliveries.inc_by((frames.count() * recipients) as u64);

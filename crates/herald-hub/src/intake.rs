@@ -55,14 +55,14 @@ impl<R: Recipient> Hub<R> {
     /// answer says no item was taken.
     pub fn push_stored(
         &self,
-        room: &str,
+        room: &Arc<str>,
         items: Vec<Bytes>,
         offsets: Vec<u64>,
         before: u64,
     ) -> Result<Accepted, Refused> {
         debug_assert_eq!(items.len(), offsets.len());
         let intake = Intake::Stored {
-            room: Target::Room(Arc::from(room)),
+            room: Target::Room(Arc::clone(room)),
             offsets,
             before,
         };

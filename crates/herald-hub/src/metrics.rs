@@ -100,7 +100,7 @@ impl HubMetrics {
             pending_items: Gauge::default(),
             history_items: Counter::default(),
             history_bytes: Gauge::default(),
-            history_evicted: ["size", "age", "memory"].map(|reason| labelled(&evicted, ReasonLabel { reason })),
+            history_evicted: Evicted::ALL.map(|why| labelled(&evicted, ReasonLabel { reason: why.label() })),
             recoveries: OUTCOMES.map(|outcome| {
                 labelled(
                     &recoveries,
@@ -189,11 +189,10 @@ impl HubMetrics {
     }
 
     pub(crate) fn evicted(&self, why: Evicted, items: u64) {
-        let index = match why {
-            Evicted::Size => 0,
-            Evicted::Age => 1,
-            Evicted::Memory => 2,
-        };
+        let index = Evicted::ALL
+            .iter()
+            .position(|e| *e == why)
+            .expect("every reason is listed");
         self.history_evicted[index].inc_by(items);
     }
 
@@ -209,9 +208,9 @@ impl HubMetrics {
     /// Items evicted from histories for `reason` (`size`, `age`, `memory`).
     #[cfg(test)]
     pub(crate) fn evicted_of(&self, reason: &str) -> u64 {
-        let index = ["size", "age", "memory"]
+        let index = Evicted::ALL
             .iter()
-            .position(|r| *r == reason)
+            .position(|why| why.label() == reason)
             .expect("a reason");
         self.history_evicted[index].get()
     }
@@ -235,7 +234,7 @@ impl HubMetrics {
         HistoryFigures {
             stored_items: self.history_items.get(),
             bytes: self.history_bytes.get().max(0) as u64,
-            evicted: by(&["size", "age", "memory"], &self.history_evicted),
+            evicted: by(&Evicted::ALL.map(Evicted::label), &self.history_evicted),
             recoveries: by(&OUTCOMES.map(Recovery::label), &self.recoveries),
             replayed_items: self.replayed_items.get(),
         }

@@ -9,6 +9,19 @@ pub(crate) enum Evicted {
     Memory,
 }
 
+impl Evicted {
+    /// Every reason, each counted under its label.
+    pub(crate) const ALL: [Evicted; 3] = [Self::Size, Self::Age, Self::Memory];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::Age => "age",
+            Self::Memory => "memory",
+        }
+    }
+}
+
 /// What a resuming JOIN finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {

@@ -91,7 +91,8 @@ async fn member_with_item_5(store: &mut Elsewhere) -> Arc<Recorder> {
 }
 
 fn stored(hub: &Hub<Recorder>, item: &str, offset: u64, before: u64) -> Accepted {
-    hub.push_stored("r", items(&[item]), vec![offset], before).unwrap()
+    hub.push_stored(&Arc::from("r"), items(&[item]), vec![offset], before)
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -289,4 +290,53 @@ async fn a_room_push_around_the_store_is_refused() {
     assert!(matches!(refused, Refused::Unavailable { .. }), "{refused:?}");
     // Broadcasts and users have no history: taken as before.
     assert!(store.hub.push(&Target::All, items(&["1"])).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_refused_for_a_full_queue_is_not_counted_as_handed() {
+    let (hub, _stop, _tracker) = start_with(HubConfig {
+        shards: 1,
+        merge: MergePolicy {
+            window: WINDOW,
+            max_items: 100,
+        },
+        queue_items: 2,
+        queue_bytes: 1 << 30,
+        max_rooms: 0,
+        history: HistoryConfig::OFF,
+    });
+    assert!(hub.keep_history_elsewhere(Arc::from(EPOCH)));
+    let mut store = Elsewhere {
+        interest: hub.watch_interest().unwrap(),
+        hub: Arc::clone(&hub),
+        _stop: CancellationToken::new(),
+        _tracker: TaskTracker::new(),
+    };
+    let member = member_with_item_5(&mut store).await;
+    // 5 went out at once; 6 and 7 wait for the window and fill the queue, so 8 is refused.
+    stored(&hub, "6", 6, 5);
+    stored(&hub, "7", 7, 6);
+    let refused = hub.push_stored(&Arc::from("r"), items(&["8"]), vec![8], 7).unwrap_err();
+    assert!(matches!(refused, Refused::QueueFull { .. }), "{refused:?}");
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    // Where the room stands is the last item it took: a JOIN now is told 7, and the reader that hands 8 again
+    // (once the queue has room) gets it delivered, not dropped as a duplicate.
+    let answer = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&answer);
+    hub.join_with("r", &member, None, move |given| {
+        *slot.lock() = given.cloned();
+        None
+    })
+    .unwrap();
+    assert_eq!(answer.lock().as_ref().map(|answer| answer.position.offset), Some(7));
+    assert_eq!(stored(&hub, "8", 8, 7).items, 1);
+    tokio::time::advance(WINDOW).await;
+    settle().await;
+    assert_eq!(
+        frames(&member).last(),
+        Some(&(8, vec!["8".to_owned()])),
+        "{:?}",
+        frames(&member)
+    );
 }
