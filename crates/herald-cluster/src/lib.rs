@@ -5,13 +5,14 @@
 //! - `hop`: what both hops share: a push on the wire, how a gateway takes it into its hub and the one set of
 //!   reasons it may refuse it for, and the reconnect backoff.
 //! - gRPC, logic's side: [`logic`] (the [`logic::ClusterBus`], logic's [`herald_protocol::bus::Bus`], and how the
-//!   gateways' answers become one), with `logic/link.rs` (one gateway's queue, stream and reconnects) and
-//!   `logic/metrics.rs`.
+//!   gateways' answers become one), with `logic/link.rs` (one gateway's queue, stream and reconnects),
+//!   `logic/outcome.rs` (one gateway's answer to one push, and the label it is counted under) and `logic/metrics.rs`.
 //! - gRPC, the gateway's side: [`gateway`] (the service that hands each push to the local hub, and the internal
 //!   listener with `/healthz`, `/stats`, `/metrics`, served by `herald-http` as the push API is), `status` (its
 //!   status as protobuf fields), `auth` (the optional shared secret).
-//! - NATS: [`nats`] (settings, connection, errors) with `nats/publisher.rs` (logic's bus), `nats/feed.rs` (a
-//!   gateway's subscriptions and announcements), `nats/subjects.rs` and `nats/metrics.rs`.
+//! - NATS: [`nats`] (settings, errors) with `nats/connection.rs` (the connection, retried, its events counted),
+//!   `nats/publisher.rs` (logic's bus), `nats/feed.rs` (a gateway's subscriptions and announcements),
+//!   `nats/history.rs` (room history in JetStream), `nats/subjects.rs` and `nats/metrics.rs`.
 //!
 //! The schema is `proto/herald_cluster.proto`. Items cross the hop as the bytes logic validated; the gateway never
 //! parses them. Merging happens on the gateway, as in `herald serve`.

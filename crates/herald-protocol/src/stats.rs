@@ -45,7 +45,8 @@ pub struct HubStats {
     pub delivered_bytes: u64,
     /// Items dropped because their room had no member.
     pub items_unrouted: u64,
-    /// Pushes refused (queue full, shutting down).
+    /// Pushes the hub refused, for any reason (queue full, shutting down, more items than a queue holds, the store
+    /// unavailable).
     pub pushes_refused: u64,
     /// Shards (buckets) of the hub.
     pub shards: u64,

@@ -68,7 +68,7 @@ impl NatsMetrics {
         registry.register(
             "herald_nats_pushes_refused",
             "gateway: pushes from NATS the hub did not take (lost), by reason: queue_full, shutting_down, \
-             too_many_items, invalid, undecodable; with history: not_stored (published around the stream), \
+             too_many_items, unavailable, invalid, undecodable; with history: not_stored (published around the stream), \
              history_gap (messages the subscription lost could not be read back)",
             metrics.refused.clone(),
         );
