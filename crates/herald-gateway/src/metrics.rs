@@ -1,10 +1,8 @@
 //! The gateway's metrics: handshakes, closes by reason, bad input by kind, dropped frames, token failures; and
 //! [`NodeCounters`], the closes, drops and history a process that holds connections reports.
 
-use std::collections::BTreeMap;
-
 use herald_hub::HubMetrics;
-use herald_hub::metrics::labelled;
+use herald_hub::metrics::{by_label, labelled};
 use herald_protocol::counts::{CountsSource, GatewayCounts};
 use herald_protocol::token::TokenError;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -336,17 +334,10 @@ impl CountsSource for NodeCounters {
     }
 }
 
-/// Each counter's count under its label.
-fn by_label<const N: usize>(labels: [&str; N], counters: &[Counter; N]) -> BTreeMap<String, u64> {
-    labels
-        .into_iter()
-        .zip(counters)
-        .map(|(label, counter)| (label.to_owned(), counter.get()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

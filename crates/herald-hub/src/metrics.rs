@@ -1,5 +1,7 @@
 //! The hub's metrics: what was pushed, merged, delivered and dropped.
 
+use std::collections::BTreeMap;
+
 use herald_protocol::counts::HistoryFigures;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -224,18 +226,11 @@ impl HubMetrics {
 
     /// Room history and resuming JOINs as counted so far, for a gateway to report ([`HistoryFigures`]).
     pub fn history(&self) -> HistoryFigures {
-        let by = |labels: &[&str], counters: &[Counter]| {
-            labels
-                .iter()
-                .zip(counters)
-                .map(|(label, counter)| ((*label).to_owned(), counter.get()))
-                .collect()
-        };
         HistoryFigures {
             stored_items: self.history_items.get(),
             bytes: self.history_bytes.get().max(0) as u64,
-            evicted: by(&Evicted::ALL.map(Evicted::label), &self.history_evicted),
-            recoveries: by(&OUTCOMES.map(Recovery::label), &self.recoveries),
+            evicted: by_label(Evicted::ALL.map(Evicted::label), &self.history_evicted),
+            recoveries: by_label(OUTCOMES.map(Recovery::label), &self.recoveries),
             replayed_items: self.replayed_items.get(),
         }
     }
@@ -253,4 +248,14 @@ where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
 {
     family.get_or_create(&labels).clone()
+}
+
+/// Each counter of a labelled family (resolved with [`labelled`], in the order of `labels`) by its label: the form
+/// in which counts are reported to other processes.
+pub fn by_label<const N: usize>(labels: [&str; N], counters: &[Counter; N]) -> BTreeMap<String, u64> {
+    labels
+        .into_iter()
+        .zip(counters)
+        .map(|(label, counter)| (label.to_owned(), counter.get()))
+        .collect()
 }

@@ -354,6 +354,58 @@ async fn a_push_larger_than_the_queue_is_refused_as_too_large() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn every_refusal_is_counted_under_its_reason_and_none_as_a_push() {
+    let (hub, stop, tracker) = start(100, 3);
+    let a = Recorder::new(1);
+    hub.register(&a);
+    hub.join("r", &a).unwrap();
+    hub.push(&room("r"), items(&["1"])).unwrap();
+    settle().await;
+    hub.push(&room("r"), items(&["2", "3"])).unwrap();
+    assert!(matches!(
+        hub.push(&room("r"), items(&["4", "5"])),
+        Err(Refused::QueueFull { .. })
+    ));
+    assert!(matches!(
+        hub.push(&room("r"), items(&["1", "2", "3", "4"])),
+        Err(Refused::TooManyItems { .. })
+    ));
+    hub.close();
+    assert_eq!(hub.push(&room("r"), items(&["6"])), Err(Refused::ShuttingDown));
+    let m = &hub.metrics;
+    let refused = [
+        &m.refused_queue_full,
+        &m.refused_too_many_items,
+        &m.refused_shutting_down,
+    ]
+    .map(|c| c.get());
+    assert_eq!(refused, [1, 1, 1]);
+    let stats = hub.stats();
+    assert_eq!((stats.pushes, stats.items, stats.pushes_refused), (2, 3, 3));
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivered_bytes_are_each_recipients_frames() {
+    let (hub, _stop, _tracker) = start(2, 100);
+    let conns: Vec<_> = (1..=3).map(Recorder::new).collect();
+    for conn in &conns {
+        hub.register(conn);
+        hub.join("r", conn).unwrap();
+    }
+    hub.push(&room("r"), items(&["1", "2", "3"])).unwrap();
+    settle().await;
+    let frames = conns[0].frames.lock().clone();
+    assert_eq!(frames.len(), 2, "two frames of at most two items");
+    let per_recipient: usize = frames.iter().map(Bytes::len).sum();
+    let stats = hub.stats();
+    assert_eq!((stats.frames, stats.deliveries), (2, 6));
+    assert_eq!(stats.delivered_bytes, 3 * per_recipient as u64);
+}
+
 #[test]
 fn partition_covers_every_member_once_in_near_equal_slices() {
     let lists: Vec<Arc<Vec<Arc<Recorder>>>> = [5usize, 0, 7, 3]

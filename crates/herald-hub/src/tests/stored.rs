@@ -288,6 +288,7 @@ async fn a_room_push_around_the_store_is_refused() {
     let store = elsewhere();
     let refused = store.hub.push(&room("r"), items(&["1"])).unwrap_err();
     assert!(matches!(refused, Refused::Unavailable { .. }), "{refused:?}");
+    assert_eq!(store.hub.metrics.refused_unavailable.get(), 1, "counted as refused");
     // Broadcasts and users have no history: taken as before.
     assert!(store.hub.push(&Target::All, items(&["1"])).is_ok());
 }
