@@ -1,6 +1,6 @@
 """Signs tokens and makes keys for herald's identity tests, with PyJWT and cryptography: an implementation
 independent of the `jsonwebtoken` crate herald verifies with. Run by crates/herald/tests/support/jwt.rs through
-the interpreter scripts/install-pyjwt sets up.
+the interpreter scripts/install-python sets up.
 
   sign_token.py sign ALG KEY CLAIMS_JSON [HEADERS_JSON]   KEY: the HMAC secret, or a private key PEM file (RS256, ES256,
                                                    EdDSA); prints the token

@@ -11,6 +11,9 @@
 //! server of this protocol must do beyond writing frames: where the clients' heartbeats are a large share of the
 //! work (10,000 connections that get one frame a second), this variant tells the heartbeats' cost from herald's.
 //!
+//! With `--compress` it accepts permessage-deflate offers as herald does and compresses each frame once, with
+//! herald's encoder and default settings, for every connection: the floor of the compressed scenarios.
+//!
 //! With `--processes N` it is N processes sharing the WebSocket port (SO_REUSEPORT, the kernel spreading the
 //! connections), as `herald-bench --nats N` runs N gateways: the first takes the pushes and the `/stats` requests
 //! and hands each on to the others over HTTP/1.1 (as logic hands pushes to the gateways through nats-server), each
@@ -32,7 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald_gateway::handshake::{accept_key, switching_protocols};
 use herald_protocol::bus::Target;
-use herald_protocol::push::push_frame;
+use herald_protocol::deflate::Compression;
+use herald_protocol::deflate_offer;
+use herald_protocol::forms::WireForm;
 use herald_protocol::ws::{OpCode, decode_header, unmask};
 
 #[derive(Default)]
@@ -45,13 +50,14 @@ struct Shared {
     frame_full: Condvar,
 }
 
-/// The command line: `WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--processes N]`.
+/// The command line: `WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--compress] [--processes N]`.
 struct Args {
     ws: SocketAddr,
     api: SocketAddr,
     window_ms: String,
     max_items: String,
     answer_pings: bool,
+    compress: bool,
     processes: usize,
     /// One of the processes another one started (`--child`, not for users): it prints its push-API address and
     /// ends when its parent does.
@@ -60,13 +66,15 @@ struct Args {
 
 impl Args {
     fn parse() -> anyhow::Result<Self> {
-        const USAGE: &str = "usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--processes N]";
+        const USAGE: &str =
+            "usage: raw_fanout WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--compress] [--processes N]";
         let mut args = std::env::args().skip(1);
         let mut positional = Vec::new();
-        let (mut answer_pings, mut processes, mut child) = (false, 1, false);
+        let (mut answer_pings, mut compress, mut processes, mut child) = (false, false, 1, false);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--answer-pings" => answer_pings = true,
+                "--compress" => compress = true,
                 "--child" => child = true,
                 "--processes" => processes = args.next().and_then(|n| n.parse().ok()).unwrap_or(0),
                 _ => positional.push(arg),
@@ -81,6 +89,7 @@ impl Args {
             window_ms,
             max_items,
             answer_pings,
+            compress,
             processes,
             child,
         })
@@ -109,9 +118,10 @@ fn main() -> anyhow::Result<()> {
     };
     let accepting = Arc::clone(&shared);
     let pongs = args.answer_pings.then(PingAnswerer::start).transpose()?;
+    let compress = args.compress;
     std::thread::spawn(move || {
         for stream in ws.incoming().flatten() {
-            if let Ok(stream) = upgrade(stream) {
+            if let Ok(stream) = upgrade(stream, compress) {
                 let conn = match &pongs {
                     Some(pongs) => match pongs.answer(stream) {
                         Ok(shared) => Conn::Answered(shared),
@@ -160,7 +170,15 @@ fn main() -> anyhow::Result<()> {
             pending.drain(..take).collect()
         };
         let room = Target::Room("bench".into());
-        let frames: Vec<Bytes> = items.chunks(max_items).map(|c| push_frame(&room, c)).collect();
+        let form = if compress {
+            WireForm::Deflate
+        } else {
+            WireForm::WebSocket
+        };
+        let frames: Vec<Bytes> = items
+            .chunks(max_items)
+            .map(|c| form.encode(&room, c, None, &Compression::default()).frame)
+            .collect();
         let conns = shared.conns.lock().unwrap();
         let before = short_writes;
         for frame in &frames {
@@ -286,8 +304,9 @@ fn read_message(reader: &mut impl BufRead) -> io::Result<Option<(String, Vec<u8>
     Ok(Some((first_line, body)))
 }
 
-/// Reads the handshake request and answers 101; the socket is then non-blocking and never read again.
-fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
+/// Reads the handshake request and answers 101 (accepting a permessage-deflate offer with `compress`); the socket is
+/// then non-blocking and never read again.
+fn upgrade(mut stream: TcpStream, compress: bool) -> io::Result<TcpStream> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -307,7 +326,13 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
         })
         .map(|(_, v)| v.trim().to_owned())
         .ok_or(io::ErrorKind::InvalidData)?;
-    stream.write_all(switching_protocols(&accept_key(&key), None).as_bytes())?;
+    let offers = head.lines().filter_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|(_, v)| v)
+    });
+    let deflate = deflate_offer::negotiate(offers).filter(|_| compress);
+    stream.write_all(switching_protocols(&accept_key(&key), None, deflate.as_ref()).as_bytes())?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
@@ -370,7 +395,7 @@ impl PingAnswerer {
                 filled += n;
                 // Whole frames from the start of the buffer: a PING gets its PONG, anything else is skipped.
                 let mut used = 0;
-                while let Ok(Some(header)) = decode_header(&buf[used..filled], buf.len()) {
+                while let Ok(Some(header)) = decode_header(&buf[used..filled], buf.len(), true) {
                     let end = used + header.header_len + header.payload_len;
                     if end > filled {
                         break;

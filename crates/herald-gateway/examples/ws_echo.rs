@@ -36,6 +36,7 @@ async fn main() -> std::io::Result<()> {
             queue_bytes: 1,
             max_rooms: 0,
             history: herald_hub::history::HistoryConfig::OFF,
+            compression: herald_protocol::deflate::Compression::default(),
         },
         HubMetrics::unregistered(),
     );
@@ -52,6 +53,8 @@ async fn main() -> std::io::Result<()> {
         outbox_bytes: 256 << 20,
         // The suite sends thousands of messages as fast as it can: no rate limit here.
         client_message_rate: 0.0,
+        // Sections 12 and 13 of the suite: permessage-deflate.
+        compression: true,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let gateway = Gateway::new_echo(hub, config, GatewayMetrics::register(&mut registry));

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     /// Messages a second one connection may send (a token bucket holding two seconds' worth); one more closes it
     /// with 4005. 0 turns the limit off.
     pub client_message_rate: f64,
+    /// Accept permessage-deflate offers (RFC 7692): frames to connections that offered it go out compressed, once
+    /// per batch for all of them, and their messages may come compressed.
+    pub compression: bool,
 }
 
 impl GatewayConfig {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use herald_protocol::deflate_offer::{self, DeflateAgreement};
 use herald_protocol::ws::HEARTBEAT_TIMEOUT_HEADER;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -49,6 +50,8 @@ pub enum Request {
         token: Option<String>,
         /// The `Origin` header (browsers send it; other clients usually do not).
         origin: Option<String>,
+        /// The first permessage-deflate offer herald can honour, from every `Sec-WebSocket-Extensions` line.
+        deflate: Option<DeflateAgreement>,
     },
     /// `GET /` (the demo page) or `GET /herald-client.js`.
     Page(&'static Asset),
@@ -145,11 +148,17 @@ fn classify(request: &httparse::Request<'_, '_>, rest: &[u8], upgrade_at_root: b
     let from_header = header("authorization")
         .and_then(|value| value.trim().strip_prefix("Bearer "))
         .map(|token| token.trim().to_owned());
+    let extensions = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
     Request::Upgrade {
         accept: accept_key(key),
         early: rest.to_vec(),
         token: from_query.or(from_header),
         origin: header("origin").map(str::to_owned),
+        deflate: deflate_offer::negotiate(extensions),
     }
 }
 
@@ -172,14 +181,21 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// The `101 Switching Protocols` response; with `heartbeat_timeout`, it says how long a silent connection is kept
-/// ([`HEARTBEAT_TIMEOUT_HEADER`]).
-pub fn switching_protocols(accept: &str, heartbeat_timeout: Option<Duration>) -> String {
+/// ([`HEARTBEAT_TIMEOUT_HEADER`]); with `deflate`, it accepts that permessage-deflate offer.
+pub fn switching_protocols(
+    accept: &str,
+    heartbeat_timeout: Option<Duration>,
+    deflate: Option<&DeflateAgreement>,
+) -> String {
     let heartbeat = heartbeat_timeout.map_or(String::new(), |timeout| {
         format!("{HEARTBEAT_TIMEOUT_HEADER}: {}\r\n", timeout.as_millis())
     });
+    let extensions = deflate.map_or(String::new(), |agreement| {
+        format!("Sec-WebSocket-Extensions: {}\r\n", agreement.response())
+    });
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n{heartbeat}\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{extensions}{heartbeat}\r\n"
     )
 }
 
@@ -218,12 +234,34 @@ mod tests {
 
     #[test]
     fn the_upgrade_says_the_heartbeat_timeout_when_given() {
-        let said = switching_protocols("k", Some(Duration::from_secs(60)));
+        let said = switching_protocols("k", Some(Duration::from_secs(60)), None);
         assert!(
             said.ends_with("Sec-WebSocket-Accept: k\r\nHerald-Heartbeat-Timeout-Ms: 60000\r\n\r\n"),
             "{said}"
         );
-        assert!(switching_protocols("k", None).ends_with("Sec-WebSocket-Accept: k\r\n\r\n"));
+        assert!(switching_protocols("k", None, None).ends_with("Sec-WebSocket-Accept: k\r\n\r\n"));
+    }
+
+    #[test]
+    fn reads_every_extensions_line_and_answers_one() {
+        let offered = UPGRADE.replace(
+            "Host: x\r\n",
+            "Host: x\r\nSec-WebSocket-Extensions: permessage-deflate; 15\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+        let Request::Upgrade { deflate, .. } = parse(&offered) else {
+            panic!("not an upgrade")
+        };
+        let agreement = deflate.expect("the second line's offer is taken");
+        let said = switching_protocols("k", None, Some(&agreement));
+        assert_eq!(said.matches("Sec-WebSocket-Extensions").count(), 1, "{said}");
+        assert!(said.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ));
+        let Request::Upgrade { deflate, .. } = parse(UPGRADE) else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(deflate, None, "no offer, no extension");
     }
 
     #[test]
@@ -234,6 +272,7 @@ mod tests {
             early,
             token,
             origin,
+            ..
         } = parse(&raw)
         else {
             panic!("not an upgrade")

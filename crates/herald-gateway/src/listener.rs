@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_hub::Hub;
+use herald_protocol::deflate_offer::DeflateAgreement;
 use herald_protocol::forms::WireForm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -149,14 +150,19 @@ impl Gateway {
             early,
             admitted,
             permit,
+            deflate,
         } = upgraded;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let Admitted { identity, _slot } = admitted;
         tracing::debug!(id, %peer, authenticated = identity.is_some(), "connected");
-        // Every connection of this listener takes go-push's PUSH frames, in WebSocket frames.
-        let form = WireForm::WebSocket;
+        // Every connection of this listener takes go-push's PUSH frames, in WebSocket frames: compressed when it
+        // negotiated permessage-deflate with a window herald's shared frames fit.
+        let form = match deflate {
+            Some(agreement) if agreement.compresses() => WireForm::Deflate,
+            _ => WireForm::WebSocket,
+        };
         let (session, auth) = Session::new(id, stream, form, Arc::clone(&self.context), identity);
-        crate::session::run(session, auth, early, shutdown).await;
+        crate::session::run(session, auth, early, deflate.is_some(), shutdown).await;
         drop(_slot);
         drop(permit);
     }
@@ -190,6 +196,7 @@ impl Gateway {
                 early,
                 token,
                 origin,
+                deflate,
             })) => match Arc::clone(&self.permits).try_acquire_owned() {
                 Err(_) => (handshake::OVER_LIMIT.to_owned(), Handshake::OverLimit, None),
                 Ok(permit) => match self
@@ -197,11 +204,15 @@ impl Gateway {
                     .access
                     .admit(peer.ip(), origin.as_deref(), token.as_deref())
                 {
-                    Ok(admitted) => (
-                        handshake::switching_protocols(&accept, Some(self.context.limits.heartbeat_timeout)),
-                        Handshake::Upgraded,
-                        Some((early, admitted, permit)),
-                    ),
+                    Ok(admitted) => {
+                        let deflate = deflate.filter(|_| self.context.limits.compression);
+                        let response = handshake::switching_protocols(
+                            &accept,
+                            Some(self.context.limits.heartbeat_timeout),
+                            deflate.as_ref(),
+                        );
+                        (response, Handshake::Upgraded, Some((early, admitted, permit, deflate)))
+                    }
                     Err(refusal) => {
                         let (response, outcome) = self.refusal(refusal);
                         (response, outcome, None)
@@ -216,7 +227,7 @@ impl Gateway {
         )
         .await;
         drop(handshake);
-        let Some((early, admitted, permit)) = upgrade else {
+        let Some((early, admitted, permit, deflate)) = upgrade else {
             if matches!(written, Ok(Ok(()))) {
                 linger(stream).await;
             }
@@ -231,6 +242,7 @@ impl Gateway {
             early,
             admitted,
             permit,
+            deflate,
         })
     }
 
@@ -311,6 +323,8 @@ struct Upgraded {
     admitted: Admitted,
     /// Its place in `max_connections`.
     permit: OwnedSemaphorePermit,
+    /// The permessage-deflate offer accepted, if any.
+    deflate: Option<DeflateAgreement>,
 }
 
 /// `accept` errors that mean the process is out of something, not that one connection failed.

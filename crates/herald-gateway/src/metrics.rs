@@ -77,8 +77,10 @@ pub enum BadInput {
     Protocol,
     /// Text that is not UTF-8 (close 1007).
     InvalidUtf8,
-    /// A message over the read limit (close 1009).
+    /// A message over the read limit, or a compressed one that inflates past it (close 1009).
     TooBig,
+    /// A compressed message whose bytes do not inflate (close 1007).
+    BadCompression,
     /// Text that is not JSON (close 1007).
     NotJson,
     /// JSON of unknown type or structure (close 1008).
@@ -100,10 +102,11 @@ pub enum BadInput {
 }
 
 impl BadInput {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Protocol,
         Self::InvalidUtf8,
         Self::TooBig,
+        Self::BadCompression,
         Self::NotJson,
         Self::UnknownMessage,
         Self::Binary,
@@ -120,6 +123,7 @@ impl BadInput {
             Self::Protocol => "protocol",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::TooBig => "too_big",
+            Self::BadCompression => "bad_compression",
             Self::NotJson => "not_json",
             Self::UnknownMessage => "unknown_message",
             Self::Binary => "binary",

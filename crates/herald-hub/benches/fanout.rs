@@ -58,6 +58,7 @@ fn fanout(c: &mut Criterion) {
             history: herald_hub::history::HistoryConfig::OFF,
             queue_items: 100_000,
             queue_bytes: 1 << 30,
+            compression: herald_protocol::deflate::Compression::default(),
         };
         let hub = Hub::new(config, HubMetrics::unregistered());
         let received = Arc::new(AtomicU64::new(0));

@@ -1,5 +1,7 @@
 //! The hub's settings.
 
+use herald_protocol::deflate::Compression;
+
 use crate::batch::MergePolicy;
 use crate::history::HistoryConfig;
 
@@ -19,4 +21,6 @@ pub struct HubConfig {
     pub max_rooms: usize,
     /// What rooms keep of their items for clients that come back.
     pub history: HistoryConfig,
+    /// How frames are compressed for connections that negotiated permessage-deflate (once per batch).
+    pub compression: Compression,
 }

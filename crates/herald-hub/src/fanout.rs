@@ -52,7 +52,13 @@ impl<R: Recipient> Hub<R> {
             (_, _, Some(first)) => Offsets::From(first),
             _ => Offsets::None,
         };
-        let frames = Arc::new(Frames::new(target, items, self.config.merge.max_items, offsets));
+        let frames = Arc::new(Frames::new(
+            &self.encoding,
+            target,
+            items,
+            self.config.merge.max_items,
+            offsets,
+        ));
         // The first member's form is built here, before the slices start: their tasks would otherwise all wait on
         // the one that builds it. (Each other form is built by the first slice that needs it.)
         let first_form = members.iter().find_map(|list| list.first()).map(|member| member.form());

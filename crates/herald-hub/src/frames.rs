@@ -1,12 +1,36 @@
 //! A batch's frames, held once per wire form: encoded the first time a recipient of that form needs them, then
-//! shared by every recipient of the form. A form no recipient uses is never built.
+//! shared by every recipient of the form. A form no recipient uses is never built; a compressed form is compressed
+//! once per batch, however many recipients take it.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use herald_protocol::bus::Target;
+use herald_protocol::deflate::Compression;
 use herald_protocol::forms::{FORMS, WireForm};
 use herald_protocol::position::Position;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::HubMetrics;
+
+/// What encoding frames takes from the hub: its compression settings, and the counters compression adds to.
+pub(crate) struct Encoding {
+    compression: Compression,
+    compressed_frames: Counter,
+    in_bytes: Counter,
+    out_bytes: Counter,
+}
+
+impl Encoding {
+    pub(crate) fn new(compression: Compression, metrics: &HubMetrics) -> Self {
+        Self {
+            compression,
+            compressed_frames: metrics.compressed_frames.clone(),
+            in_bytes: metrics.compression_in_bytes.clone(),
+            out_bytes: metrics.compression_out_bytes.clone(),
+        }
+    }
+}
 
 /// The offsets a room's frames carry.
 #[derive(Clone, Copy)]
@@ -21,6 +45,7 @@ pub(crate) enum Offsets<'a> {
 
 /// The frames of one batch, at most `merge_max_items` items each.
 pub(crate) struct Frames {
+    encoding: Arc<Encoding>,
     target: Target,
     items: Vec<Bytes>,
     /// Where each frame's items end in `items`, and the position of its last item (in a room with history).
@@ -31,7 +56,13 @@ pub(crate) struct Frames {
 
 impl Frames {
     /// Cuts `items` pushed to `target` into frames of at most `max_items`; nothing is encoded yet.
-    pub(crate) fn new(target: Target, items: Vec<Bytes>, max_items: usize, offsets: Offsets<'_>) -> Self {
+    pub(crate) fn new(
+        encoding: &Arc<Encoding>,
+        target: Target,
+        items: Vec<Bytes>,
+        max_items: usize,
+        offsets: Offsets<'_>,
+    ) -> Self {
         let mut cuts = Vec::with_capacity(items.len().div_ceil(max_items));
         let mut end = 0;
         while end < items.len() {
@@ -50,6 +81,7 @@ impl Frames {
             cuts.push((end, last));
         }
         Self {
+            encoding: Arc::clone(encoding),
             target,
             items,
             cuts,
@@ -79,14 +111,25 @@ impl Frames {
 
     fn built_in(&self, form: WireForm) -> &(Box<[Bytes]>, usize) {
         self.built[form.index()].get_or_init(|| {
+            let encoding = &*self.encoding;
             let mut start = 0;
             let frames: Box<[Bytes]> = self
                 .cuts
                 .iter()
                 .map(|(end, last)| {
-                    let frame = form.encode(&self.target, &self.items[start..*end], last.as_ref());
+                    let encoded = form.encode(
+                        &self.target,
+                        &self.items[start..*end],
+                        last.as_ref(),
+                        &encoding.compression,
+                    );
+                    if let Some((before, after)) = encoded.deflated {
+                        encoding.compressed_frames.inc();
+                        encoding.in_bytes.inc_by(before as u64);
+                        encoding.out_bytes.inc_by(after as u64);
+                    }
                     start = *end;
-                    frame
+                    encoded.frame
                 })
                 .collect();
             let bytes = frames.iter().map(Bytes::len).sum();
@@ -101,6 +144,11 @@ mod tests {
 
     use super::*;
 
+    fn encoding() -> Arc<Encoding> {
+        let metrics = HubMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Arc::new(Encoding::new(Compression::default(), &metrics))
+    }
+
     fn items(count: usize) -> Vec<Bytes> {
         (1..=count).map(|n| Bytes::from(n.to_string())).collect()
     }
@@ -112,7 +160,7 @@ mod tests {
             offset: 11,
             epoch: "e".into(),
         };
-        let frames = Frames::new(room.clone(), items(5), 2, Offsets::From(&first));
+        let frames = Frames::new(&encoding(), room.clone(), items(5), 2, Offsets::From(&first));
         assert_eq!((frames.count(), frames.items()), (3, 5));
         let built = frames.of(WireForm::WebSocket);
         let at = |offset| Position {
@@ -129,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_form_is_built_once_and_then_shared() {
-        let frames = Frames::new(Target::All, items(3), 10, Offsets::None);
+        let frames = Frames::new(&encoding(), Target::All, items(3), 10, Offsets::None);
         let once = frames.of(WireForm::WebSocket)[0].as_ptr();
         assert_eq!(frames.of(WireForm::WebSocket)[0].as_ptr(), once);
     }
@@ -138,7 +186,13 @@ mod tests {
     fn stored_offsets_are_each_items_own() {
         let room = Target::Room("r".into());
         let epoch: Arc<str> = "js".into();
-        let frames = Frames::new(room.clone(), items(3), 2, Offsets::Each(&[4, 9, 20], &epoch));
+        let frames = Frames::new(
+            &encoding(),
+            room.clone(),
+            items(3),
+            2,
+            Offsets::Each(&[4, 9, 20], &epoch),
+        );
         let at = |offset| Position {
             offset,
             epoch: Arc::clone(&epoch),

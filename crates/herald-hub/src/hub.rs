@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HubConfig;
+use crate::frames::Encoding;
 use crate::history::Epochs;
 use crate::interest::Interest;
 use crate::metrics::HubMetrics;
@@ -26,6 +27,8 @@ pub struct Hub<R> {
     /// Set by [`Hub::close`]: every push is refused from then on.
     pub(crate) closed: AtomicBool,
     pub(crate) metrics: HubMetrics,
+    /// How batches are encoded (compression settings, and its counters).
+    pub(crate) encoding: Arc<Encoding>,
     /// Tasks one large fan-out is split over: the runtime's worker threads (more tasks than threads would only
     /// take turns on them).
     pub(crate) parallelism: usize,
@@ -51,6 +54,7 @@ impl<R: Recipient> Hub<R> {
                 .collect(),
             broadcast: Shard::new(BroadcastShard::default()),
             hasher: RandomState::new(),
+            encoding: Arc::new(Encoding::new(config.compression, &metrics)),
             config,
             closed: AtomicBool::new(false),
             metrics,

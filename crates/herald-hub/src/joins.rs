@@ -170,6 +170,7 @@ impl<R: Recipient> Hub<R> {
         if recovered == Some(true) {
             let target = Target::Room(Arc::clone(&key));
             let frames = Frames::new(
+                &self.encoding,
                 target,
                 items,
                 self.config.merge.max_items,

@@ -125,7 +125,13 @@ impl<R: Recipient> Hub<R> {
                         offset: since.offset + 1,
                         epoch: Arc::clone(&answer.position.epoch),
                     };
-                    let frames = Frames::new(target, replay, self.config.merge.max_items, Offsets::From(&first));
+                    let frames = Frames::new(
+                        &self.encoding,
+                        target,
+                        replay,
+                        self.config.merge.max_items,
+                        Offsets::From(&first),
+                    );
                     for frame in frames.of(conn.form()) {
                         conn.deliver(frame);
                     }

@@ -43,6 +43,9 @@ pub struct HubMetrics {
     pub(crate) frame_items: Counter,
     pub(crate) deliveries: Counter,
     pub(crate) delivered_bytes: Counter,
+    pub(crate) compressed_frames: Counter,
+    pub(crate) compression_in_bytes: Counter,
+    pub(crate) compression_out_bytes: Counter,
     pub(crate) connections: Gauge,
     pub(crate) rooms: Gauge,
     pub(crate) users: Gauge,
@@ -95,6 +98,9 @@ impl HubMetrics {
             frame_items: Counter::default(),
             deliveries: Counter::default(),
             delivered_bytes: Counter::default(),
+            compressed_frames: Counter::default(),
+            compression_in_bytes: Counter::default(),
+            compression_out_bytes: Counter::default(),
             connections: Gauge::default(),
             rooms: Gauge::default(),
             users: Gauge::default(),
@@ -140,6 +146,21 @@ impl HubMetrics {
             "herald_delivered_bytes",
             "Bytes handed to connections",
             metrics.delivered_bytes.clone(),
+        );
+        registry.register(
+            "herald_compressed_frames",
+            "Frames compressed (permessage-deflate), each once for every connection that negotiated it",
+            metrics.compressed_frames.clone(),
+        );
+        registry.register(
+            "herald_compression_in_bytes",
+            "Payload bytes of the compressed frames, before compression",
+            metrics.compression_in_bytes.clone(),
+        );
+        registry.register(
+            "herald_compression_out_bytes",
+            "Payload bytes of the compressed frames, after compression",
+            metrics.compression_out_bytes.clone(),
         );
         registry.register(
             "herald_connections",

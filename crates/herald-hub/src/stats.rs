@@ -24,6 +24,9 @@ impl<R: Recipient> Hub<R> {
             frame_items: m.frame_items.get(),
             deliveries: m.deliveries.get(),
             delivered_bytes: m.delivered_bytes.get(),
+            compressed_frames: m.compressed_frames.get(),
+            compression_in_bytes: m.compression_in_bytes.get(),
+            compression_out_bytes: m.compression_out_bytes.get(),
             items_unrouted: m.items_unrouted.get(),
             pushes_refused: m.refused_queue_full.get()
                 + m.refused_shutting_down.get()

@@ -27,6 +27,8 @@ struct Recorder {
     info: Option<Box<RawValue>>,
     frames: Mutex<Vec<Bytes>>,
     disconnected: AtomicBool,
+    /// It negotiated compression: it takes the deflate form.
+    deflate: bool,
 }
 
 impl Recipient for Recorder {
@@ -34,7 +36,11 @@ impl Recipient for Recorder {
         self.id
     }
     fn form(&self) -> WireForm {
-        WireForm::WebSocket
+        if self.deflate {
+            WireForm::Deflate
+        } else {
+            WireForm::WebSocket
+        }
     }
     fn deliver(&self, frame: &Bytes) {
         self.frames.lock().push(frame.clone());
@@ -64,13 +70,26 @@ impl Recorder {
         })
     }
 
-    /// The items of each received frame, as strings.
+    fn compressing(id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            deflate: true,
+            ..Self::default()
+        })
+    }
+
+    /// The items of each received frame (inflated if compressed), as strings.
     fn items(&self) -> Vec<Vec<String>> {
         self.frames
             .lock()
             .iter()
             .map(|frame| {
-                let json: serde_json::Value = serde_json::from_slice(payload(frame)).unwrap();
+                let text = if frame[0] & 0x40 != 0 {
+                    herald_protocol::deflate::inflate(payload(frame), 1 << 20).unwrap()
+                } else {
+                    payload(frame).to_vec()
+                };
+                let json: serde_json::Value = serde_json::from_slice(&text).unwrap();
                 json["data"]["items"]
                     .as_array()
                     .unwrap()
@@ -95,6 +114,7 @@ fn start(max_items: usize, queue_items: usize) -> (Arc<Hub<Recorder>>, Cancellat
         queue_bytes: 1 << 30,
         max_rooms: 0,
         history: crate::history::HistoryConfig::OFF,
+        compression: herald_protocol::deflate::Compression::default(),
     })
 }
 
@@ -249,6 +269,7 @@ async fn queue_bytes_refuses_a_push_that_would_overfill_the_shard() {
         queue_bytes: 10,
         max_rooms: 0,
         history: crate::history::HistoryConfig::OFF,
+        compression: herald_protocol::deflate::Compression::default(),
     });
     let a = Recorder::new(1);
     hub.register(&a);
@@ -404,6 +425,37 @@ async fn delivered_bytes_are_each_recipients_frames() {
     let stats = hub.stats();
     assert_eq!((stats.frames, stats.deliveries), (2, 6));
     assert_eq!(stats.delivered_bytes, 3 * per_recipient as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compressing_and_a_plain_member_get_the_same_items_compressed_once() {
+    let (hub, _stop, _tracker) = start(100, 1000);
+    let plain = Recorder::new(1);
+    let compressing: Vec<_> = (2..=3).map(Recorder::compressing).collect();
+    for conn in std::iter::once(&plain).chain(&compressing) {
+        hub.register(conn);
+        hub.join("r", conn).unwrap();
+    }
+    let texts: Vec<String> = (0..20)
+        .map(|n| format!(r#"{{"text":"item {n} of the batch"}}"#))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    hub.push(&room("r"), items(&texts)).unwrap();
+    settle().await;
+    assert_eq!(plain.items(), compressing[0].items());
+    assert_eq!(compressing[0].items(), compressing[1].items());
+    let (ours, theirs) = (&compressing[0].frames.lock()[0], &compressing[1].frames.lock()[0]);
+    assert_eq!(ours[0], 0xC1, "RSV1 set");
+    assert_eq!(ours.as_ptr(), theirs.as_ptr(), "one compressed frame shared");
+    assert_eq!(plain.frames.lock()[0][0], 0x81, "the plain member's frame is plain");
+    let stats = hub.stats();
+    assert_eq!(stats.compressed_frames, 1, "compressed once for both");
+    assert_eq!(
+        stats.compression_in_bytes,
+        payload(&plain.frames.lock()[0]).len() as u64
+    );
+    assert_eq!(stats.compression_out_bytes, payload(ours).len() as u64);
+    assert!(stats.compression_out_bytes < stats.compression_in_bytes / 2);
 }
 
 #[test]

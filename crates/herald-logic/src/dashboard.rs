@@ -172,6 +172,8 @@ fn hub_totals(hub: &HubStats) -> Totals {
         frames: Some(hub.frames),
         deliveries: Some(hub.deliveries),
         delivered_bytes: Some(hub.delivered_bytes),
+        compression_in_bytes: Some(hub.compression_in_bytes),
+        compression_out_bytes: Some(hub.compression_out_bytes),
         items_unrouted: Some(hub.items_unrouted),
     }
 }
@@ -196,6 +198,8 @@ fn cluster_totals(cluster: &ClusterStats, taken: &Taken) -> Totals {
         frames: Some(sum(|hub| hub.frames)),
         deliveries: Some(sum(|hub| hub.deliveries)),
         delivered_bytes: Some(sum(|hub| hub.delivered_bytes)),
+        compression_in_bytes: Some(sum(|hub| hub.compression_in_bytes)),
+        compression_out_bytes: Some(sum(|hub| hub.compression_out_bytes)),
         items_unrouted: Some(sum(|hub| hub.items_unrouted)),
     }
 }
@@ -239,6 +243,8 @@ fn nats_totals(nats: &NatsStats, taken: &Taken) -> Totals {
         frames: None,
         deliveries: None,
         delivered_bytes: None,
+        compression_in_bytes: None,
+        compression_out_bytes: None,
         items_unrouted: None,
     }
 }

@@ -57,6 +57,12 @@ pub struct Totals {
     pub deliveries: Option<u64>,
     /// Bytes handed to connections; as `frames`.
     pub delivered_bytes: Option<u64>,
+    /// Payload bytes compressed (permessage-deflate, once per batch), before compression; as `frames`.
+    #[serde(default)]
+    pub compression_in_bytes: Option<u64>,
+    /// The same bytes after compression; as `frames`.
+    #[serde(default)]
+    pub compression_out_bytes: Option<u64>,
     /// Items dropped because their room or user had no connection; as `frames`.
     pub items_unrouted: Option<u64>,
 }

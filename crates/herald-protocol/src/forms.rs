@@ -7,11 +7,23 @@
 use bytes::Bytes;
 
 use crate::bus::Target;
+use crate::deflate::{self, Compression};
 use crate::position::Position;
+use crate::push::{self, push_frame_at};
+use crate::ws::{self, OpCode};
 
 /// Encodes one frame: `items` pushed to a target, with the position of the last one in a room with history, as the
-/// complete bytes a connection of the form writes.
-pub type Encoder = fn(&Target, &[Bytes], Option<&Position>) -> Bytes;
+/// complete bytes a connection of the form writes. Forms that compress follow `compression`.
+pub type Encoder = fn(&Target, &[Bytes], Option<&Position>, &Compression) -> Encoded;
+
+/// One frame in a form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The complete bytes a connection of the form writes.
+    pub frame: Bytes,
+    /// When the frame's payload was compressed: its length before and after (for the metrics).
+    pub deflated: Option<(usize, usize)>,
+}
 
 /// Declares [`WireForm`] and the encoder of each form, from one list.
 macro_rules! forms {
@@ -33,7 +45,40 @@ macro_rules! forms {
 
 forms! {
     /// go-push's `PUSH` message in a WebSocket text frame (RFC 6455), header included.
-    WebSocket => crate::push::push_frame_at,
+    WebSocket => websocket,
+    /// The same message compressed (permessage-deflate, RFC 7692, with no context), for connections that
+    /// negotiated it: RSV1 set and the payload deflated, or the plain frame when the payload is shorter than
+    /// `compression.min_bytes` or would not shrink.
+    Deflate => deflated,
+}
+
+fn websocket(target: &Target, items: &[Bytes], at: Option<&Position>, _: &Compression) -> Encoded {
+    Encoded {
+        frame: push_frame_at(target, items, at),
+        deflated: None,
+    }
+}
+
+fn deflated(target: &Target, items: &[Bytes], at: Option<&Position>, compression: &Compression) -> Encoded {
+    let plain = push_frame_at(target, items, at);
+    let payload = push::payload(&plain);
+    if payload.len() < compression.min_bytes {
+        return Encoded {
+            frame: plain,
+            deflated: None,
+        };
+    }
+    let compressed = deflate::deflate(payload, compression.level);
+    if compressed.len() >= payload.len() {
+        return Encoded {
+            frame: plain,
+            deflated: None,
+        };
+    }
+    Encoded {
+        frame: ws::compressed_frame(OpCode::Text, &compressed),
+        deflated: Some((payload.len(), compressed.len())),
+    }
 }
 
 /// How many forms there are (the length of per-form arrays).
@@ -46,8 +91,8 @@ impl WireForm {
     }
 
     /// One frame in this form (see [`Encoder`]).
-    pub fn encode(self, target: &Target, items: &[Bytes], at: Option<&Position>) -> Bytes {
-        (Self::ENCODERS[self.index()])(target, items, at)
+    pub fn encode(self, target: &Target, items: &[Bytes], at: Option<&Position>, compression: &Compression) -> Encoded {
+        (Self::ENCODERS[self.index()])(target, items, at, compression)
     }
 }
 
@@ -70,9 +115,36 @@ mod tests {
             offset: 7,
             epoch: "e".into(),
         };
+        let encoded = WireForm::WebSocket.encode(&target, &items, Some(&at), &Compression::default());
+        assert_eq!(encoded.frame, push_frame_at(&target, &items, Some(&at)));
+        assert_eq!(encoded.deflated, None);
+    }
+
+    #[test]
+    fn the_deflate_form_is_the_push_frame_compressed_when_it_pays() {
+        let target = Target::Room("r".into());
+        let items: Vec<Bytes> = (0..20)
+            .map(|n| Bytes::from(format!(r#"{{"text":"hello number {n}","user":"someone"}}"#)))
+            .collect();
+        let plain = push_frame_at(&target, &items, None);
+        let compression = Compression::default();
+        let encoded = WireForm::Deflate.encode(&target, &items, None, &compression);
+        assert_eq!(encoded.frame[0], 0xC1, "FIN, RSV1, text");
+        let inflated = deflate::inflate(push::payload(&encoded.frame), 1 << 20).unwrap();
+        assert_eq!(inflated, push::payload(&plain));
+        let (before, after) = encoded.deflated.unwrap();
         assert_eq!(
-            WireForm::WebSocket.encode(&target, &items, Some(&at)),
-            crate::push::push_frame_at(&target, &items, Some(&at))
+            (before, after),
+            (push::payload(&plain).len(), push::payload(&encoded.frame).len())
         );
+        // Short frames, and frames that would not shrink, go plain.
+        let short = WireForm::Deflate.encode(&target, &items[..1], None, &compression);
+        assert_eq!(
+            (short.frame, short.deflated),
+            (push_frame_at(&target, &items[..1], None), None)
+        );
+        let everything = Compression { level: 1, min_bytes: 0 };
+        let tiny = WireForm::Deflate.encode(&Target::All, &[Bytes::from_static(b"1")], None, &everything);
+        assert_eq!(tiny.deflated, None, "a payload that would grow goes plain");
     }
 }

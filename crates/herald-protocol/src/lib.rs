@@ -8,6 +8,8 @@
 //! - [`position`]: offsets and epochs of rooms with history, their JSON form (a PUSH frame's too), and the JOIN
 //!   acknowledgement that carries them.
 //! - [`push`]: the `PUSH` frame a merged batch of items becomes, encoded once for all recipients.
+//! - [`deflate`], [`deflate_offer`]: permessage-deflate (RFC 7692): compressing and inflating one message with no
+//!   context, and negotiating the extension at the handshake.
 //! - [`forms`]: the wire forms a batch goes out in (the WebSocket `PUSH` frame first), each with its encoder.
 //! - [`api`]: the push-API bodies (go-push's form fields, or JSON) parsed into validated items.
 //! - [`bus`]: the contract between the push API and whatever delivers pushes (the hub, the cluster, NATS).
@@ -23,6 +25,8 @@ pub mod bus;
 pub mod client;
 pub mod counts;
 pub mod dashboard;
+pub mod deflate;
+pub mod deflate_offer;
 pub mod forms;
 pub mod position;
 pub mod presence;

@@ -43,6 +43,15 @@ pub struct HubStats {
     pub deliveries: u64,
     /// Bytes handed to connections.
     pub delivered_bytes: u64,
+    /// Frames compressed (permessage-deflate): once per batch, for every connection that negotiated it.
+    #[serde(default)]
+    pub compressed_frames: u64,
+    /// Payload bytes of those frames before compression.
+    #[serde(default)]
+    pub compression_in_bytes: u64,
+    /// Payload bytes of those frames after compression.
+    #[serde(default)]
+    pub compression_out_bytes: u64,
     /// Items dropped because their room had no member.
     pub items_unrouted: u64,
     /// Pushes the hub refused, for any reason (queue full, shutting down, more items than a queue holds, the store

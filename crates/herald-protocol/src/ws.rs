@@ -4,10 +4,12 @@
 //! no crate offers together: no read buffer retained while a connection is idle (the session reads into a stack
 //! buffer and keeps bytes only for an unfinished frame), and direct non-blocking writes of one pre-encoded frame to
 //! many sockets from the fan-out path. The layer is small: [`decode_header`] for one frame header,
-//! [`Assembler`] for fragmentation, control frames and UTF-8, and [`encode_header`] / [`frame`] for what the
-//! server sends (servers never mask).
+//! [`Assembler`] for fragmentation, control frames, compressed messages (permessage-deflate, RFC 7692) and UTF-8,
+//! and [`encode_header`] / [`frame`] for what the server sends (servers never mask).
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::deflate::{self, InflateError};
 
 /// Close codes herald sends, with the reason each stands for.
 pub mod close {
@@ -97,6 +99,9 @@ pub enum FrameError {
     /// A text message (or close reason) that is not valid UTF-8.
     #[error("invalid UTF-8 in text message")]
     InvalidUtf8,
+    /// A compressed message whose bytes do not inflate.
+    #[error("invalid compressed data")]
+    BadCompression,
     /// A frame or message longer than the read limit.
     #[error("message over the {limit}-byte read limit")]
     TooBig {
@@ -110,7 +115,7 @@ impl FrameError {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::Protocol(_) => close::PROTOCOL_ERROR,
-            Self::InvalidUtf8 => close::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::BadCompression => close::INVALID_PAYLOAD,
             Self::TooBig { .. } => close::MESSAGE_TOO_BIG,
         }
     }
@@ -121,6 +126,8 @@ impl FrameError {
 pub struct FrameHeader {
     /// Last frame of its message.
     pub fin: bool,
+    /// RSV1: the message this frame begins is compressed (permessage-deflate).
+    pub compressed: bool,
     /// What the frame carries.
     pub opcode: OpCode,
     /// The client's masking key (clients must mask every frame).
@@ -141,14 +148,24 @@ impl FrameHeader {
 /// Decodes the header of the client frame at the start of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold the whole header. `max_payload` bounds the payload of any
-/// single frame; it is checked before any payload byte arrives, so an oversized frame costs no memory.
-pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeader>, FrameError> {
+/// single frame; it is checked before any payload byte arrives, so an oversized frame costs no memory. `deflate`:
+/// the connection negotiated permessage-deflate, so RSV1 may mark the first frame of a data message.
+pub fn decode_header(buf: &[u8], max_payload: usize, deflate: bool) -> Result<Option<FrameHeader>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::Protocol("reserved bits set without an extension"));
     }
     let fin = b0 & 0x80 != 0;
+    let compressed = b0 & 0x40 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("reserved opcode"))?;
+    if compressed {
+        if !deflate {
+            return Err(FrameError::Protocol("RSV1 set without permessage-deflate"));
+        }
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(FrameError::Protocol("RSV1 set on a control or continuation frame"));
+        }
+    }
     if b1 & 0x80 == 0 {
         return Err(FrameError::Protocol("client frame not masked"));
     }
@@ -188,6 +205,7 @@ pub fn decode_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeade
     mask.copy_from_slice(&buf[header_len - 4..header_len]);
     Ok(Some(FrameHeader {
         fin,
+        compressed,
         opcode,
         mask,
         header_len,
@@ -217,13 +235,18 @@ pub enum Message<'a> {
     Close(Option<u16>),
 }
 
-/// Joins fragmented messages and checks what RFC 6455 asks of a message (continuation order, UTF-8, close codes).
+/// Joins fragmented messages, inflates compressed ones, and checks what RFC 6455 asks of a message (continuation
+/// order, UTF-8, close codes).
 ///
-/// It holds bytes only while a fragmented message is in flight, and gives them back when it completes.
+/// It holds bytes only while a fragmented message is in flight, or while a message it handed out is in use, and
+/// gives them back when [`Self::release`] is called.
 #[derive(Debug, Default)]
 pub struct Assembler {
     fragments: Vec<u8>,
     fragmented: Option<OpCode>,
+    /// The fragmented message in flight is compressed: its bytes are inflated when it completes (and its UTF-8
+    /// checked then).
+    compressed: bool,
     /// Bytes of a fragmented text message known to be valid UTF-8 so far: each fragment is checked as it arrives
     /// (a character may still be cut at the end), so invalid text fails at its first bad fragment, not at the last.
     utf8_valid: usize,
@@ -244,9 +267,14 @@ impl Assembler {
             OpCode::Text | OpCode::Binary if self.fragmented.is_some() => {
                 Err(FrameError::Protocol("new message inside a fragmented one"))
             }
+            OpCode::Text | OpCode::Binary if header.fin && header.compressed => {
+                self.fragments = inflate(payload, max_message)?;
+                whole(header.opcode, &self.fragments).map(Some)
+            }
             OpCode::Text | OpCode::Binary if header.fin => Ok(Some(whole(header.opcode, payload)?)),
             OpCode::Text | OpCode::Binary => {
                 self.fragmented = Some(header.opcode);
+                self.compressed = header.compressed;
                 self.fragments.extend_from_slice(payload);
                 self.utf8_valid = 0;
                 self.check_text_so_far()?;
@@ -265,6 +293,9 @@ impl Assembler {
                     return Ok(None);
                 }
                 self.fragmented = None;
+                if std::mem::take(&mut self.compressed) {
+                    self.fragments = inflate(&self.fragments, max_message)?;
+                }
                 // The joined message is handed out borrowed; `release` frees it before the next frame.
                 whole(opcode, &self.fragments).map(Some)
             }
@@ -273,7 +304,7 @@ impl Assembler {
 
     /// Checks the new bytes of a fragmented text message; an incomplete character at the end may yet be completed.
     fn check_text_so_far(&mut self) -> Result<(), FrameError> {
-        if self.fragmented != Some(OpCode::Text) {
+        if self.fragmented != Some(OpCode::Text) || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.fragments[self.utf8_valid..]) {
@@ -290,6 +321,14 @@ impl Assembler {
             self.fragments = Vec::new();
         }
     }
+}
+
+/// A compressed message's bytes inflated, within the message limit.
+fn inflate(compressed: &[u8], max_message: usize) -> Result<Vec<u8>, FrameError> {
+    deflate::inflate(compressed, max_message).map_err(|e| match e {
+        InflateError::TooBig { limit } => FrameError::TooBig { limit },
+        InflateError::BadData => FrameError::BadCompression,
+    })
 }
 
 fn whole(opcode: OpCode, payload: &[u8]) -> Result<Message<'_>, FrameError> {
@@ -350,6 +389,16 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A complete unmasked server frame of a compressed message (RSV1 set): `compressed` is the message's payload as
+/// [`deflate::deflate`] made it.
+pub fn compressed_frame(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(compressed.len()) + compressed.len());
+    encode_header(opcode, compressed.len(), &mut out);
+    out[0] |= 0x40;
+    out.put_slice(compressed);
+    out.freeze()
+}
+
 /// A complete close frame with a code and a short reason (cut to fit the 125-byte control-frame limit).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut end = reason.len().min(123);
@@ -391,9 +440,9 @@ mod tests {
     fn decodes_a_masked_text_frame_once_complete() {
         let bytes = client_frame(0x81, b"hello");
         for cut in 0..bytes.len() - 5 {
-            assert_eq!(decode_header(&bytes[..cut], 1024), Ok(None), "cut at {cut}");
+            assert_eq!(decode_header(&bytes[..cut], 1024, false), Ok(None), "cut at {cut}");
         }
-        let header = decode_header(&bytes, 1024).unwrap().unwrap();
+        let header = decode_header(&bytes, 1024, false).unwrap().unwrap();
         assert_eq!((header.fin, header.opcode, header.payload_len), (true, OpCode::Text, 5));
         let mut payload = bytes[header.header_len..header.frame_len()].to_vec();
         unmask(&mut payload, header.mask);
@@ -404,7 +453,7 @@ mod tests {
     fn decodes_16_and_64_bit_lengths() {
         for len in [126usize, 65535, 65536] {
             let bytes = client_frame(0x82, &vec![7; len]);
-            let header = decode_header(&bytes, 1 << 20).unwrap().unwrap();
+            let header = decode_header(&bytes, 1 << 20, false).unwrap().unwrap();
             assert_eq!(header.payload_len, len);
             assert_eq!(header.frame_len(), bytes.len());
         }
@@ -414,30 +463,33 @@ mod tests {
     fn refuses_protocol_violations_with_their_close_codes() {
         let unmasked = [0x81, 0x01, b'a'];
         assert_eq!(
-            decode_header(&unmasked, 10).unwrap_err().close_code(),
+            decode_header(&unmasked, 10, false).unwrap_err().close_code(),
             close::PROTOCOL_ERROR
         );
         let rsv = client_frame(0xC1, b"a");
-        assert_eq!(decode_header(&rsv, 10).unwrap_err().close_code(), close::PROTOCOL_ERROR);
+        assert_eq!(
+            decode_header(&rsv, 10, false).unwrap_err().close_code(),
+            close::PROTOCOL_ERROR
+        );
         let bad_opcode = client_frame(0x83, b"a");
         assert_eq!(
-            decode_header(&bad_opcode, 10).unwrap_err().close_code(),
+            decode_header(&bad_opcode, 10, false).unwrap_err().close_code(),
             close::PROTOCOL_ERROR
         );
         let fragmented_ping = client_frame(0x09, b"a");
-        assert!(decode_header(&fragmented_ping, 10).is_err());
+        assert!(decode_header(&fragmented_ping, 10, false).is_err());
         let long_ping = client_frame(0x89, &[0; 126]);
-        assert!(decode_header(&long_ping, 1000).is_err());
+        assert!(decode_header(&long_ping, 1000, false).is_err());
         let too_big = client_frame(0x81, &[b'a'; 11]);
         assert_eq!(
-            decode_header(&too_big, 10).unwrap_err().close_code(),
+            decode_header(&too_big, 10, false).unwrap_err().close_code(),
             close::MESSAGE_TOO_BIG
         );
     }
 
     fn feed<'a>(asm: &'a mut Assembler, b0: u8, payload: &'a [u8]) -> Result<Option<Message<'a>>, FrameError> {
         let bytes = client_frame(b0, payload);
-        let header = decode_header(&bytes, 1 << 20).unwrap().unwrap();
+        let header = decode_header(&bytes, 1 << 20, false).unwrap().unwrap();
         asm.on_frame(&header, payload, 16)
     }
 
@@ -497,6 +549,67 @@ mod tests {
         let mut asm = Assembler::default();
         assert_eq!(feed(&mut asm, 0x02, &[0xFF]), Ok(None));
         assert_eq!(feed(&mut asm, 0x80, &[0xFE]), Ok(Some(Message::Binary(&[0xFF, 0xFE]))));
+    }
+
+    fn feed_deflate<'a>(asm: &'a mut Assembler, b0: u8, payload: &'a [u8]) -> Result<Option<Message<'a>>, FrameError> {
+        let bytes = client_frame(b0, payload);
+        let header = decode_header(&bytes, 1 << 20, true)?.unwrap();
+        asm.on_frame(&header, payload, 64)
+    }
+
+    #[test]
+    fn inflates_compressed_messages_whole_or_fragmented() {
+        let compressed = deflate::deflate(br#"{"type":"PING"}"#, 1);
+        let mut asm = Assembler::default();
+        assert_eq!(
+            feed_deflate(&mut asm, 0xC1, &compressed),
+            Ok(Some(Message::Text(r#"{"type":"PING"}"#)))
+        );
+        asm.release();
+        // RSV1 on the first fragment only; a control frame may come between.
+        let (head, tail) = compressed.split_at(3);
+        assert_eq!(feed_deflate(&mut asm, 0x41, head), Ok(None));
+        assert_eq!(feed_deflate(&mut asm, 0x89, b""), Ok(Some(Message::Ping(b""))));
+        assert_eq!(
+            feed_deflate(&mut asm, 0x80, tail),
+            Ok(Some(Message::Text(r#"{"type":"PING"}"#)))
+        );
+        asm.release();
+        assert_eq!(asm.fragments.capacity(), 0, "nothing kept between messages");
+        // A plain message on the same connection is taken as it is.
+        assert_eq!(feed_deflate(&mut asm, 0x81, b"plain"), Ok(Some(Message::Text("plain"))));
+    }
+
+    #[test]
+    fn refuses_bad_compressed_messages_with_their_close_codes() {
+        let code = |b0: u8, payload: &[u8], deflate: bool| {
+            let bytes = client_frame(b0, payload);
+            decode_header(&bytes, 1 << 20, deflate)
+                .and_then(|header| Assembler::default().on_frame(&header.unwrap(), payload, 64).map(|_| ()))
+                .unwrap_err()
+                .close_code()
+        };
+        let ok = deflate::deflate(b"hello", 1);
+        assert_eq!(
+            code(0xC1, &ok, false),
+            close::PROTOCOL_ERROR,
+            "RSV1 without the extension"
+        );
+        assert_eq!(code(0xC9, b"", true), close::PROTOCOL_ERROR, "RSV1 on a ping");
+        assert_eq!(code(0xC0, &ok, true), close::PROTOCOL_ERROR, "RSV1 on a continuation");
+        assert_eq!(code(0xA1, &ok, true), close::PROTOCOL_ERROR, "RSV2 is never allowed");
+        assert_eq!(code(0xC1, &[0x07], true), close::INVALID_PAYLOAD, "bad data");
+        assert_eq!(
+            code(0xC1, &deflate::deflate(&[0xFF; 10], 1), true),
+            close::INVALID_PAYLOAD,
+            "not UTF-8"
+        );
+        let big = deflate::deflate(&[b'a'; 65], 1);
+        assert_eq!(
+            code(0xC1, &big, true),
+            close::MESSAGE_TOO_BIG,
+            "inflated past the limit"
+        );
     }
 
     #[test]

@@ -425,6 +425,7 @@ mod tests {
                 outbox_frames: 1024,
                 outbox_bytes: 1 << 20,
                 client_message_rate: 100.0,
+                compression: true,
             }
         );
         assert!(config.access.verifier.is_none());
@@ -451,6 +452,10 @@ mod tests {
                     size: 0,
                     ttl: secs(300),
                     max_bytes: 64 << 20,
+                },
+                compression: herald_protocol::deflate::Compression {
+                    level: 1,
+                    min_bytes: 128,
                 },
             }
         );

@@ -1,6 +1,7 @@
 //! The demo page in a real browser: headless Chromium loads `GET /` (through a TCP proxy the test cuts), the page
 //! connects with herald-client and joins a room, pushes go through the API, and their items show up on the page,
-//! also one pushed while the connection was cut (Chromium driven by [`support::chromium`]).
+//! compressed when they are long enough (Chromium offers permessage-deflate), also one pushed while the connection
+//! was cut (Chromium driven by [`support::chromium`]).
 
 mod support;
 
@@ -31,6 +32,13 @@ async fn the_demo_page_shows_pushed_items_through_a_cut_connection() {
     assert_eq!(answer["recipients"], 1);
     let log = shown(&mut page, "hello from the API").await;
     assert!(log.contains("browser"), "the room is shown beside the item: {log}");
+    // Chromium offers permessage-deflate: a frame over compression_min_bytes reaches the page compressed.
+    let long = "a long message that compresses well, ".repeat(10);
+    server
+        .push_room("browser", &serde_json::json!([{ "text": long }]).to_string())
+        .await;
+    shown(&mut page, long.trim_end()).await;
+    assert_eq!(server.hub_stats().await.compressed_frames, 1, "compressed for the page");
 
     // Cut the page's connection and push at once: herald-client reconnects and rejoins from the last item it saw,
     // so the item arrives whether it was pushed before or after the rejoin.

@@ -48,15 +48,9 @@ impl Commands<'_> {
             // The conformance echo server (Gateway::new_echo, built only with the `conformance` feature): every
             // message goes back as it came.
             #[cfg(feature = "conformance")]
-            Message::Text(text) if self.session.context.echo => {
-                self.session.deliver(&ws::frame(OpCode::Text, text.as_bytes()));
-                Flow::Continue
-            }
+            Message::Text(text) if self.session.context.echo => self.echo(OpCode::Text, text.as_bytes()),
             #[cfg(feature = "conformance")]
-            Message::Binary(data) if self.session.context.echo => {
-                self.session.deliver(&ws::frame(OpCode::Binary, data));
-                Flow::Continue
-            }
+            Message::Binary(data) if self.session.context.echo => self.echo(OpCode::Binary, data),
             Message::Text(text) => self.on_text(text),
             Message::Binary(_) => self.bad(
                 BadInput::Binary,
@@ -69,6 +63,19 @@ impl Commands<'_> {
             }
             Message::Pong => Flow::Continue,
         }
+    }
+
+    /// The echo server's answer: the message back, compressed when the connection takes compressed frames (as
+    /// herald's own frames to it would be).
+    #[cfg(feature = "conformance")]
+    fn echo(&self, opcode: OpCode, data: &[u8]) -> Flow {
+        let frame = if self.session.form() == herald_protocol::forms::WireForm::Deflate {
+            ws::compressed_frame(opcode, &herald_protocol::deflate::deflate(data, 1))
+        } else {
+            ws::frame(opcode, data)
+        };
+        self.session.deliver(&frame);
+        Flow::Continue
     }
 
     fn on_text(&mut self, text: &str) -> Flow {
@@ -222,6 +229,7 @@ impl Commands<'_> {
             FrameError::Protocol(_) => BadInput::Protocol,
             FrameError::InvalidUtf8 => BadInput::InvalidUtf8,
             FrameError::TooBig { .. } => BadInput::TooBig,
+            FrameError::BadCompression => BadInput::BadCompression,
         };
         self.bad(kind, error.close_code(), &error.to_string())
     }

@@ -126,11 +126,20 @@ struct Conn {
     allowance: f32,
     /// Reading is paused (see [`READ_PAUSE_BYTES`]).
     paused: bool,
+    /// It negotiated permessage-deflate: its data messages may come compressed (RSV1).
+    deflate: bool,
     state: State,
 }
 
-/// Runs a connection to its end. `early` holds bytes that arrived with the handshake.
-pub(crate) async fn run(session: Arc<Session>, auth: Option<Auth>, early: Vec<u8>, shutdown: CancellationToken) {
+/// Runs a connection to its end. `early` holds bytes that arrived with the handshake; `deflate`: it negotiated
+/// permessage-deflate.
+pub(crate) async fn run(
+    session: Arc<Session>,
+    auth: Option<Auth>,
+    early: Vec<u8>,
+    deflate: bool,
+    shutdown: CancellationToken,
+) {
     let context = Arc::clone(&session.context);
     context.hub.register(&session);
     let mut conn = Conn {
@@ -142,6 +151,7 @@ pub(crate) async fn run(session: Arc<Session>, auth: Option<Auth>, early: Vec<u8
         last_seen: Instant::now(),
         allowance: context.limits.message_burst() as f32,
         paused: false,
+        deflate,
         state: State::Open,
     };
     if !early.is_empty() {
@@ -402,7 +412,7 @@ impl Conn {
         };
         let mut used = 0;
         loop {
-            let header = match decode_header(&buf[used..], limits.max_message_bytes) {
+            let header = match decode_header(&buf[used..], limits.max_message_bytes, self.deflate) {
                 Ok(Some(header)) if buf.len() - used >= header.frame_len() => header,
                 Ok(_) => return (used, Flow::Continue),
                 Err(e) => return (used, commands.frame_error(&e)),

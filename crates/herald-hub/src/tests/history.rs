@@ -24,6 +24,7 @@ pub(super) fn with_history(size: usize, max_bytes: usize) -> (Arc<Hub<Recorder>>
             ttl: TTL,
             max_bytes,
         },
+        compression: herald_protocol::deflate::Compression::default(),
     })
 }
 

@@ -305,6 +305,7 @@ async fn an_item_refused_for_a_full_queue_is_not_counted_as_handed() {
         queue_bytes: 1 << 30,
         max_rooms: 0,
         history: HistoryConfig::OFF,
+        compression: herald_protocol::deflate::Compression::default(),
     });
     assert!(hub.keep_history_elsewhere(Arc::from(EPOCH)));
     let mut store = Elsewhere {

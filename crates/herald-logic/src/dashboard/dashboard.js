@@ -313,6 +313,8 @@
     show("rate-items", rate(previous, current, field("items")), perSecond);
     show("rate-frames", rate(previous, current, field("frames")), perSecond);
     show("rate-bytes", rate(previous, current, field("delivered_bytes")), bytes);
+    show("rate-compression-in", rate(previous, current, field("compression_in_bytes")), bytes);
+    show("rate-compression-out", rate(previous, current, field("compression_out_bytes")), bytes);
     show("rate-closes", rate(previous, current, (d) => sum(d.closes)), perSecond);
     fillTables(previous, current);
     drawCharts(data);

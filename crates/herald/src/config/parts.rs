@@ -18,6 +18,7 @@ use herald_hub::HubConfig;
 use herald_hub::batch::MergePolicy;
 use herald_hub::history::HistoryConfig;
 use herald_logic::ApiConfig;
+use herald_protocol::deflate::Compression;
 use herald_protocol::token::{PublicKeyPem, RoomPatterns, Verifier};
 use serde::Deserialize;
 
@@ -153,6 +154,9 @@ pub struct WebSocketSettings {
     /// Messages a second one connection may send (bursts of two seconds' worth); more closes it (4005); 0 is off
     #[arg(long, env = "HERALD_CLIENT_MESSAGE_RATE")]
     pub client_message_rate: Option<f64>,
+    /// Accept permessage-deflate: frames to connections that offer it go out compressed, once per batch
+    #[arg(long, env = "HERALD_COMPRESSION", num_args = 0..=1, default_missing_value = "true")]
+    pub compression: Option<bool>,
 }
 part!(WebSocketSettings {
     ws_addr,
@@ -168,6 +172,7 @@ part!(WebSocketSettings {
     heartbeat_timeout,
     write_timeout,
     client_message_rate,
+    compression,
 });
 
 /// The WebSocket listener and its limits.
@@ -198,6 +203,7 @@ impl WebSocketSettings {
             heartbeat_timeout: positive("heartbeat_timeout", self.heartbeat_timeout)?,
             write_timeout: positive("write_timeout", self.write_timeout)?,
             client_message_rate: rate("client_message_rate", given(self.client_message_rate))?,
+            compression: given(self.compression),
         };
         Ok(WebSocket {
             addr: given(self.ws_addr),
@@ -319,6 +325,12 @@ pub struct HubSettings {
     /// Rooms held at most; a JOIN of one more is refused (too_many_rooms_total); 0 means no limit
     #[arg(long, env = "HERALD_MAX_ROOMS")]
     pub max_rooms: Option<usize>,
+    /// deflate level of compressed frames, 1 (fastest) to 9 (smallest)
+    #[arg(long, env = "HERALD_COMPRESSION_LEVEL")]
+    pub compression_level: Option<usize>,
+    /// Frames whose payload is shorter go out uncompressed
+    #[arg(long, env = "HERALD_COMPRESSION_MIN_BYTES")]
+    pub compression_min_bytes: Option<usize>,
 }
 part!(HubSettings {
     merge_window,
@@ -327,6 +339,8 @@ part!(HubSettings {
     queue_items,
     queue_bytes,
     max_rooms,
+    compression_level,
+    compression_min_bytes,
 });
 
 impl HubSettings {
@@ -342,6 +356,14 @@ impl HubSettings {
             queue_bytes: at_least("queue_bytes", given(self.queue_bytes), 1)?,
             max_rooms: given(self.max_rooms),
             history: history.resolve(shards)?,
+            compression: Compression {
+                level: at_most(
+                    "compression_level",
+                    at_least("compression_level", given(self.compression_level), 1)?,
+                    9,
+                )? as u8,
+                min_bytes: given(self.compression_min_bytes),
+            },
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Tokens for the identity tests, signed by PyJWT (scripts/sign_token.py), an implementation independent of the crate
-//! herald verifies with. `scripts/test` installs it into `target/pyjwt` (scripts/install-pyjwt);
-//! `HERALD_PYJWT_PYTHON` names another interpreter that has PyJWT and cryptography.
+//! herald verifies with. `scripts/test` installs it into `target/python` (scripts/install-python);
+//! `HERALD_TEST_PYTHON` names another interpreter that has PyJWT, cryptography and websockets.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,13 +11,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python() -> PathBuf {
+/// The tests' Python interpreter, with the packages scripts/install-python installs.
+pub fn python() -> PathBuf {
     let python =
-        std::env::var_os("HERALD_PYJWT_PYTHON").map_or_else(|| repo().join("target/pyjwt/bin/python"), PathBuf::from);
+        std::env::var_os("HERALD_TEST_PYTHON").map_or_else(|| repo().join("target/python/bin/python"), PathBuf::from);
     assert!(
         python.exists(),
-        "{} not found: run scripts/test, which installs PyJWT (scripts/install-pyjwt target/pyjwt), or set \
-         HERALD_PYJWT_PYTHON",
+        "{} not found: run scripts/test, which installs it (scripts/install-python target/python), or set \
+         HERALD_TEST_PYTHON",
         python.display()
     );
     python

@@ -521,17 +521,27 @@ pub struct RawClient {
 
 impl RawClient {
     /// Completes a handshake on `stream`.
-    pub async fn handshake(mut stream: TcpStream, ws: SocketAddr) -> Self {
+    pub async fn handshake(stream: TcpStream, ws: SocketAddr) -> Self {
+        Self::handshake_with(stream, ws, "").await.0
+    }
+
+    /// Completes a handshake on `stream` whose request carries `extra_headers` (each line ending in CRLF); returns
+    /// the client and the server's response head.
+    pub async fn handshake_with(mut stream: TcpStream, ws: SocketAddr, extra_headers: &str) -> (Self, String) {
         let request = format!(
             "GET /connect HTTP/1.1\r\nHost: {ws}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
-        Self::after_handshake(stream).await
+        Self::read_upgrade(stream).await
     }
 
     /// Reads the server's answer to a handshake request already sent on `stream`; panics unless it is 101.
-    pub async fn after_handshake(mut stream: TcpStream) -> Self {
+    pub async fn after_handshake(stream: TcpStream) -> Self {
+        Self::read_upgrade(stream).await.0
+    }
+
+    async fn read_upgrade(mut stream: TcpStream) -> (Self, String) {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];
@@ -548,7 +558,7 @@ impl RawClient {
             head.push(byte[0]);
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-        Self { stream }
+        (Self { stream }, String::from_utf8_lossy(&head).into_owned())
     }
 
     pub async fn connect(ws: SocketAddr) -> Self {
@@ -575,6 +585,12 @@ impl RawClient {
 
     /// Reads one server frame: (opcode, payload); None at end of stream.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (first_byte, payload) = self.read_whole_frame().await?;
+        Some((first_byte & 0x0F, payload))
+    }
+
+    /// Reads one server frame: (its first byte: FIN, RSV bits and opcode; payload); None at end of stream.
+    pub async fn read_whole_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut head = [0u8; 2];
         self.read_exact(&mut head).await?;
         assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
@@ -593,7 +609,7 @@ impl RawClient {
         };
         let mut payload = vec![0u8; len];
         self.read_exact(&mut payload).await?;
-        Some((head[0] & 0x0F, payload))
+        Some((head[0], payload))
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Option<()> {
