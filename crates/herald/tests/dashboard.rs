@@ -104,6 +104,21 @@ async fn save_screenshot(page: &mut Page, name: &str) {
 async fn the_dashboard_draws_what_serve_and_logic_count_in_chromium() {
     let server = TestServer::with_window("0").await;
     let mut member = server.member("charts").await;
+    // A member that negotiated permessage-deflate, so that a long item is compressed (and the bytes counted).
+    let (mut compressing, _) = support::RawClient::handshake_with(
+        tokio::net::TcpStream::connect(server.ws).await.unwrap(),
+        server.ws,
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    )
+    .await;
+    compressing
+        .send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"charts"}}"#, true)
+        .await;
+    assert_eq!(
+        compressing.read_frame().await.map(|(opcode, _)| opcode),
+        Some(0x1),
+        "its ACK"
+    );
     let gone = server.client().await;
     let browser = launch("about:blank").await;
     let mut page = Page::attach(&browser, "about:blank").await;
@@ -114,7 +129,10 @@ async fn the_dashboard_draws_what_serve_and_logic_count_in_chromium() {
         server.push_room("charts", &format!("[{n},{{\"n\":{n}}}]")).await;
     }
     server.push_all(r#"["to everyone"]"#).await;
-    member.items(11).await;
+    server
+        .push_room("charts", &json!([{ "text": "compressible ".repeat(20) }]).to_string())
+        .await;
+    member.items(12).await;
     drop(gone);
     let closed = |data: &DashboardData| data.counts.closes.as_ref().map(|c| c.values().sum::<u64>());
     wait_data(&server, "the dropped client's close counted", |data| {
@@ -122,7 +140,13 @@ async fn the_dashboard_draws_what_serve_and_logic_count_in_chromium() {
     })
     .await;
     let stats = server.hub_stats().await;
-    assert_eq!((stats.pushes, stats.items), (6, 11), "{stats:?}");
+    assert_eq!((stats.pushes, stats.items), (7, 12), "{stats:?}");
+    assert_eq!(stats.compressed_frames, 1, "{stats:?}");
+    let data = wait_data(&server, "compression counted", |data| {
+        data.total.compression_in_bytes == Some(stats.compression_in_bytes)
+    })
+    .await;
+    assert_eq!(data.total.compression_out_bytes, Some(stats.compression_out_bytes));
 
     let shown = page
         .wait_for(SHOWN, |shown| {
