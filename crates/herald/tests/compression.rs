@@ -126,6 +126,15 @@ async fn a_compressing_and_a_plain_client_in_one_room_get_the_same_items() {
     server.stop().await;
 }
 
+/// `client` JOINs `r` with a plain message, and the next frame pushed to `r` reaches it plain.
+async fn served_plain(server: &TestServer, client: &mut Deflating) {
+    let join = br#"{"type":"JOIN","id":1,"data":{"room":"r"}}"#;
+    client.raw.send_frame(0x81, join, true).await;
+    assert_eq!(client.next_json().await.1["type"], "ACK");
+    server.push_room("r", &chat_items(1)).await;
+    assert!(!client.next_json().await.0, "plain frames");
+}
+
 #[tokio::test]
 async fn no_offer_or_compression_off_means_plain_frames_and_no_extension() {
     let server = TestServer::start(flags(&["--merge-window", "0"])).await;
@@ -134,26 +143,14 @@ async fn no_offer_or_compression_off_means_plain_frames_and_no_extension() {
     let unreadable = "Sec-WebSocket-Extensions: permessage-deflate; 15\r\n";
     let declined = Deflating::connect(&server, unreadable).await;
     assert!(!declined.head.contains("Sec-WebSocket-Extensions"), "{}", declined.head);
-    silent
-        .raw
-        .send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"r"}}"#, true)
-        .await;
-    assert_eq!(silent.next_json().await.1["type"], "ACK");
-    server.push_room("r", &chat_items(1)).await;
-    let (compressed, _) = silent.next_json().await;
-    assert!(!compressed, "a connection that offered nothing is served as before");
+    // A connection that offered nothing is served as before.
+    served_plain(&server, &mut silent).await;
     server.stop().await;
 
     let off = TestServer::start(flags(&["--compression", "false", "--merge-window", "0"])).await;
     let mut offered = Deflating::connect(&off, OFFER).await;
     assert!(!offered.head.contains("Sec-WebSocket-Extensions"), "{}", offered.head);
-    offered
-        .raw
-        .send_frame(0x81, br#"{"type":"JOIN","id":1,"data":{"room":"r"}}"#, true)
-        .await;
-    assert_eq!(offered.next_json().await.1["type"], "ACK");
-    off.push_room("r", &chat_items(1)).await;
-    assert!(!offered.next_json().await.0, "compression off: plain frames");
+    served_plain(&off, &mut offered).await;
     off.stop().await;
 }
 
