@@ -402,7 +402,12 @@ impl PingAnswerer {
                     }
                     let payload = &mut buf[used + header.header_len..end];
                     unmask(payload, header.mask);
-                    if payload.starts_with(br#"{"type":"PING""#) {
+                    // A client that negotiated compression (`--compress`) sends its PINGs compressed: inflated, as
+                    // herald must, before they are told from JOINs.
+                    let inflated = header
+                        .compressed
+                        .then(|| herald_protocol::deflate::inflate(payload, 512).unwrap_or_default());
+                    if inflated.as_deref().unwrap_or(payload).starts_with(br#"{"type":"PING""#) {
                         // Between two of the fan-out thread's frames: each goes in one `send`, whole, or is
                         // reported as a short write (after which this connection's stream is broken anyway).
                         let _ = reader.try_write(&pong);
