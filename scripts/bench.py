@@ -10,8 +10,9 @@ each command and its figures, and the targets table. The hand-written notes outs
 A scenario with a target row runs several times (`--repeats`, 3 by default): the same command swings by 10% and
 more between runs on this shared machine, so one run cannot say met or not. Each figure shown is the median of
 the runs, with their range beside it in the targets table; losses, duplicates and errors are the worst run's, so
-"nothing lost" holds for every run. Takes about twenty minutes on the 2-core machine. The million scenarios run
-only when named (`--only million_idle million_fanout`: about half an hour more). Standard library only.
+"nothing lost" holds for every run. Takes about forty minutes on the 2-core machine (twenty of them the compressed
+scenarios, each run beside the same load plain and both floors). The million scenarios run only when named
+(`--only million_idle million_fanout`: about half an hour more). Standard library only.
 """
 import argparse
 import datetime

@@ -3,9 +3,9 @@
 //! Every item the publisher sends starts `{"t":<send time, µs since the epoch>,"s":<sequence>,` (then padding, or
 //! the realistic fields of `items`), and every frame starts with `{"type":"PUSH"` (or, answering a PING,
 //! `{"type":"PONG"`). The scanner looks for those markers with `memmem`, so reading a frame costs about as much as a
-//! `memchr` over it. Markers split across two reads are caught by carrying the unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per
-//! connection). The same carry holds the end of the stream when the server closes, where [`Scanner::close_code`]
-//! finds the close frame's status code.
+//! `memchr` over it. Markers split across two reads are caught by carrying the unscanned tail of one read into the
+//! next (at most [`CARRY`] bytes, kept per connection). The same carry holds the end of the stream when the server
+//! closes, where [`Scanner::close_code`] finds the close frame's status code.
 //!
 //! A compressed frame's payload is inflated elsewhere (see `inflated`), once per distinct payload, and its text
 //! scanned whole by [`message`].

@@ -320,11 +320,11 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
                 && compress
             {
                 let mut totals = shared.totals.lock().unwrap();
-                *if *negotiated {
-                    &mut totals.compression_negotiated
+                if *negotiated {
+                    totals.compression_negotiated += 1;
                 } else {
-                    &mut totals.compression_refused
-                } += 1;
+                    totals.compression_refused += 1;
+                }
             }
             let _ = done_tx.send(opened.is_ok());
             drop(done_tx);
@@ -551,8 +551,8 @@ async fn run_connection(
                 }
             }
             () = &mut timer => {
-                // A PING the socket does not take whole is not retried (nor counted): 31 bytes (fewer compressed) on a connection
-                // that reads and is read, it is always taken here.
+                // A PING the socket does not take whole is not retried (nor counted): 31 bytes (fewer compressed) on
+                // a connection that reads and is read, it is always taken here.
                 if matches!(stream.try_write(&ping), Ok(n) if n == ping.len()) {
                     pings_sent += 1;
                 }
