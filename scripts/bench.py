@@ -10,8 +10,9 @@ each command and its figures, and the targets table. The hand-written notes outs
 A scenario with a target row runs several times (`--repeats`, 3 by default): the same command swings by 10% and
 more between runs on this shared machine, so one run cannot say met or not. Each figure shown is the median of
 the runs, with their range beside it in the targets table; losses, duplicates and errors are the worst run's, so
-"nothing lost" holds for every run. Takes about twenty minutes on the 2-core machine. The million scenarios run
-only when named (`--only million_idle million_fanout`: about half an hour more). Standard library only.
+"nothing lost" holds for every run. Takes about forty minutes on the 2-core machine (twenty of them the compressed
+scenarios, each run beside the same load plain and both floors). The million scenarios run only when named
+(`--only million_idle million_fanout`: about half an hour more). Standard library only.
 """
 import argparse
 import datetime
@@ -105,6 +106,27 @@ SCENARIOS = {
                         "--item-bytes", "100", "--secs", "60", "--ping-secs", "40", "--merge-window", "1s",
                         "--server-arg=--heartbeat-timeout", "--server-arg=300s",
                         "--server-arg=--worker-threads", "--server-arg=2"]),
+    # permessage-deflate: realistic items (chat messages of about 150 bytes from a seeded generator: padding would
+    # compress to nothing), each load plain and compressed (`--compress`: every connection negotiates it).
+    "seed_chat": ("the seed's rate with chat items: 10,000 connections, 1,000 pushes/s of one chat message (about "
+                  "150 bytes), 1 s window, at most 100 items a frame, 30 s",
+                  ["fanout", "--conns", "10000", "--rate", "1000", "--items", "1", "--items-kind", "chat",
+                   "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100"]),
+    "seed_chat_deflate": ("compressed: the seed's rate with chat items, every connection negotiating "
+                          "permessage-deflate",
+                          ["fanout", "--conns", "10000", "--rate", "1000", "--items", "1", "--items-kind", "chat",
+                           "--secs", "30", "--merge-window", "1s", "--merge-max-items", "100", "--compress"]),
+    "window_10ms_chat": ("10 ms window with chat items: 10,000 connections, one room, 10 pushes/s of one chat message "
+                         "(about 150 bytes), 30 s",
+                         ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--items-kind", "chat",
+                          "--secs", "30", "--merge-window", "10ms"]),
+    "window_10ms_chat_deflate": ("compressed: the 10 ms window with chat items, every connection negotiating "
+                                 "permessage-deflate",
+                                 ["fanout", "--conns", "10000", "--rate", "10", "--items", "1", "--items-kind",
+                                  "chat", "--secs", "30", "--merge-window", "10ms", "--compress"]),
+    "idle_deflate": ("compressed: 19,000 idle connections in one room, every one negotiating permessage-deflate (its "
+                     "JOIN and PINGs compressed)",
+                     ["connections", "--conns", "19000", "--secs", "3", "--compress"]),
     "churn": ("churn: 10,000 connections stay in one room while 2,000 connections a second join and leave "
               "(each held 50 ms, dropped with a reset), 10 pushes/s, 10 ms window, 30 s",
               ["churn", "--conns", "10000", "--churn", "2000", "--hold-ms", "50", "--rate", "10", "--secs", "30",
@@ -126,6 +148,7 @@ SCENARIOS = {
 # (`--processes 56`: the first hands each push and /stats request on to the others), with the same client; their
 # memory and CPU are summed over every process, as herald's are over gateways, logic and nats-server.
 CPU_FIGURES = ["server_cpu_secs", "items_lost", "pongs_received"]
+WIRE_FIGURES = CPU_FIGURES + ["latency_p99_ms", "wire_bytes_per_item"]
 MILLION_HELD = ["connect_errors", "closed_early", "connect_secs", "server_pss_per_conn_bytes",
                 "server_rss_per_conn_bytes", "server_cpu_held_secs", "server_cpu_per_ping_us"]
 MILLION_BROADCAST = ["items_lost", "closed_early", "latency_p50_ms", "latency_p99_ms", "server_cpu_secs",
@@ -137,6 +160,11 @@ FLOORS = {
     "seed": ("floor_seed", 1000, 100, True, ["items_per_sec"] + CPU_FIGURES + ["latency_p99_ms"]),
     "million_idle": ("floor_million_idle", 1000, 100, True, MILLION_HELD),
     "million_fanout": ("floor_million_fanout", 1000, 100, True, MILLION_BROADCAST),
+    # A compressed scenario's floor is raw_fanout --compress (each frame compressed once, with herald's encoder).
+    "seed_chat": ("floor_seed_chat", 1000, 100, True, ["items_per_sec"] + WIRE_FIGURES),
+    "seed_chat_deflate": ("floor_seed_chat_deflate", 1000, 100, True, ["items_per_sec"] + WIRE_FIGURES),
+    "window_10ms_chat": ("floor_10ms_chat", 10, 100, True, WIRE_FIGURES),
+    "window_10ms_chat_deflate": ("floor_10ms_chat_deflate", 10, 100, True, WIRE_FIGURES),
 }
 # Processes of a floor (1 unless named), as many as the gateways of the herald beside it.
 FLOOR_PROCESSES = {"floor_million_idle": 56, "floor_million_fanout": 56}
@@ -169,6 +197,19 @@ CHURN_RSS_MARGIN_PCT = 10
 HISTORY_OFF = {"history_10ms": "window_10ms", "history_seed": "seed"}
 HISTORY_FIGURES = ["items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms", "server_cpu_secs"]
 
+# Compressed scenario -> the same load plain. Run alternately (compressed, its floor, plain, its floor, ...): the
+# compressed rows are judged against herald plain measured in the same minutes, and the plain scenario is not run
+# again on its own in a whole run.
+COMPRESSED = {"seed_chat_deflate": "seed_chat", "window_10ms_chat_deflate": "window_10ms_chat",
+              "idle_deflate": "idle"}
+COMPRESSION_FIGURES = {
+    "fanout": ["wire_bytes_per_item", "wire_bytes_per_sec", "server_cpu_secs", "loadgen_cpu_secs", "latency_p50_ms",
+               "latency_p99_ms", "items_lost", "compression_negotiated", "compressed_frames",
+               "compressed_payloads_inflated"],
+    "connections": ["server_rss_per_conn_bytes", "server_cpu_held_secs", "wire_bytes_per_conn", "connect_errors",
+                    "closed_early", "compression_negotiated"],
+}
+
 # (single node, gRPC cluster, NATS) scenarios shown side by side.
 CLUSTER_PAIRS = [("window_10ms", "cluster_10ms", "nats_10ms"), ("seed", "cluster_seed", "nats_seed")]
 CLUSTER_FIGURES = ["items_per_sec", "items_lost", "duplicates", "closed_early", "latency_p50_ms", "latency_p99_ms",
@@ -186,7 +227,15 @@ TARGET_KINDS = {
     "ping": ("≤ 1.2 × the floor's", lambda v, f: f is not None and v <= 1.2 * f),
     # Every item reached every connection (the losses are checked for every fan-out row below).
     "delivered": ("every item, as the floor", lambda v, f: True),
+    # Compressed against the same load plain (AGAINST_PLAIN: herald uncompressed is the reference, not the floor).
+    "wire_0.35": ("≤ 0.35 × herald uncompressed", lambda v, f: f is not None and v <= 0.35 * f),
+    "wire_0.6": ("≤ 0.6 × herald uncompressed", lambda v, f: f is not None and v <= 0.6 * f),
+    "cpu_1.0": ("≤ 1.0 × herald uncompressed", lambda v, f: f is not None and v <= f),
+    "cpu_1.1": ("≤ 1.1 × herald uncompressed", lambda v, f: f is not None and v <= 1.1 * f),
+    "latency_plain": ("≤ herald uncompressed + 10 ms", lambda v, f: f is not None and v <= f + 10),
+    "delivered_plain": ("every item, as uncompressed", lambda v, f: True),
 }
+AGAINST_PLAIN = {"wire_0.35", "wire_0.6", "cpu_1.0", "cpu_1.1", "latency_plain", "delivered_plain"}
 
 # (scenario, figure, label, go-push, raw ceiling, kind). go-push's and the raw ceiling's figures are the reference
 # figures of the issues (an independent client, the same kind of machine, another day): information, not targets.
@@ -201,6 +250,17 @@ TARGETS = [
      "delivered"),
     ("seed", "latency_p99_ms", "seed rate: p99 latency", "29–32 s", "0.32–0.39 s", "latency"),
     ("seed", "server_cpu_secs", "seed rate: server CPU seconds", "70 s", "19–21 s", "ratio"),
+    ("seed_chat_deflate", "wire_bytes_per_item", "seed rate, chat, compressed: bytes on the wire per item", "—", "—",
+     "wire_0.35"),
+    ("seed_chat_deflate", "server_cpu_secs", "seed rate, chat, compressed: server CPU seconds", "—", "—", "cpu_1.0"),
+    ("seed_chat_deflate", "latency_p99_ms", "seed rate, chat, compressed: p99 latency", "—", "—", "latency_plain"),
+    ("seed_chat_deflate", "items_per_sec", "seed rate, chat, compressed: items delivered per second", "—", "—",
+     "delivered_plain"),
+    ("window_10ms_chat_deflate", "wire_bytes_per_item", "10 ms window, chat, compressed: bytes on the wire per item",
+     "—", "—", "wire_0.6"),
+    ("window_10ms_chat_deflate", "server_cpu_secs", "10 ms window, chat, compressed: server CPU seconds", "—", "—",
+     "cpu_1.1"),
+    ("idle_deflate", "server_rss_per_conn_bytes", "server RSS per idle compressing connection", "—", "—", "rss"),
     ("million_idle", "server_pss_per_conn_bytes",
      "a million held: memory per connection, all processes together (PSS)", "—", "—", "rss"),
     ("million_idle", "server_cpu_per_ping_us", "a million held: server CPU per PING", "—", "—", "ping"),
@@ -262,7 +322,9 @@ def floor_args(name):
     """raw_fanout's arguments after its two addresses, for a floor scenario."""
     _, window_ms, max_items, answers_pings, _ = FLOORS[FLOOR_OF[name]]
     processes = FLOOR_PROCESSES.get(name, 1)
+    compress = "--compress" in SCENARIOS[FLOOR_OF[name]][1]
     return ([str(window_ms), str(max_items)] + (["--answer-pings"] if answers_pings else [])
+            + (["--compress"] if compress else [])
             + (["--processes", str(processes)] if processes > 1 else []))
 
 
@@ -407,6 +469,9 @@ def render(results, benches):
         floor = results.get(floor_name) or {}
         floor_value = floor.get(figure) if figure in floor_figures else None
         floor_here = "—" if floor_value is None else shown(figure, floor_value)
+        if kind in AGAINST_PLAIN:
+            floor_value = (results.get(COMPRESSED[scenario]) or {}).get(figure)
+            floor_here = "—" if floor_value is None else f"{shown(figure, floor_value)} (herald uncompressed)"
         result = results.get(scenario)
         if result is None or result.get(figure) is None:
             lines.append(f"| {label} | {gopush} | {raw} | {target} | {floor_here} | not run | | |")
@@ -459,6 +524,23 @@ def render(results, benches):
                   "| scenario | figure | raw floor | herald | herald − floor |", "|---|---|---|---|---|"]
         for floor, scenario in floors:
             lines += beside_floor(results, floor, scenario, FLOORS[scenario][4])
+    compressed = [(plain, on) for on, plain in COMPRESSED.items() if on in results and plain in results]
+    if compressed:
+        lines += ["", "## Compressed beside plain", "",
+                  "The same load with every connection negotiating permessage-deflate (`--compress`) and without, in",
+                  "alternating runs, each beside its raw floor (`raw_fanout`, `--compress` for the compressed one:",
+                  "each frame compressed once with herald's encoder). Bytes on the wire are what the clients' sockets",
+                  "read; the load generator inflates each distinct compressed payload once per worker process and",
+                  "counts every copy from it.", ""]
+        for plain, on in compressed:
+            names = [n for n in (FLOORS.get(plain, [None])[0], plain, FLOORS.get(on, [None])[0], on)
+                     if n in results]
+            lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            for figure in COMPRESSION_FIGURES[results[on].get("scenario", "fanout")]:
+                cells = [shown(figure, results[n].get(figure)) if results[n].get(figure) is not None else "—"
+                         for n in names]
+                lines.append(f"| {figure} | " + " | ".join(cells) + " |")
+            lines.append("")
     pairs = [(f"{on}_off", on) for on in HISTORY_OFF if f"{on}_off" in results and on in results]
     if pairs:
         lines += ["", "## History beside none", "",
@@ -572,12 +654,18 @@ def main():
             with open(saved) as f:
                 results = json.load(f)
         targeted = {scenario for scenario, *_ in TARGETS}
-        for name in opts.only or [n for n in SCENARIOS if n not in FLOOR_OF and n not in OPT_IN]:
+        # A plain scenario beside a compressed one runs with it (see COMPRESSED), unless named alone.
+        whole = [n for n in SCENARIOS if n not in FLOOR_OF and n not in OPT_IN and n not in COMPRESSED.values()]
+        for name in opts.only or whole:
             repeats = max(1, opts.repeats) if name in targeted or name in HISTORY_OFF else 1
             if name in OPT_IN:
                 repeats = 1
             floors = [FLOORS[name][0]] if name in FLOORS else []
             beside = [f"{name}_off"] if name in HISTORY_OFF else []
+            plain = COMPRESSED.get(name)
+            if plain is not None and not (opts.only and plain in opts.only):
+                # The same load plain, and its floor: run beside as floors are (by their own names).
+                floors += [plain] + ([FLOORS[plain][0]] if plain in FLOORS else [])
             runs = {key: [] for key in [name, *floors, *beside]}
             for attempt in range(repeats):
                 for key in runs:

@@ -50,6 +50,14 @@ struct Shared {
     frame_full: Condvar,
 }
 
+/// How herald compresses by default (`compression_level` and `compression_min_bytes` in
+/// crates/herald/src/config/defaults.toml), which `Compression::default()` does not say: its `min_bytes` is 256,
+/// and a frame of one chat item (about 200 bytes) would go plain here where herald compresses it.
+const HERALD_COMPRESSION: Compression = Compression {
+    level: 1,
+    min_bytes: 128,
+};
+
 /// The command line: `WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--compress] [--processes N]`.
 struct Args {
     ws: SocketAddr,
@@ -177,7 +185,7 @@ fn main() -> anyhow::Result<()> {
         };
         let frames: Vec<Bytes> = items
             .chunks(max_items)
-            .map(|c| form.encode(&room, c, None, &Compression::default()).frame)
+            .map(|c| form.encode(&room, c, None, &HERALD_COMPRESSION).frame)
             .collect();
         let conns = shared.conns.lock().unwrap();
         let before = short_writes;
@@ -402,7 +410,12 @@ impl PingAnswerer {
                     }
                     let payload = &mut buf[used + header.header_len..end];
                     unmask(payload, header.mask);
-                    if payload.starts_with(br#"{"type":"PING""#) {
+                    // A client that negotiated compression (`--compress`) sends its PINGs compressed: inflated, as
+                    // herald must, before they are told from JOINs.
+                    let inflated = header
+                        .compressed
+                        .then(|| herald_protocol::deflate::inflate(payload, 512).unwrap_or_default());
+                    if inflated.as_deref().unwrap_or(payload).starts_with(br#"{"type":"PING""#) {
                         // Between two of the fan-out thread's frames: each goes in one `send`, whole, or is
                         // reported as a short write (after which this connection's stream is broken anyway).
                         let _ = reader.try_write(&pong);

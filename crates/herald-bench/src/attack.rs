@@ -128,7 +128,7 @@ async fn one_session(kind: Kind, attack: &Attack, counter: &Counters) -> io::Res
         let _answered_or_dropped = stream.read(&mut byte).await?;
         return Err(io::ErrorKind::ConnectionAborted.into());
     }
-    upgrade(&mut stream, attack.target, "").await?;
+    upgrade(&mut stream, attack.target, "", false).await?;
     let every = Duration::from_secs_f64(1.0 / attack.rate.max(0.001));
     match kind {
         Kind::ReplyHog => {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
+use crate::items::ItemsKind;
+
 /// The scenarios of `herald-bench`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
@@ -127,6 +129,10 @@ pub struct ConnectionsArgs {
     /// Seconds to hold them once open
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
+    /// Offer permessage-deflate on every connection (JOINs and PINGs then go compressed) and read compressed frames:
+    /// each distinct payload is inflated once per worker, every copy counted
+    #[arg(long)]
+    pub compress: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub target: Target,
@@ -144,9 +150,13 @@ pub struct FanoutArgs {
     /// Items per push
     #[arg(long, default_value_t = 1)]
     pub items: usize,
-    /// Bytes per item
+    /// Bytes per item (padding items only)
     #[arg(long, default_value_t = 100)]
     pub item_bytes: usize,
+    /// What the items are: padding (compresses to almost nothing), chat messages (about 150 bytes) or market ticks,
+    /// from a seeded generator
+    #[arg(long, value_enum, default_value_t = ItemsKind::Padding)]
+    pub items_kind: ItemsKind,
     /// Seconds of publishing
     #[arg(long, default_value_t = 10.0)]
     pub secs: f64,
@@ -156,6 +166,10 @@ pub struct FanoutArgs {
     /// Push to everyone (/push/all) instead of a room
     #[arg(long)]
     pub all: bool,
+    /// Offer permessage-deflate on every connection (JOINs and PINGs then go compressed) and read compressed frames:
+    /// each distinct payload is inflated once per worker, every copy counted
+    #[arg(long)]
+    pub compress: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub target: Target,

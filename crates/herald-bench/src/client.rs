@@ -10,12 +10,26 @@ use herald_protocol::ws::HEARTBEAT_TIMEOUT_HEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The WebSocket handshake on `stream` (`/connect` with `query`): herald's answer head (status line and headers),
-/// or an error unless answered 101.
-pub(crate) async fn upgrade(stream: &mut TcpStream, target: SocketAddr, query: &str) -> io::Result<String> {
+/// The permessage-deflate offer of a compressing client (RFC 7692): `client_max_window_bits` says it could take a
+/// smaller window for its own messages, as browsers do; herald answers with no context takeover either way.
+pub(crate) const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// The WebSocket handshake on `stream` (`/connect` with `query`, offering permessage-deflate with `compress`):
+/// herald's answer head (status line and headers), or an error unless answered 101.
+pub(crate) async fn upgrade(
+    stream: &mut TcpStream,
+    target: SocketAddr,
+    query: &str,
+    compress: bool,
+) -> io::Result<String> {
+    let offer = if compress {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET /connect{query} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut head = [0u8; 512];
@@ -32,6 +46,18 @@ pub(crate) async fn upgrade(stream: &mut TcpStream, target: SocketAddr, query: &
         return Err(io::Error::other(head));
     }
     Ok(head)
+}
+
+/// Whether an upgrade's answer `head` accepted permessage-deflate (a `Sec-WebSocket-Extensions` line naming it).
+pub(crate) fn accepted_deflate(head: &str) -> bool {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+        .any(|(_, value)| {
+            value
+                .split(',')
+                .any(|extension| extension.split(';').next().map(str::trim) == Some("permessage-deflate"))
+        })
 }
 
 /// The heartbeat timeout an upgrade's answer `head` says ([`HEARTBEAT_TIMEOUT_HEADER`]), if it says one.
@@ -61,8 +87,19 @@ pub(crate) fn token_query(secret: &str, user: &str) -> String {
 
 /// A masked client text frame (the mask is fixed: it only has to be present).
 pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
+    masked_frame(0x81, payload)
+}
+
+/// A masked client text frame whose payload is `text` compressed (RSV1 set, `text` deflated at level 1 with no
+/// context), as a client that negotiated permessage-deflate may send any message.
+pub(crate) fn masked_compressed(text: &[u8]) -> Vec<u8> {
+    masked_frame(0xc1, &herald_protocol::deflate::deflate(text, 1))
+}
+
+/// A masked client frame: `first` (FIN, RSV bits, opcode), then `payload`'s length, the mask and the payload masked.
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let key = [0x5a, 0x17, 0xc3, 0x8e];
-    let mut out = vec![0x81];
+    let mut out = vec![first];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n => {
@@ -85,5 +122,17 @@ mod tests {
                     Sec-WebSocket-Accept: x\r\nherald-heartbeat-timeout-ms: 1500\r\n\r\n";
         assert_eq!(heartbeat_timeout(head), Some(Duration::from_millis(1500)));
         assert_eq!(heartbeat_timeout("HTTP/1.1 101 Switching Protocols\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn tells_whether_herald_accepted_the_deflate_offer() {
+        let head = |extensions: &str| format!("HTTP/1.1 101 Switching Protocols\r\n{extensions}\r\n");
+        let accepted = "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+                        client_no_context_takeover\r\n";
+        assert!(accepted_deflate(&head(accepted)));
+        assert!(!accepted_deflate(&head("")));
+        assert!(!accepted_deflate(&head(
+            "Sec-WebSocket-Extensions: x-permessage-deflate\r\n"
+        )));
     }
 }

@@ -14,7 +14,11 @@
 //! - `client`: the client side of herald's protocol (handshake, masked frames, tokens) for workers, attackers and
 //!   server.
 //! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
-//! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection.
+//! - `frames`: with `--compress`, splits a connection's stream at frame boundaries into plain runs (scanned as
+//!   above) and compressed messages; `inflated`: inflates each distinct compressed payload once per worker and
+//!   keeps the items it holds, for every copy.
+//! - `publisher`: pushes through the push API at a fixed rate over one keep-alive HTTP/1.1 connection; `items`:
+//!   what it pushes (padding, or chat messages and market ticks from a seeded generator).
 //! - `http`: that HTTP/1.1 client, also for `/healthz` and `/stats`; `sched`: SCHED_BATCH for the load generator's
 //!   processes.
 //! - [`proc`]: CPU, RSS and kernel slab memory from /proc.
@@ -27,7 +31,10 @@
 pub mod attack;
 pub mod cli;
 mod client;
+mod frames;
 mod http;
+mod inflated;
+pub mod items;
 pub mod proc;
 mod publisher;
 mod report;

@@ -9,7 +9,8 @@ use indicatif::ProgressBar;
 use tokio::time::Instant;
 
 use crate::http::Connection;
-use crate::scan::{item, now_us};
+use crate::items::{Items, ItemsKind};
+use crate::scan::now_us;
 use crate::sched;
 
 /// What to publish.
@@ -22,8 +23,10 @@ pub struct Plan {
     pub rate: f64,
     /// Items per push.
     pub items: usize,
-    /// Bytes per item.
+    /// Bytes per item (padding).
     pub item_bytes: usize,
+    /// What the items are.
+    pub items_kind: ItemsKind,
     /// How long to publish.
     pub duration: Duration,
     /// Connections that should get each push, for a server that answers `recipients: null` (herald on NATS
@@ -56,6 +59,7 @@ pub async fn run(plan: &Plan, progress: &ProgressBar) -> anyhow::Result<Publishe
     let end = start + plan.duration;
     let (mut sent, mut refused, mut expected, mut seq) = (0u64, 0u64, 0u64, 0u64);
     let mut body = String::new();
+    let mut items = Items::new(plan.items_kind, plan.item_bytes);
     loop {
         let due = start + interval.mul_f64(sent as f64);
         if due >= end {
@@ -73,7 +77,7 @@ pub async fn run(plan: &Plan, progress: &ProgressBar) -> anyhow::Result<Publishe
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&item(now, seq + i as u64, plan.item_bytes));
+            items.push(&mut body, now, seq + i as u64);
         }
         body.push_str("]}");
         let (status, answer) = conn.post(path, &body).await?;

@@ -140,4 +140,28 @@ pub(crate) fn put_delivery(out: &mut Outcome, reports: &[Report], published: &pu
     );
     // Reads the kernel gave no receive timestamp for: their latency is the read's (0 on Linux).
     out.put("latency_untimed_reads", sum(|r| r.untimed_reads));
+    // What the items cost on the wire: frame headers, envelopes, PONGs and closes included, as read from the sockets.
+    let wire = sum(|r| r.wire_bytes);
+    out.put("wire_bytes", wire);
+    out.put("wire_bytes_per_item", wire as f64 / items.max(1) as f64);
+    out.put("wire_bytes_per_sec", wire as f64 / secs);
+}
+
+/// Puts what permessage-deflate did, for a run with `--compress`: connections that negotiated it (and that were
+/// refused it, warned about), compressed frames received (every copy) and distinct payloads the workers inflated
+/// (once each per worker: far fewer than the frames, when the server compressed once for many connections).
+pub(crate) fn put_compression(out: &mut Outcome, reports: &[Report]) {
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    let refused = sum(|r| r.compression_refused);
+    out.put("compression_negotiated", sum(|r| r.compression_negotiated));
+    out.put("compression_refused", refused);
+    out.put("compressed_frames", sum(|r| r.compressed_frames));
+    out.put("compressed_payloads_inflated", sum(|r| r.compressed_payloads_inflated));
+    out.put("inflate_errors", sum(|r| r.inflate_errors));
+    if refused > 0 {
+        eprintln!(
+            "herald-bench: {refused} connections offered permessage-deflate and were answered without it: they ran \
+             plain (is compression off on the server?)"
+        );
+    }
 }

@@ -1,11 +1,14 @@
 //! Finding bench items in the byte stream of a connection without parsing frames or JSON.
 //!
-//! Every item the publisher sends is `{"t":<send time, µs since the epoch>,"s":<sequence>,"p":"<padding>"}`, and
-//! every frame starts with `{"type":"PUSH"` (or, answering a PING, `{"type":"PONG"`). The scanner looks for
-//! those markers with `memmem`, so reading a frame costs about as much as a `memchr` over it. Markers split across
-//! two reads are caught by carrying the unscanned tail of one read into the next (at most [`CARRY`] bytes, kept per
-//! connection). The same carry holds the end of the stream when the server closes, where [`Scanner::close_code`]
-//! finds the close frame's status code.
+//! Every item the publisher sends starts `{"t":<send time, µs since the epoch>,"s":<sequence>,` (then padding, or
+//! the realistic fields of `items`), and every frame starts with `{"type":"PUSH"` (or, answering a PING,
+//! `{"type":"PONG"`). The scanner looks for those markers with `memmem`, so reading a frame costs about as much as a
+//! `memchr` over it. Markers split across two reads are caught by carrying the unscanned tail of one read into the
+//! next (at most [`CARRY`] bytes, kept per connection). The same carry holds the end of the stream when the server
+//! closes, where [`Scanner::close_code`] finds the close frame's status code.
+//!
+//! A compressed frame's payload is inflated elsewhere (see `inflated`), once per distinct payload, and its text
+//! scanned whole by [`message`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +47,62 @@ pub struct Tally {
     pub next_seq: u64,
 }
 
+impl Tally {
+    /// Counts one item, and checks its sequence number against the ones before it.
+    pub fn count(&mut self, seq: u64) {
+        self.items += 1;
+        if seq == NO_SEQ {
+            return;
+        }
+        if seq == self.next_seq {
+            self.next_seq += 1;
+        } else if seq > self.next_seq {
+            self.gaps += seq - self.next_seq;
+            self.next_seq = seq + 1;
+        } else {
+            self.duplicates += 1;
+        }
+    }
+}
+
+/// What one whole message holds (a compressed frame's payload, inflated): found once, then counted for every copy
+/// of it a connection receives (see `inflated`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its items' (send time in µs, sequence number), in order.
+    pub items: Vec<(u64, u64)>,
+    /// PUSH frames it is (0 or 1).
+    pub frames: u64,
+    /// PONGs it is (0 or 1).
+    pub pongs: u64,
+}
+
+/// Finds the items and frame markers of one whole message: no carry, nothing cut off.
+pub fn message(text: &[u8]) -> Message {
+    let mut found = Message::default();
+    let mut at = 0;
+    let finder = memmem::Finder::new(ITEM);
+    while let Some(offset) = finder.find(&text[at..]) {
+        let start = at + offset;
+        match parse_item(&text[start..]) {
+            Some((time, seq, len)) => {
+                found.items.push((time, seq));
+                at = start + len;
+            }
+            None => break,
+        }
+    }
+    for offset in memmem::find_iter(text, FRAME_OR_PONG) {
+        let marker = &text[offset..];
+        if marker.starts_with(FRAME) {
+            found.frames += 1;
+        } else if marker.starts_with(PONG) {
+            found.pongs += 1;
+        }
+    }
+    found
+}
+
 /// The scanning state of one connection.
 #[derive(Debug)]
 pub struct Scanner {
@@ -75,7 +134,7 @@ impl Scanner {
             match parse_item(&window[start..]) {
                 Some((time, seq, len)) => {
                     on_item(time);
-                    self.count(seq);
+                    self.tally.count(seq);
                     consumed = start + len;
                     at = consumed;
                 }
@@ -103,22 +162,6 @@ impl Scanner {
         self.carry_len.saturating_sub(MARKER_LEN - 1).min(window.len())
     }
 
-    fn count(&mut self, seq: u64) {
-        let tally = &mut self.tally;
-        tally.items += 1;
-        if seq == NO_SEQ {
-            return;
-        }
-        if seq == tally.next_seq {
-            tally.next_seq += 1;
-        } else if seq > tally.next_seq {
-            tally.gaps += seq - tally.next_seq;
-            tally.next_seq = seq + 1;
-        } else {
-            tally.duplicates += 1;
-        }
-    }
-
     /// The status code of a close frame ending the bytes scanned so far: `Some(None)` for a close frame without
     /// one, `None` when the stream does not end in a close frame (or its reason was too long for the carry). Asked
     /// once the server has closed the connection, whose last frame is then its close frame. The header is taken at
@@ -135,8 +178,16 @@ impl Scanner {
 
     /// Puts the carry in front of `buf[CARRY..]` (where the next read must go); returns where the window starts.
     pub fn prepare(&self, buf: &mut [u8]) -> usize {
-        let start = CARRY - self.carry_len;
-        buf[start..CARRY].copy_from_slice(&self.carry[..self.carry_len]);
+        self.prepare_at(buf, CARRY)
+    }
+
+    /// Puts the carry in front of the bytes at `buf[at..]`, overwriting the (at most [`CARRY`]) bytes before them;
+    /// returns where the window starts. For a segment in the middle of a read (the plain frames after a compressed
+    /// one): the bytes before it were already taken, so overwriting them loses nothing. `at` must be at least
+    /// [`CARRY`].
+    pub fn prepare_at(&self, buf: &mut [u8], at: usize) -> usize {
+        let start = at - self.carry_len;
+        buf[start..at].copy_from_slice(&self.carry[..self.carry_len]);
         start
     }
 }

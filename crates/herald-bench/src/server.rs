@@ -356,7 +356,7 @@ async fn heartbeat_timeout(ws: SocketAddr, token_secret: Option<&str>) -> anyhow
     let query = token_secret.map_or_else(String::new, |secret| client::token_query(secret, "herald-bench"));
     let ask = async {
         let mut stream = TcpStream::connect(ws).await?;
-        client::upgrade(&mut stream, ws, &query).await
+        client::upgrade(&mut stream, ws, &query, false).await
     };
     match tokio::time::timeout(Duration::from_secs(15), ask).await {
         Ok(answer) => {

@@ -8,6 +8,12 @@
 //! Per connection the worker keeps a task, its socket and a [`Scanner`] (a few hundred bytes); reads go into one
 //! buffer shared by the whole process.
 //!
+//! With `compress` each connection offers permessage-deflate and, once herald accepts, sends its JOIN and PINGs
+//! compressed and reads through a [`Frames`] parser: plain frames go to the scanner as above, compressed ones are
+//! counted from the worker's [`Inflated`] table, which inflates each distinct payload once. A connection that did
+//! not negotiate compression reads as a plain one, and is counted. Without `compress` the read path is the plain
+//! one, unchanged but for counting the bytes read.
+//!
 //! Latency is taken twice per item. `latency` ends when the frame reached the client's socket: the kernel's
 //! receive timestamp (SO_TIMESTAMPNS) of the last segment a read returned, so never early. That is what a client
 //! on its own machine sees; here hundreds of clients share one thread and two cores with the server, and the time a
@@ -29,9 +35,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::client::{self, masked_text, upgrade};
+use crate::client::{self, accepted_deflate, masked_compressed, masked_text, upgrade};
+use crate::frames::{Frames, Segment};
+use crate::inflated::Inflated;
 use crate::proc;
-use crate::scan::{CARRY, Scanner, Tally, now_us};
+use crate::scan::{CARRY, Message, Scanner, Tally, now_us};
 
 /// Connections bound to one source address.
 const CONNS_PER_SOURCE: usize = 10_000;
@@ -73,6 +81,9 @@ pub struct Plan {
     /// Sign each connection a token (HS256) with this secret: user `bench-INDEX-N`, any room, valid for a day.
     #[serde(default)]
     pub token_secret: Option<String>,
+    /// Offer permessage-deflate on every connection (churners excepted), and read compressed frames.
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// The `?token=` query of connection `n` of worker `index`, when the plan signs tokens.
@@ -156,6 +167,24 @@ pub struct Report {
     /// Resuming churners whose ACK said `"recovered":false`.
     #[serde(default)]
     pub not_recovered: u64,
+    /// Bytes read from the connections' sockets once upgraded (frames, as they came over the wire).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// Connections whose offer of permessage-deflate herald accepted.
+    #[serde(default)]
+    pub compression_negotiated: u64,
+    /// Connections that offered permessage-deflate and were answered without it (they run plain).
+    #[serde(default)]
+    pub compression_refused: u64,
+    /// Compressed messages (RSV1) received, every copy counted.
+    #[serde(default)]
+    pub compressed_frames: u64,
+    /// Distinct compressed payloads this worker inflated (once each, whatever the copies).
+    #[serde(default)]
+    pub compressed_payloads_inflated: u64,
+    /// Compressed payloads that would not inflate (every copy counted; their items are missing).
+    #[serde(default)]
+    pub inflate_errors: u64,
 }
 
 struct Shared {
@@ -186,6 +215,8 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CARRY + READ_BUFFER]);
     /// Room for the receive timestamp's control message.
     static CONTROL: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec));
+    /// The compressed payloads this worker has seen (its connections all run on this thread).
+    static INFLATED: RefCell<Inflated> = RefCell::new(Inflated::default());
 }
 
 /// Runs a worker: reads the plan and commands from stdin, answers on stdout.
@@ -253,6 +284,10 @@ pub fn main() -> anyhow::Result<()> {
         report.latency_us = recorded(&latency.arrived);
         report.read_latency_us = recorded(&latency.read);
         report.cpu_secs = proc::self_cpu_secs().unwrap_or(0.0);
+        INFLATED.with_borrow(|inflated| {
+            report.compressed_payloads_inflated = inflated.inflated;
+            report.inflate_errors = inflated.errors;
+        });
         emit(&Event::Done(report));
     });
     Ok(())
@@ -267,7 +302,8 @@ fn emit(event: &Event) {
 async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool>) -> (usize, usize) {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<bool>();
-    let join = plan.room.as_deref().map(join_frame);
+    let join = plan.room.as_deref().map(join_text);
+    let compress = plan.compress;
     for i in 0..plan.conns {
         let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore open");
         let source = Ipv4Addr::new(127, 1, plan.index, 1 + (i / CONNS_PER_SOURCE) as u8);
@@ -277,12 +313,23 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
         let ping_every = Duration::from_millis(plan.ping_every_ms);
         let query = token_query(plan, i);
         tokio::spawn(async move {
-            let opened = open(SocketAddrV4::new(source, port), target, &query, join.as_deref(), false).await;
+            let source = SocketAddrV4::new(source, port);
+            let opened = open(source, target, &query, join.as_deref(), compress, false).await;
             drop(permit);
+            if let Ok((_, negotiated)) = &opened
+                && compress
+            {
+                let mut totals = shared.totals.lock().unwrap();
+                if *negotiated {
+                    totals.compression_negotiated += 1;
+                } else {
+                    totals.compression_refused += 1;
+                }
+            }
             let _ = done_tx.send(opened.is_ok());
             drop(done_tx);
-            if let Ok(stream) = opened {
-                run_connection(stream, shared, stop, ping_every).await;
+            if let Ok((stream, negotiated)) = opened {
+                run_connection(stream, shared, stop, ping_every, negotiated).await;
             }
         });
     }
@@ -299,14 +346,16 @@ async fn open_all(plan: &Plan, shared: &Arc<Shared>, stop: &watch::Receiver<bool
 }
 
 /// Connects from `source` (or the same address one port block up, if that port is taken), completes the
-/// WebSocket handshake and joins the room.
+/// WebSocket handshake (offering permessage-deflate with `compress`) and joins the room with the JOIN message
+/// `join`, compressed if herald accepted the offer. Returns the stream and whether it did.
 async fn open(
     source: SocketAddrV4,
     target: SocketAddr,
     query: &str,
     join: Option<&[u8]>,
+    compress: bool,
     reset_on_close: bool,
-) -> io::Result<TcpStream> {
+) -> io::Result<(TcpStream, bool)> {
     let mut attempt = 0;
     let socket = loop {
         let socket = TcpSocket::new_v4()?;
@@ -326,11 +375,17 @@ async fn open(
     let mut stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
     setsockopt(&stream, sockopt::ReceiveTimestampns, &true)?;
-    upgrade(&mut stream, target, query).await?;
+    let head = upgrade(&mut stream, target, query, compress).await?;
+    let compressed = compress && accepted_deflate(&head);
     if let Some(join) = join {
-        stream.write_all(join).await?;
+        let frame = if compressed {
+            masked_compressed(join)
+        } else {
+            masked_text(join)
+        };
+        stream.write_all(&frame).await?;
     }
-    Ok(stream)
+    Ok((stream, compressed))
 }
 
 /// Opens, joins and drops connections at `plan.churn_per_sec` for `plan.churn_secs`, from 127.2.INDEX.N with
@@ -339,7 +394,7 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
     if plan.churn_per_sec <= 0.0 {
         return;
     }
-    let join = plan.room.as_deref().map(join_frame);
+    let join = plan.room.as_deref().map(join_text);
     let every = Duration::from_secs_f64(1.0 / plan.churn_per_sec);
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(plan.churn_secs);
     let mut tick = tokio::time::interval(every);
@@ -365,11 +420,11 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
             .then(|| (plan.room.clone().unwrap_or_default(), Arc::clone(&last_seen)));
         tokio::spawn(async move {
             let join = match &resume {
-                Some((room, last_seen)) => Some(resume_frame(room, last_seen.lock().unwrap().as_ref())),
+                Some((room, last_seen)) => Some(resume_text(room, last_seen.lock().unwrap().as_ref())),
                 None => join,
             };
             match open_churning(source, target, &query, join.as_deref()).await {
-                Ok(stream) => {
+                Ok((stream, _)) => {
                     shared.totals.lock().unwrap().churn_cycles += 1;
                     match &resume {
                         Some((_, last_seen)) => read_resumed(stream, hold, last_seen, &shared).await,
@@ -387,16 +442,14 @@ async fn churn(plan: Plan, shared: Arc<Shared>) {
 }
 
 /// A resuming JOIN: with an id (so its ACK says whether it recovered) and `since` at `at`, when there is one.
-fn resume_frame(room: &str, at: Option<&(u64, String)>) -> Vec<u8> {
+fn resume_text(room: &str, at: Option<&(u64, String)>) -> Vec<u8> {
     let mut data = serde_json::json!({ "room": room });
     if let Some((offset, epoch)) = at {
         data["since"] = serde_json::json!({ "offset": offset, "epoch": epoch });
     }
-    masked_text(
-        serde_json::json!({"type": "JOIN", "id": "resume", "data": data})
-            .to_string()
-            .as_bytes(),
-    )
+    serde_json::json!({"type": "JOIN", "id": "resume", "data": data})
+        .to_string()
+        .into_bytes()
 }
 
 /// Reads a resumed churner's stream for `hold`: counts what its ACK said, and keeps the position of the last
@@ -455,14 +508,29 @@ async fn open_churning(
     target: SocketAddr,
     query: &str,
     join: Option<&[u8]>,
-) -> io::Result<TcpStream> {
+) -> io::Result<(TcpStream, bool)> {
     // Port 0: the kernel picks one of this source address's ports. Linger 0: closing resets the connection.
-    open(SocketAddrV4::new(source, 0), target, query, join, true).await
+    open(SocketAddrV4::new(source, 0), target, query, join, false, true).await
 }
 
-async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, ping_every: Duration) {
+/// Serves one held connection until the worker stops or the server closes it: reads (through [`Frames`] when it
+/// negotiated compression) and PINGs (compressed then too).
+async fn run_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    ping_every: Duration,
+    compressed: bool,
+) {
     let mut scanner = Scanner::default();
-    let ping = masked_text(br#"{"type":"PING","data":{}}"#);
+    let ping_text = br#"{"type":"PING","data":{}}"#;
+    let ping = if compressed {
+        masked_compressed(ping_text)
+    } else {
+        masked_text(ping_text)
+    };
+    let mut frames = compressed.then(Box::<Frames>::default);
+    let mut wire_bytes = 0u64;
     // Spread the pings of many connections over the interval.
     let first = ping_every.mul_f64(f64::from(fastrand_u16()) / f64::from(u16::MAX));
     let timer = tokio::time::sleep(first);
@@ -472,9 +540,10 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
     loop {
         tokio::select! {
             ready = stream.readable() => {
-                let end = match ready {
-                    Ok(()) => read_available(&stream, &mut scanner, &shared),
-                    Err(e) => Some(Err(e.kind())),
+                let end = match (ready, &mut frames) {
+                    (Ok(()), None) => read_available(&stream, &mut scanner, &shared, &mut wire_bytes),
+                    (Ok(()), Some(frames)) => read_framed(&stream, &mut scanner, frames, &shared, &mut wire_bytes),
+                    (Err(e), _) => Some(Err(e.kind())),
                 };
                 if let Some(end) = end {
                     ended = (!*stop.borrow()).then(|| how_it_ended(end, &scanner));
@@ -482,8 +551,8 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
                 }
             }
             () = &mut timer => {
-                // A PING the socket does not take whole is not retried (nor counted): 31 bytes on a connection
-                // that reads and is read, it is always taken here.
+                // A PING the socket does not take whole is not retried (nor counted): 31 bytes (fewer compressed) on
+                // a connection that reads and is read, it is always taken here.
                 if matches!(stream.try_write(&ping), Ok(n) if n == ping.len()) {
                     pings_sent += 1;
                 }
@@ -499,6 +568,8 @@ async fn run_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch:
         *totals.closed_early_by.entry(how).or_default() += 1;
     }
     totals.pings_sent += pings_sent;
+    totals.wire_bytes += wire_bytes;
+    totals.compressed_frames += frames.map_or(0, |frames| frames.messages);
 }
 
 /// How a connection the server closed ended, from what [`read_available`] returned and the stream's last bytes.
@@ -522,9 +593,14 @@ fn add(report: &mut Report, tally: &Tally) {
     report.duplicates += tally.duplicates;
 }
 
-/// Reads what the socket holds and scans it. `None` while the connection stays open; once it has ended,
-/// `Some(Ok(()))` when the server closed it, `Some(Err(kind))` when a read failed.
-fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) -> Option<Result<(), io::ErrorKind>> {
+/// Reads what the socket holds and scans it, adding the bytes read to `wire_bytes`. `None` while the connection
+/// stays open; once it has ended, `Some(Ok(()))` when the server closed it, `Some(Err(kind))` when a read failed.
+fn read_available(
+    stream: &TcpStream,
+    scanner: &mut Scanner,
+    shared: &Shared,
+    wire_bytes: &mut u64,
+) -> Option<Result<(), io::ErrorKind>> {
     READ_BUF.with_borrow_mut(|buf| {
         CONTROL.with_borrow_mut(|control| {
             loop {
@@ -535,6 +611,7 @@ fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) ->
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                         Err(e) => return Some(Err(e.kind())),
                     };
+                *wire_bytes += n as u64;
                 let now = now_us();
                 let before = scanner.tally.items;
                 let start = scanner.prepare(buf);
@@ -556,6 +633,79 @@ fn read_available(stream: &TcpStream, scanner: &mut Scanner, shared: &Shared) ->
     })
 }
 
+/// [`read_available`] for a connection that negotiated compression: each read is split at frame boundaries by
+/// `frames`; plain runs are scanned as there, compressed messages counted from the worker's [`Inflated`] table.
+fn read_framed(
+    stream: &TcpStream,
+    scanner: &mut Scanner,
+    frames: &mut Frames,
+    shared: &Shared,
+    wire_bytes: &mut u64,
+) -> Option<Result<(), io::ErrorKind>> {
+    READ_BUF.with_borrow_mut(|buf| {
+        CONTROL.with_borrow_mut(|control| {
+            INFLATED.with_borrow_mut(|inflated| {
+                loop {
+                    let (n, arrived) =
+                        match stream.try_io(Interest::READABLE, || receive(stream, &mut buf[CARRY..], control)) {
+                            Ok((0, _)) => return Some(Ok(())),
+                            Ok(read) => read,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                            Err(e) => return Some(Err(e.kind())),
+                        };
+                    *wire_bytes += n as u64;
+                    let now = now_us();
+                    let before = scanner.tally.items;
+                    let mut latency = shared.latency.lock().unwrap();
+                    let arrived_us = arrived.unwrap_or(now);
+                    let mut record = |sent: u64| {
+                        let _ = latency.arrived.record(arrived_us.saturating_sub(sent).max(1));
+                        let _ = latency.read.record(now.saturating_sub(sent).max(1));
+                    };
+                    let mut at = 0;
+                    while let Some(segment) = frames.next(&buf[CARRY..CARRY + n], &mut at) {
+                        match segment {
+                            Segment::Plain(range) => {
+                                // The bytes before the run were taken already: the carry may go over them.
+                                let start = scanner.prepare_at(buf, CARRY + range.start);
+                                scanner.scan(&buf[start..CARRY + range.end], &mut record);
+                            }
+                            Segment::Compressed(range) => {
+                                let payload = &buf[CARRY + range.start..CARRY + range.end];
+                                count_message(inflated.get(payload), &mut scanner.tally, &mut record);
+                            }
+                            Segment::Collected => {
+                                let payload = frames.take_message();
+                                count_message(inflated.get(&payload), &mut scanner.tally, &mut record);
+                            }
+                        }
+                    }
+                    drop(latency);
+                    let new_items = scanner.tally.items - before;
+                    if new_items > 0 {
+                        let mut totals = shared.totals.lock().unwrap();
+                        totals.items += new_items;
+                        totals.untimed_reads += u64::from(arrived.is_none());
+                    }
+                }
+            })
+        })
+    })
+}
+
+/// Counts one copy of a compressed message from what the table found in it: its items (timed as they arrived now)
+/// and sequence numbers, and its frame marker. A payload that would not inflate counts nothing (its items show as
+/// lost; the table counts the error).
+fn count_message(message: Option<&Message>, tally: &mut Tally, record: &mut impl FnMut(u64)) {
+    let Some(message) = message else { return };
+    for &(sent, seq) in &message.items {
+        record(sent);
+        tally.count(seq);
+    }
+    tally.frames += message.frames;
+    tally.pongs += message.pongs;
+}
+
 /// One `recvmsg` into `buf`: the bytes read, and when the last of them reached the socket (µs since the epoch), if
 /// the kernel said.
 fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
@@ -572,12 +722,11 @@ fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result
     Ok((message.bytes, arrived))
 }
 
-fn join_frame(room: &str) -> Vec<u8> {
-    masked_text(
-        serde_json::json!({"type": "JOIN", "data": {"room": room}})
-            .to_string()
-            .as_bytes(),
-    )
+/// The JOIN message of `room`, before framing (plain or compressed: see [`open`]).
+fn join_text(room: &str) -> Vec<u8> {
+    serde_json::json!({"type": "JOIN", "data": {"room": room}})
+        .to_string()
+        .into_bytes()
 }
 
 fn fastrand_u16() -> u16 {

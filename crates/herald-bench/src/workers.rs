@@ -39,6 +39,7 @@ impl Workers {
         conns: usize,
         room: Option<&str>,
         target: &Target,
+        compress: bool,
     ) -> anyhow::Result<Self> {
         // At least one worker per WebSocket listener, so a cluster's gateways all get connections.
         let count = target
@@ -60,6 +61,7 @@ impl Workers {
                 churn_secs: 0.0,
                 churn_resume: false,
                 token_secret: target.token_secret.clone(),
+                compress,
             };
             procs.push(spawn_worker(&plan).await?);
         }
@@ -106,9 +108,10 @@ impl Workers {
         conns: usize,
         room: Option<&str>,
         target: &Target,
+        compress: bool,
     ) -> anyhow::Result<(Self, Connected)> {
         let api = server.api.context("this scenario pushes: pass --api with --ws")?;
-        let mut workers = Self::start(server, conns, room, target).await?;
+        let mut workers = Self::start(server, conns, room, target, compress).await?;
         let bar = progress(conns as u64, "connecting");
         let connected = workers.connected(&bar).await?;
         bar.finish_and_clear();

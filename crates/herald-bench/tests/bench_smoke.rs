@@ -124,6 +124,53 @@ fn bench_scenarios_run_and_account_for_every_item() {
 }
 
 #[test]
+fn bench_compresses_when_asked_and_counts_every_copy_from_one_inflation() {
+    // Ten chat items a push: frames well over herald's compression_min_bytes. PINGs every 200 ms, sent compressed:
+    // herald closes a connection whose compressed message it cannot take, so none closed says it took them.
+    let load = "fanout --conns 200 --rate 20 --items 10 --items-kind chat --secs 2 --merge-window 50ms --workers 1 \
+                --ping-secs 0.2";
+    let compressed = bench(&format!("{load} --compress"));
+    assert_every_item_delivered(&compressed, 200, 20);
+    assert_eq!(
+        (
+            &compressed["compression_negotiated"],
+            &compressed["compression_refused"]
+        ),
+        (&serde_json::json!(200), &serde_json::json!(0)),
+        "{compressed}"
+    );
+    assert_eq!(compressed["inflate_errors"], 0, "{compressed}");
+    assert_eq!(compressed["closed_early"], 0, "{compressed}");
+    assert!(compressed["pongs_received"].as_u64() > Some(0), "{compressed}");
+    let (frames, inflated) = (
+        compressed["compressed_frames"].as_u64().unwrap(),
+        compressed["compressed_payloads_inflated"].as_u64().unwrap(),
+    );
+    // herald compresses a batch once for every connection: one worker inflates each distinct payload once.
+    assert!(frames > 0 && inflated > 0 && inflated < frames, "{compressed}");
+
+    let plain = bench(load);
+    assert_every_item_delivered(&plain, 200, 20);
+    assert!(plain.get("compressed_frames").is_none(), "{plain}");
+    let per_item = |result: &serde_json::Value| result["wire_bytes_per_item"].as_f64().unwrap();
+    assert!(per_item(&plain) > 0.0, "{plain}");
+    assert!(per_item(&compressed) < per_item(&plain), "{compressed}\n{plain}");
+
+    // Idle compressing connections: their JOIN and PINGs go compressed, herald answers, none is closed.
+    let idle = bench("connections --conns 40 --secs 1 --ping-secs 0.2 --compress");
+    assert_eq!(
+        (
+            &idle["connections"],
+            &idle["compression_negotiated"],
+            &idle["closed_early"]
+        ),
+        (&serde_json::json!(40), &serde_json::json!(40), &serde_json::json!(0)),
+        "{idle}"
+    );
+    assert!(idle["pongs_received"].as_u64() > Some(0), "{idle}");
+}
+
+#[test]
 fn bench_hostile_attacks_beside_normal_clients_that_still_get_everything() {
     let hostile = bench("hostile --conns 100 --attackers 3 --rate 20 --secs 3 --merge-window 50ms");
     assert_every_item_delivered(&hostile, 100, 20);

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::ChurnArgs;
+use crate::items::ItemsKind;
 use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
 use crate::server::Server;
@@ -27,7 +28,7 @@ pub(crate) async fn run(mut args: ChurnArgs) -> anyhow::Result<Outcome> {
     let api = server.api.context("churn needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
     let (mut workers, Connected { conns, errors, .. }) =
-        Workers::members(&server, args.conns, room, &args.target).await?;
+        Workers::members(&server, args.conns, room, &args.target, false).await?;
     workers
         .add_churner(&Plan {
             target: server.ws[0],
@@ -40,6 +41,7 @@ pub(crate) async fn run(mut args: ChurnArgs) -> anyhow::Result<Outcome> {
             churn_secs: args.secs,
             churn_resume: args.resume,
             token_secret: args.target.token_secret.clone(),
+            compress: false,
         })
         .await?;
     // Settled, before the storm.
@@ -56,6 +58,7 @@ pub(crate) async fn run(mut args: ChurnArgs) -> anyhow::Result<Outcome> {
         rate: args.rate,
         items: 1,
         item_bytes: 100,
+        items_kind: ItemsKind::Padding,
         duration: Duration::from_secs_f64(args.secs),
         members: conns as u64,
         fixed_members: true,

@@ -5,14 +5,14 @@ use std::time::Duration;
 use crate::cli::ConnectionsArgs;
 use crate::proc;
 use crate::proc::NetworkTrouble;
-use crate::report::{Outcome, network_since, progress, put_closed_early, put_heartbeats, put_network};
+use crate::report::{Outcome, network_since, progress, put_closed_early, put_compression, put_heartbeats, put_network};
 use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
 pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     let server = Server::start_or_attach(&args.target).await?;
     let (rss_before, slab_before) = (server.rss_bytes(), proc::slab_bytes());
-    let mut workers = Workers::start(&server, args.conns, Some("bench"), &args.target).await?;
+    let mut workers = Workers::start(&server, args.conns, Some("bench"), &args.target, args.compress).await?;
     let bar = progress(args.conns as u64, "connecting");
     let Connected {
         conns,
@@ -46,6 +46,9 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     out.put("connect_errors", errors);
     put_closed_early(&mut out, &reports);
     put_heartbeats(&mut out, &reports);
+    if args.compress {
+        put_compression(&mut out, &reports);
+    }
     out.put("connect_secs", secs);
     out.put("connects_per_sec", conns as f64 / secs.max(1e-9));
     out.put(
@@ -77,6 +80,10 @@ pub(crate) async fn run(args: ConnectionsArgs) -> anyhow::Result<Outcome> {
     );
     out.put("loadgen_cpu_secs", loadgen_cpu);
     out.put("loadgen_rss_per_conn_bytes", loadgen_rss / conns.max(1) as u64);
+    // What the server sent the connections once upgraded (their PONGs, mostly), over the whole run.
+    let wire: u64 = reports.iter().map(|r| r.wire_bytes).sum();
+    out.put("wire_bytes", wire);
+    out.put("wire_bytes_per_conn", wire / conns.max(1) as u64);
     put_network(&mut out, network);
     Ok(out)
 }

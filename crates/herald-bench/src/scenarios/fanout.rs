@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::cli::FanoutArgs;
 use crate::proc::NetworkTrouble;
 use crate::publisher;
-use crate::report::{Outcome, network_since, progress, put_delivery, put_network};
+use crate::report::{Outcome, network_since, progress, put_compression, put_delivery, put_network};
 use crate::server::Server;
 use crate::workers::{Connected, Workers};
 
@@ -16,7 +16,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     let api = server.api.context("fanout needs the push API: pass --api with --ws")?;
     let room = (!args.all).then_some(args.room.as_str());
     let (mut workers, Connected { conns, errors, .. }) =
-        Workers::members(&server, args.conns, room, &args.target).await?;
+        Workers::members(&server, args.conns, room, &args.target, args.compress).await?;
 
     let (cpu_before, network_before) = (server.cpu_secs(), NetworkTrouble::now());
     let plan = publisher::Plan {
@@ -25,6 +25,7 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
         rate: args.rate,
         items: args.items,
         item_bytes: args.item_bytes,
+        items_kind: args.items_kind,
         duration: Duration::from_secs_f64(args.secs),
         members: conns as u64,
         fixed_members: false,
@@ -44,7 +45,11 @@ pub(crate) async fn run(args: FanoutArgs) -> anyhow::Result<Outcome> {
     };
     out.put("connections", conns);
     out.put("connect_errors", errors);
+    out.put("items_kind", format!("{:?}", args.items_kind).to_lowercase());
     put_delivery(&mut out, &reports, &published);
+    if args.compress {
+        put_compression(&mut out, &reports);
+    }
     out.put("server_cpu_secs", server_cpu);
     out.put("loadgen_cpu_secs", reports.iter().map(|r| r.cpu_secs).sum::<f64>());
     put_network(&mut out, network);

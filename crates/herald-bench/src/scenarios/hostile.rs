@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::attack::{self, Attack};
 use crate::cli::HostileArgs;
+use crate::items::ItemsKind;
 use crate::publisher;
 use crate::report::{Outcome, progress, put_delivery};
 use crate::server::Server;
@@ -18,7 +19,7 @@ pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
     let api = server.api.context("hostile needs the push API: pass --api with --ws")?;
     let room = Some(args.room.as_str());
     let (mut workers, Connected { conns, errors, .. }) =
-        Workers::members(&server, args.conns, room, &args.target).await?;
+        Workers::members(&server, args.conns, room, &args.target, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = server.rss_bytes();
     let cpu_before = server.cpu_secs();
@@ -41,6 +42,7 @@ pub(crate) async fn run(args: HostileArgs) -> anyhow::Result<Outcome> {
         rate: args.rate,
         items: 1,
         item_bytes: 100,
+        items_kind: ItemsKind::Padding,
         duration,
         members: conns as u64,
         // Slow readers join the room too: the normal clients are the ones counted.
