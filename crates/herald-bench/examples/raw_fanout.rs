@@ -50,14 +50,6 @@ struct Shared {
     frame_full: Condvar,
 }
 
-/// How herald compresses by default (`compression_level` and `compression_min_bytes` in
-/// crates/herald/src/config/defaults.toml), which `Compression::default()` does not say: its `min_bytes` is 256,
-/// and a frame of one chat item (about 200 bytes) would go plain here where herald compresses it.
-const HERALD_COMPRESSION: Compression = Compression {
-    level: 1,
-    min_bytes: 128,
-};
-
 /// The command line: `WS_ADDR API_ADDR WINDOW_MS MAX_ITEMS [--answer-pings] [--compress] [--processes N]`.
 struct Args {
     ws: SocketAddr,
@@ -185,7 +177,7 @@ fn main() -> anyhow::Result<()> {
         };
         let frames: Vec<Bytes> = items
             .chunks(max_items)
-            .map(|c| form.encode(&room, c, None, &HERALD_COMPRESSION).frame)
+            .map(|c| form.encode(&room, c, None, &Compression::default()).frame)
             .collect();
         let conns = shared.conns.lock().unwrap();
         let before = short_writes;

@@ -31,11 +31,13 @@ pub struct Compression {
     pub min_bytes: usize,
 }
 
+/// herald's defaults: `compression_level` and `compression_min_bytes` in crates/herald/src/config/defaults.toml (a
+/// test there checks the two agree).
 impl Default for Compression {
     fn default() -> Self {
         Self {
             level: 1,
-            min_bytes: 256,
+            min_bytes: 128,
         }
     }
 }

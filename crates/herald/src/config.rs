@@ -453,10 +453,7 @@ mod tests {
                     ttl: secs(300),
                     max_bytes: 64 << 20,
                 },
-                compression: herald_protocol::deflate::Compression {
-                    level: 1,
-                    min_bytes: 128,
-                },
+                compression: herald_protocol::deflate::Compression::default(),
             }
         );
         assert_eq!(
