@@ -1,7 +1,7 @@
 //! permessage-deflate over real sockets: what herald answers to an offer, that a compressing and a plain client in
 //! one room get the same items (the compressed frame built once for all), that a resume's replay comes compressed,
 //! that compressed client messages are read, and that every bad one gets its close code and harms nobody else.
-//! Python's `websockets` (an independent implementation, compressing by default) is in `compression_python.rs`.
+//! The last test connects with Python's `websockets`, an independent implementation that compresses by default.
 
 mod support;
 
