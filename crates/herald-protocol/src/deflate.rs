@@ -14,7 +14,9 @@ use std::cell::RefCell;
 use miniz_oxide::DataFormat;
 use miniz_oxide::deflate::core::{CompressorOxide, TDEFLFlush, TDEFLStatus, compress_to_output};
 use miniz_oxide::inflate::TINFLStatus;
-use miniz_oxide::inflate::core::inflate_flags::{TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF};
+use miniz_oxide::inflate::core::inflate_flags::{
+    TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+};
 use miniz_oxide::inflate::core::{DecompressorOxide, decompress};
 
 /// The end of a sync flush (an empty stored block's lengths): the sender removes it from every message, the
@@ -93,8 +95,15 @@ pub fn deflate(payload: &[u8], level: u8) -> Vec<u8> {
     out
 }
 
-/// Inflates one compressed message, with no context, to at most `limit` bytes.
+/// Inflates one compressed message, with no context, to at most `limit` bytes. The message must end where the
+/// sender's sync flush ended a block (the tail put back closes an empty stored block), or end the stream (BFINAL):
+/// a message cut inside a block is bad data, not the part of it that inflated.
 pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+    if compressed.is_empty() {
+        // No block at all: taken as the empty message (section 7.2.3.6 sends one empty block, `00`, but a sender that
+        // sends nothing means nothing else).
+        return Ok(Vec::new());
+    }
     INFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         let inflater = slot.get_or_insert_with(Box::default);
@@ -104,18 +113,29 @@ pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError>
         let cap = limit.saturating_add(1);
         let mut out = vec![0u8; (compressed.len() * 4).max(256).min(cap)];
         let mut written = 0;
+        // Whether the last bytes read ended a block.
+        let mut at_boundary = false;
         // The message, then the tail the sender removed. A message that ends its stream (BFINAL) is done before the
         // tail, which is then ignored.
         for input in [compressed, &TAIL[..]] {
             let mut input = input;
             loop {
-                let flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | TINFL_FLAG_HAS_MORE_INPUT;
+                let flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF
+                    | TINFL_FLAG_HAS_MORE_INPUT
+                    | TINFL_FLAG_STOP_ON_BLOCK_BOUNDARY;
                 let (status, taken, produced) = decompress(inflater, input, &mut out, written, flags);
                 input = &input[taken..];
                 written += produced;
                 match status {
                     TINFLStatus::Done => return within(out, written, limit),
-                    TINFLStatus::NeedsMoreInput if input.is_empty() => break,
+                    TINFLStatus::BlockBoundary => at_boundary = true,
+                    TINFLStatus::NeedsMoreInput if input.is_empty() => {
+                        if taken > 0 || produced > 0 {
+                            // Inside a block when the input ran out.
+                            at_boundary = false;
+                        }
+                        break;
+                    }
                     // Input left but none taken and nothing made: it can go no further.
                     TINFLStatus::NeedsMoreInput if taken == 0 && produced == 0 => return Err(InflateError::BadData),
                     TINFLStatus::NeedsMoreInput => {}
@@ -129,6 +149,9 @@ pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError>
                     _ => return Err(InflateError::BadData),
                 }
             }
+        }
+        if !at_boundary {
+            return Err(InflateError::BadData);
         }
         within(out, written, limit)
     })
@@ -207,6 +230,23 @@ mod tests {
         assert_eq!(inflate(&[0x07], 1000), Err(InflateError::BadData));
         // A fixed-Huffman block whose first symbol is a match: it refers back before the start.
         assert_eq!(inflate(&[0x02, 0x02, 0x00], 1000), Err(InflateError::BadData));
+    }
+
+    #[test]
+    fn a_message_cut_inside_a_block_is_bad_data() {
+        let compressed = deflate(&chat(20), 1);
+        for cut in 1..compressed.len() - 1 {
+            assert_eq!(
+                inflate(&compressed[..cut], 1 << 20),
+                Err(InflateError::BadData),
+                "cut at {cut}"
+            );
+        }
+        // A stored block whose length runs past the message.
+        assert_eq!(
+            inflate(&[0x00, 0x10, 0x00, 0xef, 0xff, b'a'], 100),
+            Err(InflateError::BadData)
+        );
     }
 
     #[test]
