@@ -11,6 +11,8 @@
 //!   memory.
 //! - `workers`: the coordinator's side of the worker processes; `report`: the figures and how they print.
 //! - [`worker`]: a worker process holding its share of connections on one thread.
+//! - `socket_reads`: a worker's reads of a connection's socket, into one buffer per thread, with the kernel's
+//!   receive timestamp.
 //! - `client`: the client side of herald's protocol (handshake, masked frames, tokens) for workers, attackers and
 //!   server.
 //! - [`scan`]: finds items and their send timestamps in the byte stream without parsing frames or JSON.
@@ -42,6 +44,7 @@ pub mod scan;
 mod scenarios;
 mod sched;
 mod server;
+mod socket_reads;
 pub mod worker;
 mod workers;
 

@@ -63,6 +63,17 @@ impl Tally {
             self.duplicates += 1;
         }
     }
+
+    /// Counts one copy of a whole message (see [`message`]): its items, each also handed to `record` with its send
+    /// time, and its frame marker.
+    pub fn count_message(&mut self, message: &Message, mut record: impl FnMut(u64)) {
+        for &(sent, seq) in &message.items {
+            record(sent);
+            self.count(seq);
+        }
+        self.frames += message.frames;
+        self.pongs += message.pongs;
+    }
 }
 
 /// What one whole message holds (a compressed frame's payload, inflated): found once, then counted for every copy

@@ -6,7 +6,7 @@
 //! its own 127.x.y.z source addresses keeps the ephemeral ports of any one address far from exhausted.
 //!
 //! Per connection the worker keeps a task, its socket and a [`Scanner`] (a few hundred bytes); reads go into one
-//! buffer shared by the whole process.
+//! buffer shared by the whole process (`socket_reads`).
 //!
 //! With `compress` each connection offers permessage-deflate and, once herald accepts, sends its JOIN and PINGs
 //! compressed and reads through a [`Frames`] parser: plain frames go to the scanner as above, compressed ones are
@@ -22,16 +22,15 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, IoSliceMut, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::socket::{setsockopt, sockopt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -39,7 +38,8 @@ use crate::client::{self, accepted_deflate, masked_compressed, masked_text, upgr
 use crate::frames::{Frames, Segment};
 use crate::inflated::Inflated;
 use crate::proc;
-use crate::scan::{CARRY, Message, Scanner, Tally, now_us};
+use crate::scan::{CARRY, Scanner, Tally, now_us};
+use crate::socket_reads::read_each;
 
 /// Connections bound to one source address.
 const CONNS_PER_SOURCE: usize = 10_000;
@@ -49,8 +49,6 @@ const CONNS_PER_SOURCE: usize = 10_000;
 const FIRST_SOURCE_PORT: u16 = 10_000;
 /// Handshakes in flight at once.
 const CONNECT_CONCURRENCY: usize = 256;
-/// Size of the shared read buffer.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// What a worker is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,9 +210,6 @@ fn recorded(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
 }
 
 thread_local! {
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CARRY + READ_BUFFER]);
-    /// Room for the receive timestamp's control message.
-    static CONTROL: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec));
     /// The compressed payloads this worker has seen (its connections all run on this thread).
     static INFLATED: RefCell<Inflated> = RefCell::new(Inflated::default());
 }
@@ -593,43 +588,19 @@ fn add(report: &mut Report, tally: &Tally) {
     report.duplicates += tally.duplicates;
 }
 
-/// Reads what the socket holds and scans it, adding the bytes read to `wire_bytes`. `None` while the connection
-/// stays open; once it has ended, `Some(Ok(()))` when the server closed it, `Some(Err(kind))` when a read failed.
+/// Reads what the socket holds and scans it, adding the bytes read to `wire_bytes` (see [`read_each`] for what it
+/// returns).
 fn read_available(
     stream: &TcpStream,
     scanner: &mut Scanner,
     shared: &Shared,
     wire_bytes: &mut u64,
 ) -> Option<Result<(), io::ErrorKind>> {
-    READ_BUF.with_borrow_mut(|buf| {
-        CONTROL.with_borrow_mut(|control| {
-            loop {
-                let (n, arrived) =
-                    match stream.try_io(Interest::READABLE, || receive(stream, &mut buf[CARRY..], control)) {
-                        Ok((0, _)) => return Some(Ok(())),
-                        Ok(read) => read,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                        Err(e) => return Some(Err(e.kind())),
-                    };
-                *wire_bytes += n as u64;
-                let now = now_us();
-                let before = scanner.tally.items;
-                let start = scanner.prepare(buf);
-                let mut latency = shared.latency.lock().unwrap();
-                let arrived_us = arrived.unwrap_or(now);
-                scanner.scan(&buf[start..CARRY + n], |sent| {
-                    let _ = latency.arrived.record(arrived_us.saturating_sub(sent).max(1));
-                    let _ = latency.read.record(now.saturating_sub(sent).max(1));
-                });
-                drop(latency);
-                let new_items = scanner.tally.items - before;
-                if new_items > 0 {
-                    let mut totals = shared.totals.lock().unwrap();
-                    totals.items += new_items;
-                    totals.untimed_reads += u64::from(arrived.is_none());
-                }
-            }
-        })
+    read_each(stream, wire_bytes, |buf, n, arrived| {
+        account(shared, scanner, arrived, |scanner, timing| {
+            let start = scanner.prepare(buf);
+            scanner.scan(&buf[start..CARRY + n], |sent| timing.record(sent));
+        });
     })
 }
 
@@ -642,84 +613,73 @@ fn read_framed(
     shared: &Shared,
     wire_bytes: &mut u64,
 ) -> Option<Result<(), io::ErrorKind>> {
-    READ_BUF.with_borrow_mut(|buf| {
-        CONTROL.with_borrow_mut(|control| {
-            INFLATED.with_borrow_mut(|inflated| {
-                loop {
-                    let (n, arrived) =
-                        match stream.try_io(Interest::READABLE, || receive(stream, &mut buf[CARRY..], control)) {
-                            Ok((0, _)) => return Some(Ok(())),
-                            Ok(read) => read,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                            Err(e) => return Some(Err(e.kind())),
-                        };
-                    *wire_bytes += n as u64;
-                    let now = now_us();
-                    let before = scanner.tally.items;
-                    let mut latency = shared.latency.lock().unwrap();
-                    let arrived_us = arrived.unwrap_or(now);
-                    let mut record = |sent: u64| {
-                        let _ = latency.arrived.record(arrived_us.saturating_sub(sent).max(1));
-                        let _ = latency.read.record(now.saturating_sub(sent).max(1));
-                    };
-                    let mut at = 0;
-                    while let Some(segment) = frames.next(&buf[CARRY..CARRY + n], &mut at) {
-                        match segment {
-                            Segment::Plain(range) => {
-                                // The bytes before the run were taken already: the carry may go over them.
-                                let start = scanner.prepare_at(buf, CARRY + range.start);
-                                scanner.scan(&buf[start..CARRY + range.end], &mut record);
+    INFLATED.with_borrow_mut(|inflated| {
+        read_each(stream, wire_bytes, |buf, n, arrived| {
+            account(shared, scanner, arrived, |scanner, timing| {
+                let mut record = |sent: u64| timing.record(sent);
+                let mut at = 0;
+                while let Some(segment) = frames.next(&buf[CARRY..CARRY + n], &mut at) {
+                    match segment {
+                        Segment::Plain(range) => {
+                            // The bytes before the run were taken already: the carry may go over them.
+                            let start = scanner.prepare_at(buf, CARRY + range.start);
+                            scanner.scan(&buf[start..CARRY + range.end], &mut record);
+                        }
+                        // A payload that would not inflate counts nothing (its items show as lost; the table
+                        // counts the error).
+                        Segment::Compressed(range) => {
+                            let payload = &buf[CARRY + range.start..CARRY + range.end];
+                            if let Some(message) = inflated.get(payload) {
+                                scanner.tally.count_message(message, &mut record);
                             }
-                            Segment::Compressed(range) => {
-                                let payload = &buf[CARRY + range.start..CARRY + range.end];
-                                count_message(inflated.get(payload), &mut scanner.tally, &mut record);
-                            }
-                            Segment::Collected => {
-                                let payload = frames.take_message();
-                                count_message(inflated.get(&payload), &mut scanner.tally, &mut record);
+                        }
+                        Segment::Collected => {
+                            let payload = frames.take_message();
+                            if let Some(message) = inflated.get(&payload) {
+                                scanner.tally.count_message(message, &mut record);
                             }
                         }
                     }
-                    drop(latency);
-                    let new_items = scanner.tally.items - before;
-                    if new_items > 0 {
-                        let mut totals = shared.totals.lock().unwrap();
-                        totals.items += new_items;
-                        totals.untimed_reads += u64::from(arrived.is_none());
-                    }
                 }
-            })
+            });
         })
     })
 }
 
-/// Counts one copy of a compressed message from what the table found in it: its items (timed as they arrived now)
-/// and sequence numbers, and its frame marker. A payload that would not inflate counts nothing (its items show as
-/// lost; the table counts the error).
-fn count_message(message: Option<&Message>, tally: &mut Tally, record: &mut impl FnMut(u64)) {
-    let Some(message) = message else { return };
-    for &(sent, seq) in &message.items {
-        record(sent);
-        tally.count(seq);
-    }
-    tally.frames += message.frames;
-    tally.pongs += message.pongs;
+/// Where one read's items are timed: the latency histograms, held for the read, and its two end points.
+struct Timing<'a> {
+    latency: MutexGuard<'a, Latency>,
+    /// When the read's last segment reached the socket (the read itself, if the kernel did not say).
+    arrived_us: u64,
+    /// When this thread read it.
+    now: u64,
 }
 
-/// One `recvmsg` into `buf`: the bytes read, and when the last of them reached the socket (µs since the epoch), if
-/// the kernel said.
-fn receive(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(control), MsgFlags::empty())?;
-    let arrived = message.cmsgs().ok().and_then(|mut cmsgs| {
-        cmsgs.find_map(|cmsg| match cmsg {
-            ControlMessageOwned::ScmTimestampns(at) => {
-                Some(at.tv_sec() as u64 * 1_000_000 + at.tv_nsec() as u64 / 1_000)
-            }
-            _ => None,
-        })
-    });
-    Ok((message.bytes, arrived))
+impl Timing<'_> {
+    fn record(&mut self, sent: u64) {
+        let _ = self.latency.arrived.record(self.arrived_us.saturating_sub(sent).max(1));
+        let _ = self.latency.read.record(self.now.saturating_sub(sent).max(1));
+    }
+}
+
+/// Runs `scan` over one read with its [`Timing`], then adds the items it found to the worker's totals (for
+/// `status`).
+fn account(shared: &Shared, scanner: &mut Scanner, arrived: Option<u64>, scan: impl FnOnce(&mut Scanner, &mut Timing)) {
+    let now = now_us();
+    let before = scanner.tally.items;
+    let mut timing = Timing {
+        latency: shared.latency.lock().unwrap(),
+        arrived_us: arrived.unwrap_or(now),
+        now,
+    };
+    scan(scanner, &mut timing);
+    drop(timing);
+    let new_items = scanner.tally.items - before;
+    if new_items > 0 {
+        let mut totals = shared.totals.lock().unwrap();
+        totals.items += new_items;
+        totals.untimed_reads += u64::from(arrived.is_none());
+    }
 }
 
 /// The JOIN message of `room`, before framing (plain or compressed: see [`open`]).
